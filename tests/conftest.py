@@ -1,0 +1,62 @@
+"""Shared test helpers.
+
+The pytest process itself sees one CPU device. Tests that need several devices run their
+code in a subprocess with ``--xla_force_host_platform_device_count`` set before jax is
+imported (see ``run_python``).
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def subprocess_env(num_devices: int = 1, **extra) -> dict:
+  env = dict(os.environ)
+  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+def run_python(code: str, num_devices: int = 1, timeout: float = 600, **env) -> dict:
+  """Runs `code` in a fresh interpreter with `num_devices` CPU devices.
+
+  The code must print one JSON object as its last stdout line; it is returned parsed.
+  """
+  proc = subprocess.run(
+      [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+      env=subprocess_env(num_devices, **env), cwd=REPO_ROOT)
+  if proc.returncode != 0:
+    raise AssertionError(
+        f"subprocess failed (rc={proc.returncode})\nSTDOUT:\n{proc.stdout[-4000:]}\n"
+        f"STDERR:\n{proc.stderr[-8000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_module(args: list, num_devices: int = 1, timeout: float = 600, check: bool = True,
+               **env) -> subprocess.CompletedProcess:
+  """Runs `python -m ...args` like a user would type it; returns the CompletedProcess."""
+  proc = subprocess.run(
+      [sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
+      timeout=timeout, env=subprocess_env(num_devices, **env), cwd=REPO_ROOT)
+  if check and proc.returncode != 0:
+    raise AssertionError(
+        f"{' '.join(map(str, args))} failed (rc={proc.returncode})\n"
+        f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}")
+  return proc
+
+
+@pytest.fixture
+def shared_data() -> pathlib.Path:
+  if not SHARED_DATA.exists():
+    pytest.skip(f"shared data not found at {SHARED_DATA}")
+  return SHARED_DATA
