@@ -60,3 +60,14 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.exists():
     pytest.skip(f"shared data not found at {SHARED_DATA}")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory) -> pathlib.Path:
+  """A tiny synthetic_cxr/32 (TFDS ArrayRecord) shared by the tests of one session."""
+  from simclr_jax.data.synthetic_cxr import SyntheticCxr
+  data_dir = tmp_path_factory.mktemp("tfds")
+  builder = SyntheticCxr(config="32", data_dir=str(data_dir),
+                         split_sizes={"train": 96, "validation": 16, "test": 40})
+  builder.download_and_prepare()
+  return data_dir

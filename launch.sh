@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# simclr_jax launcher. One entry point for every place the code runs.
+#
+#   ./launch.sh demo                      set up a venv, then the whole path on CPU (synthetic_cxr)
+#   ./launch.sh test [pytest args]        set up (incl. the PyTorch baseline) and run the test suite
+#   ./launch.sh setup [torch]             only create/refresh the venv
+#   ./launch.sh prepare ARGS...           python -m simclr_jax.prepare ARGS
+#   ./launch.sh train CONFIG WORKDIR [--config.KEY=VALUE ...]    one host, all local GPUs/TPU cores
+#   ./launch.sh evaluate ARGS...          python -m simclr_jax.evaluate ARGS
+#   ./launch.sh slurm CONFIG WORKDIR [--nodes N] [--gpus_per_node G] [--partition P]
+#                     [--time HH:MM:SS] [--dry_run] [-- --config.KEY=VALUE ...]
+#                                         sbatch script: srun, one task per node, jax.distributed
+#   ./launch.sh tpu TPU_NAME ZONE CONFIG WORKDIR [--project P] [--dry_run] [-- --config.KEY=VALUE ...]
+#                                         the same train command on every worker of a TPU VM
+#
+# Environment: SIMCLR_VENV (default .venv), PYTHON (default python3.11, else python3).
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV=${SIMCLR_VENV:-$ROOT/.venv}
+PYTHON_BIN=${PYTHON:-$(command -v python3.11 || command -v python3)}
+
+# Creates the venv and installs requirements*.txt when they changed since the last install.
+setup() {
+  local files=(requirements.txt)
+  if [[ "${1:-}" == "torch" ]]; then files+=(requirements-torch.txt requirements-dev.txt); fi
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "[setup] creating $VENV with $PYTHON_BIN"
+    "$PYTHON_BIN" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+  fi
+  local stamp="$VENV/.simclr_requirements"
+  local want
+  want=$(cat "${files[@]}" | sha256sum | cut -d' ' -f1)
+  if [[ ! -f "$stamp" ]] || ! grep -qx "$want" "$stamp"; then
+    echo "[setup] installing ${files[*]}"
+    local args=()
+    for f in "${files[@]}"; do args+=(-r "$f"); done
+    "$VENV/bin/python" -m pip install -q "${args[@]}"
+    echo "$want" >> "$stamp"
+  fi
+}
+
+py() { PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/python" "$@"; }
+
+demo() {
+  local start=$SECONDS out=runs/demo
+  setup
+  export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+  echo "[demo] 1/4 building synthetic_cxr/64 (TFDS, ArrayRecord) in runs/data"
+  py -m simclr_jax.prepare synthetic_cxr --data_dir runs/data --image_size 64
+  echo "[demo] 2/4 SimCLR pretraining (experiments/configs/demo.py) -> $out/train"
+  py -m simclr_jax.train --config experiments/configs/demo.py --workdir "$out/train" "$@"
+  echo "[demo] 3/4 evaluating the SimCLR encoder and the random-init encoder on the test split"
+  py experiments/compare.py --simclr_workdir "$out/train" --random_init \
+      --dataset synthetic_cxr/64 --data_dir runs/data --split test --train_split train \
+      --out "$out"
+  echo "[demo] 4/4 done in $((SECONDS - start)) s: $out/report.json, $out/report.md"
+  cat "$out/report.md"
+}
+
+slurm() {
+  local config=$1 workdir=$2; shift 2
+  local nodes=1 gpus=8 partition="" time="24:00:00" dry=0 extra=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --nodes) nodes=$2; shift 2;;
+      --gpus_per_node) gpus=$2; shift 2;;
+      --partition) partition=$2; shift 2;;
+      --time) time=$2; shift 2;;
+      --dry_run) dry=1; shift;;
+      --) shift; extra=("$@"); break;;
+      *) echo "slurm: unknown option $1" >&2; exit 2;;
+    esac
+  done
+  mkdir -p "$workdir"
+  local script="$workdir/simclr_slurm.sbatch"
+  {
+    echo "#!/bin/bash"
+    echo "#SBATCH --job-name=simclr_jax"
+    echo "#SBATCH --nodes=$nodes"
+    echo "#SBATCH --ntasks-per-node=1"
+    echo "#SBATCH --gpus-per-node=$gpus"
+    echo "#SBATCH --time=$time"
+    echo "#SBATCH --signal=TERM@120"
+    echo "#SBATCH --requeue"
+    echo "#SBATCH --output=$workdir/slurm-%j.out"
+    [[ -n "$partition" ]] && echo "#SBATCH --partition=$partition"
+    echo "cd $ROOT"
+    echo "# One task per node; jax.distributed.initialize reads SLURM_* (simclr_jax/distributed.py)."
+    echo "# SIGTERM 120 s before the limit: every task saves the same step and exits 0; --requeue resumes."
+    printf 'srun --kill-on-bad-exit=1 %q -m simclr_jax.train --config %q --workdir %q' \
+        "$VENV/bin/python" "$config" "$workdir"
+    for a in "${extra[@]+"${extra[@]}"}"; do printf ' %q' "$a"; done
+    echo
+  } > "$script"
+  if [[ $dry -eq 1 ]]; then
+    cat "$script"
+    echo "# would run: sbatch $script"
+  else
+    sbatch "$script"
+  fi
+}
+
+tpu() {
+  local name=$1 zone=$2 config=$3 workdir=$4; shift 4
+  local project="" dry=0 extra=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --project) project=$2; shift 2;;
+      --dry_run) dry=1; shift;;
+      --) shift; extra=("$@"); break;;
+      *) echo "tpu: unknown option $1" >&2; exit 2;;
+    esac
+  done
+  local remote
+  remote=$(printf 'cd ~/simclr_jax && ./launch.sh setup && .venv/bin/pip install -q -U "jax[tpu]" && .venv/bin/python -m simclr_jax.train --config %q --workdir %q' "$config" "$workdir")
+  for a in "${extra[@]+"${extra[@]}"}"; do remote+=$(printf ' %q' "$a"); done
+  local cmd=(gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all)
+  [[ -n "$project" ]] && cmd+=(--project "$project")
+  cmd+=(--command "$remote")
+  if [[ $dry -eq 1 ]]; then
+    echo "# the repository must be at ~/simclr_jax on every worker, e.g.:"
+    printf '%q ' gcloud compute tpus tpu-vm scp --recurse "$ROOT" "$name:~/simclr_jax" --zone "$zone" --worker=all; echo
+    printf '%q ' "${cmd[@]}"; echo
+  else
+    "${cmd[@]}"
+  fi
+}
+
+command=${1:-}
+[[ $# -gt 0 ]] && shift
+case "$command" in
+  setup) setup "${1:-}";;
+  demo) demo "$@";;
+  test) setup torch; export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}; py -m pytest -q tests "$@";;
+  prepare) setup; py -m simclr_jax.prepare "$@";;
+  train)
+    [[ $# -ge 2 ]] || { echo "usage: ./launch.sh train CONFIG WORKDIR [--config.KEY=VALUE ...]" >&2; exit 2; }
+    setup; config=$1 workdir=$2; shift 2
+    py -m simclr_jax.train --config "$config" --workdir "$workdir" "$@";;
+  evaluate) setup; py -m simclr_jax.evaluate "$@";;
+  slurm)
+    [[ $# -ge 2 ]] || { echo "usage: ./launch.sh slurm CONFIG WORKDIR [options]" >&2; exit 2; }
+    slurm "$@";;
+  tpu)
+    [[ $# -ge 4 ]] || { echo "usage: ./launch.sh tpu TPU_NAME ZONE CONFIG WORKDIR [options]" >&2; exit 2; }
+    tpu "$@";;
+  *) sed -n '2,17p' "$0"; exit 2;;
+esac

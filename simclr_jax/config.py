@@ -1,0 +1,59 @@
+"""Default experiment config; the files in experiments/configs override it.
+
+Every field is documented here once (README's config reference is generated from the
+same names). Sections are nested ConfigDicts as in big_vision.
+"""
+import ml_collections
+
+from simclr_jax import augment
+
+
+def default_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Data.
+  config.dataset = "synthetic_cxr/64"   # TFDS name[/builder config]
+  config.data_dir = "runs/data"         # TFDS data_dir written by `python -m simclr_jax.prepare`
+  config.train_split = "train"
+  config.image_size = 64                # model input: output size of the random resized crop
+  config.batch_size = 256               # GLOBAL batch (images; each yields two views)
+  config.num_epochs = 100
+  config.num_train_steps = -1           # > 0 overrides num_epochs
+  config.input = ml_collections.ConfigDict(dict(
+      num_workers=0,                    # Grain worker processes (0: decode in this process)
+      prefetch_buffer_size=2,
+      class_balanced=False,             # sample findings inversely to their frequency
+  ))
+  # Model.
+  config.model = "resnet50"             # resnet18|34|50|101|152, resnet_tiny
+  config.width = 1.0                    # width multiplier
+  config.stem = "imagenet"              # 'imagenet' (7x7/2 + maxpool) | 'cifar' (3x3/1)
+  config.dtype = "float32"              # compute dtype; parameters stay float32
+  config.head = ml_collections.ConfigDict(dict(
+      kind="mlp",                       # 'mlp' (seed: Dense-ReLU-Dense) | 'simclr_v2' (3 layers + BN)
+      hidden_dim=-1,                    # -1: the encoder's feature dimension
+      output_dim=128,
+      num_layers=2,
+  ))
+  config.init_from = ""                 # torchvision state_dict file (ImageNet initialisation)
+  # Objective and augmentation.
+  config.loss = ml_collections.ConfigDict(dict(temperature=0.07))
+  config.augment = augment.default_config()
+  # Optimisation.
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw",                     # lars | adamw | adam | sgd
+      learning_rate=3e-4,               # base rate, scaled by lr_scaling
+      lr_scaling="none",                # linear (lr*B/256) | sqrt (lr*sqrt(B)) | none
+      weight_decay=1e-6,
+      momentum=0.9,                     # sgd / lars
+      warmup_epochs=10.0,
+      warmup_steps=-1,                  # >= 0 overrides warmup_epochs
+      trust_coefficient=0.001,          # lars
+  ))
+  # Bookkeeping.
+  config.seed = 0
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.log_every_steps = 50
+  config.progress_bar = True
+  config.stop_at_step = -1              # > 0: save and exit after this step (job time limits)
+  return config

@@ -1,0 +1,100 @@
+"""Optimisers and learning-rate schedules for SimCLR pretraining.
+
+Kept apart from the training loop (one concern per module). Everything is optax:
+LARS as in the SimCLR paper, AdamW (the usual small-batch choice) and SGD with momentum,
+all behind one linear warm-up + cosine decay schedule.
+"""
+import math
+from typing import Any, Callable, Tuple
+
+import jax
+import ml_collections
+import optax
+
+OPTIMIZERS = ("lars", "adamw", "adam", "sgd")
+LR_SCALING_RULES = ("linear", "sqrt", "none")
+
+
+def scaled_learning_rate(base_learning_rate: float, global_batch: int, rule: str) -> float:
+  """Peak learning rate from the base rate and the global batch.
+
+  Args:
+    base_learning_rate: the configured rate.
+    global_batch: images per step over all devices and processes.
+    rule: 'linear' (lr * B / 256, Goyal et al.), 'sqrt' (lr * sqrt(B), SimCLR paper's
+      LARS rule with base 0.075) or 'none'.
+
+  Returns:
+    The peak learning rate.
+  """
+  if rule == "linear":
+    return base_learning_rate * global_batch / 256.0
+  if rule == "sqrt":
+    return base_learning_rate * math.sqrt(global_batch)
+  if rule == "none":
+    return base_learning_rate
+  raise ValueError(
+      f"config.optimizer.lr_scaling={rule!r} is not known; use one of {LR_SCALING_RULES}.")
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict, total_steps: int,
+                            steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up from 0 to the scaled peak, then cosine decay to 0 at `total_steps`."""
+  opt = config.optimizer
+  peak = scaled_learning_rate(opt.learning_rate, config.batch_size, opt.lr_scaling)
+  warmup_steps = int(round(opt.get("warmup_epochs", 0.0) * steps_per_epoch))
+  if opt.get("warmup_steps", -1) >= 0:
+    warmup_steps = int(opt.warmup_steps)
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
+
+
+def decay_mask(params: Any) -> Any:
+  """True for weight matrices / conv kernels, False for biases and BatchNorm parameters.
+
+  The SimCLR reference excludes BN parameters and biases from weight decay and from the
+  LARS trust-ratio adaptation; in Flax those are exactly the leaves not named 'kernel'.
+  """
+  def is_kernel(path, _):
+    return getattr(path[-1], "key", None) == "kernel"
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, total_steps: int,
+                     steps_per_epoch: int) -> Tuple[optax.GradientTransformation, Callable]:
+  """Builds the optax optimiser named by `config.optimizer.name`.
+
+  Args:
+    config: the experiment config; uses config.batch_size and config.optimizer
+      (name, learning_rate, lr_scaling, weight_decay, momentum, warmup_epochs /
+      warmup_steps, trust_coefficient for LARS, b1/b2 for Adam).
+    total_steps: number of training steps (the cosine decays to 0 there).
+    steps_per_epoch: to convert warm-up epochs to steps.
+
+  Returns:
+    (tx, learning_rate_fn).
+  """
+  opt = config.optimizer
+  learning_rate_fn = create_learning_rate_fn(config, total_steps, steps_per_epoch)
+  weight_decay = opt.get("weight_decay", 0.0)
+  momentum = opt.get("momentum", 0.9)
+  name = opt.name.lower()
+  if name == "lars":
+    tx = optax.lars(
+        learning_rate_fn, weight_decay=weight_decay, weight_decay_mask=decay_mask,
+        trust_coefficient=opt.get("trust_coefficient", 0.001), eps=0.0,
+        trust_ratio_mask=decay_mask, momentum=momentum)
+  elif name in ("adamw", "adam"):
+    tx = optax.adamw(
+        learning_rate_fn, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
+        weight_decay=weight_decay if name == "adamw" else 0.0, mask=decay_mask)
+  elif name == "sgd":
+    tx = optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=decay_mask),
+        optax.sgd(learning_rate_fn, momentum=momentum or None))
+  else:
+    raise ValueError(
+        f"config.optimizer.name={opt.name!r} is not known; use one of {OPTIMIZERS}.")
+  return tx, learning_rate_fn

@@ -1,0 +1,184 @@
+"""Multi-process training and preemption: real processes, real signals, bounded time."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, run_module, subprocess_env
+from test_train import _assert_same_variables, _final_variables, _train_args
+
+
+def _metrics_steps(workdir):
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _checkpoint_steps(workdir):
+  directory = workdir / "checkpoints"
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
+      if directory.exists() else []
+
+
+def _start(args, num_devices=1, **env):
+  return subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=REPO_ROOT,
+                          env=subprocess_env(num_devices, **env), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(proc, workdir, min_step, timeout=240):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    steps = _metrics_steps(workdir)
+    if steps and steps[-1] >= min_step:
+      return steps[-1]
+    if proc.poll() is not None:
+      raise AssertionError(f"trainer exited early (rc={proc.returncode}):\n"
+                           f"{proc.stderr.read()[-4000:]}")
+    time.sleep(0.05)
+  proc.kill()
+  raise AssertionError(f"no step >= {min_step} within {timeout}s")
+
+
+LONG_RUN = ("--config.num_train_steps=60", "--config.checkpoint_every_steps=4")
+
+
+def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path,
+                                                                     synthetic_data_dir):
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  run_module(_train_args(straight, synthetic_data_dir, *LONG_RUN))
+
+  rng = np.random.default_rng(0)
+  injected = []
+  for target in (7, 22, 41):   # kill three times, each after a random extra delay
+    proc = _start(_train_args(killed, synthetic_data_dir, *LONG_RUN))
+    _wait_for_step(proc, killed, target)
+    time.sleep(float(rng.uniform(0.0, 0.3)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    injected.append((_metrics_steps(killed)[-1], _checkpoint_steps(killed)))
+    assert proc.returncode == -signal.SIGKILL
+    # Never more than checkpoint_every_steps behind, and the latest checkpoint is intact.
+    last_logged, checkpoints = injected[-1]
+    assert checkpoints and last_logged - checkpoints[-1] <= 4 + 1, injected
+  run_module(_train_args(killed, synthetic_data_dir, *LONG_RUN))
+  assert _checkpoint_steps(killed)[-1] == 60
+  _, straight_vars = _final_variables(straight)
+  _, killed_vars = _final_variables(killed)
+  _assert_same_variables(straight_vars, killed_vars)
+
+
+def test_sigterm_saves_current_step_and_exits_zero(tmp_path, synthetic_data_dir):
+  workdir = tmp_path / "w"
+  proc = _start(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=100000",
+                            "--config.checkpoint_every_steps=100000"))
+  _wait_for_step(proc, workdir, 3)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 0, stderr[-3000:]
+  saved = _checkpoint_steps(workdir)
+  assert saved and saved[-1] >= 3          # saved at the step it was at, not at 100000
+  assert saved[-1] == _metrics_steps(workdir)[-1]
+  assert "preemption" in stderr
+
+
+def test_interrupted_save_is_ignored_with_a_log_line(tmp_path, synthetic_data_dir):
+  workdir = tmp_path / "w"
+  run_module(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=2",
+                         "--config.checkpoint_every_steps=2"))
+  # What a kill during the save of step 4 leaves behind: orbax's temporary directory.
+  partial = workdir / "checkpoints" / "4.orbax-checkpoint-tmp-123456"
+  (partial / "state").mkdir(parents=True)
+  (partial / "state" / "garbage").write_text("half-written")
+  proc = run_module(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=4",
+                                "--config.checkpoint_every_steps=2"))
+  assert "Ignoring incomplete checkpoint" in proc.stderr
+  assert "Resumed from checkpoint step 2" in proc.stderr
+  assert _checkpoint_steps(workdir) == [2, 4]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic_data_dir):
+  workdir = tmp_path / "w"
+  proc = run_module(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=50",
+                                "--config.checkpoint_every_steps=1",
+                                "--config.optimizer.name=sgd",
+                                "--config.optimizer.learning_rate=1e30",
+                                "--config.optimizer.warmup_steps=0"), check=False)
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  assert "Non-finite loss" in proc.stderr
+  bad_step = int(proc.stderr.split("at step ")[1].split(";")[0])
+  saved = _checkpoint_steps(workdir)
+  assert all(step < bad_step for step in saved)   # nothing written at or after the NaN
+  _, variables = _final_variables(workdir)
+  assert all(np.isfinite(v).all() for v in variables.values())
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_with_four_devices(tmp_path, synthetic_data_dir):
+  """2 processes x 2 CPU devices (jax.distributed on 127.0.0.1, gloo) == 1 x 4 devices."""
+  common = ("--config.num_train_steps=4", "--config.checkpoint_every_steps=2")
+  single = tmp_path / "single"
+  run_module(_train_args(single, synthetic_data_dir, *common), num_devices=4)
+
+  multi = tmp_path / "multi"
+  port = _free_port()
+  procs = [_start(_train_args(multi, synthetic_data_dir, *common,
+                              f"--coordinator_address=127.0.0.1:{port}",
+                              "--num_processes=2", f"--process_id={i}"), num_devices=2)
+           for i in range(2)]
+  outputs = []
+  for proc in procs:
+    try:
+      outputs.append(proc.communicate(timeout=420))
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      raise
+  for proc, (_, stderr) in zip(procs, outputs):
+    assert proc.returncode == 0, stderr[-4000:]
+  assert "process 0 of 2" in outputs[0][1] and "process 1 of 2" in outputs[1][1]
+  # Only process 0 writes metrics; one line per step.
+  assert _metrics_steps(multi) == [1, 2, 3, 4]
+  single_losses = [json.loads(l)["loss"] for l in (single / "metrics.jsonl").read_text().splitlines()]
+  multi_losses = [json.loads(l)["loss"] for l in (multi / "metrics.jsonl").read_text().splitlines()]
+  np.testing.assert_allclose(single_losses, multi_losses, rtol=1e-5, atol=1e-5)
+  _, single_vars = _final_variables(single)
+  _, multi_vars = _final_variables(multi)
+  for key in single_vars:
+    np.testing.assert_allclose(single_vars[key], multi_vars[key], rtol=1e-5, atol=1e-5,
+                               err_msg=key)
+  # Every process saved its own Grain iterator state.
+  data_iter = multi / "checkpoints" / "4" / "data_iter"
+  assert sorted(p.name for p in data_iter.iterdir()) == ["process_0-of-2.json",
+                                                         "process_1-of-2.json"]
+
+
+def test_launchers_dry_run(tmp_path):
+  slurm = subprocess.run(
+      ["bash", "launch.sh", "slurm", "experiments/configs/nih_r50.py", str(tmp_path / "run"),
+       "--nodes", "2", "--gpus_per_node", "4", "--dry_run", "--", "--config.batch_size=512"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+  assert slurm.returncode == 0, slurm.stderr
+  assert "#SBATCH --nodes=2" in slurm.stdout and "#SBATCH --ntasks-per-node=1" in slurm.stdout
+  assert "#SBATCH --signal=TERM@" in slurm.stdout
+  assert "srun" in slurm.stdout and "-m simclr_jax.train" in slurm.stdout
+  assert "--config.batch_size=512" in slurm.stdout
+  tpu = subprocess.run(
+      ["bash", "launch.sh", "tpu", "my-tpu", "us-central2-b",
+       "experiments/configs/nih_r50_simclr.py", "gs://bucket/run", "--dry_run"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+  assert tpu.returncode == 0, tpu.stderr
+  assert "gcloud compute tpus tpu-vm ssh my-tpu" in tpu.stdout
+  assert "--worker=all" in tpu.stdout and "simclr_jax.train" in tpu.stdout

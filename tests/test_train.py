@@ -1,0 +1,169 @@
+"""The training core: pmapped step, device-split independence, CLI, resume, guards."""
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, run_module, run_python
+
+# A step function run on 1 device and on 4 fake CPU devices with the same global batch.
+# Augmentation is on (defaults), optimiser is SGD+momentum so any gradient-scale error
+# shows directly in the parameters (Adam's first step would normalise it away).
+_EQUIVALENCE_CODE = r"""
+import functools, json
+import jax, jax.numpy as jnp, numpy as np, flax
+from simclr_jax import models, optim, train
+from simclr_jax.config import default_config
+
+config = default_config()
+config.model, config.width, config.image_size, config.batch_size = 'resnet_tiny', 1.0, 16, 8
+config.head.hidden_dim, config.head.output_dim = 32, 16
+config.optimizer.name, config.optimizer.learning_rate, config.optimizer.warmup_steps = 'sgd', 0.5, 0
+model = models.create_model(config, axis_name=train.AXIS_NAME)
+tx, lr_fn = optim.create_optimizer(config, total_steps=10, steps_per_epoch=10)
+state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0), (16, 16, 1))
+images = np.random.RandomState(0).randint(0, 256, (8, 24, 24, 1)).astype(np.uint8)
+rng = jax.random.PRNGKey(1)
+step = functools.partial(train.train_step, model=model, tx=tx, learning_rate_fn=lr_fn,
+                         augment_config=config.augment, image_size=16, temperature=0.1)
+
+def run(num_devices):
+  devices = jax.devices()[:num_devices]
+  p_step = jax.pmap(step, axis_name=train.AXIS_NAME, devices=devices)
+  replicated = flax.jax_utils.replicate(state, devices)
+  replicated_rng = flax.jax_utils.replicate(rng, devices)
+  batch = images.reshape(num_devices, 8 // num_devices, 24, 24, 1)
+  losses = []
+  for _ in range(2):
+    replicated, metrics = p_step(replicated, batch, replicated_rng)
+    losses.append(float(metrics['loss'][0]))
+  final = jax.device_get(flax.jax_utils.unreplicate(replicated))
+  return losses, final
+
+losses1, state1 = run(1)
+losses4, state4 = run(4)
+leaves1 = jax.tree_util.tree_leaves((state1.params, state1.batch_stats))
+leaves4 = jax.tree_util.tree_leaves((state4.params, state4.batch_stats))
+max_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(leaves1, leaves4))
+moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
+    jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(state1.params)))
+print(json.dumps({'devices': jax.device_count(), 'losses1': losses1, 'losses4': losses4,
+                  'max_param_diff': max_diff, 'moved': moved}))
+"""
+
+
+def test_one_vs_four_devices_give_the_same_update():
+  result = run_python(_EQUIVALENCE_CODE, num_devices=4)
+  assert result["devices"] == 4
+  np.testing.assert_allclose(result["losses1"], result["losses4"], rtol=1e-5, atol=1e-5)
+  assert result["moved"] > 1e-3            # the step really changed the parameters
+  assert result["max_param_diff"] < 1e-5
+
+
+def test_train_step_metrics_and_resnet50_step():
+  """One real ResNet-50 SimCLR step (small images) with the pmapped step on one device."""
+  result = run_python(r"""
+import functools, json
+import jax, jax.numpy as jnp, numpy as np, flax
+from simclr_jax import models, optim, train
+from simclr_jax.config import default_config
+config = default_config()
+config.model, config.image_size, config.batch_size = 'resnet50', 32, 4
+model = models.create_model(config, axis_name=train.AXIS_NAME)
+tx, lr_fn = optim.create_optimizer(config, total_steps=10, steps_per_epoch=10)
+state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0), (32, 32, 1))
+p_step = jax.pmap(functools.partial(train.train_step, model=model, tx=tx, learning_rate_fn=lr_fn,
+    augment_config=config.augment, image_size=32, temperature=0.07), axis_name='batch')
+images = np.random.RandomState(0).randint(0, 256, (1, 4, 40, 40, 1)).astype(np.uint8)
+new_state, metrics = p_step(flax.jax_utils.replicate(state), images,
+                            flax.jax_utils.replicate(jax.random.PRNGKey(0)))
+metrics = {k: float(v[0]) for k, v in metrics.items()}
+count = sum(x.size for x in jax.tree_util.tree_leaves(state.params['encoder']))
+print(json.dumps({'metrics': metrics, 'step': int(new_state.step[0]), 'encoder_params': count}))
+""", timeout=600)
+  metrics = result["metrics"]
+  assert result["step"] == 1
+  # 1-channel input: torchvision's 23,508,032 minus the two colour channels of conv1.
+  assert result["encoder_params"] == 23_508_032 - 2 * 64 * 7 * 7
+  for key in ("loss", "learning_rate", "positive_accuracy", "positive_similarity",
+              "negative_similarity"):
+    assert key in metrics and np.isfinite(metrics[key]), key
+  # 2N = 8 views: the loss of a random encoder is close to log(2N - 1).
+  assert 0.5 * np.log(7) < metrics["loss"] < 3 * np.log(7)
+  assert 0.0 <= metrics["positive_accuracy"] <= 1.0
+
+
+# ----------------------------------------------------------------------------- CLI runs
+
+def _train_args(workdir, data_dir, *extra):
+  return ["simclr_jax.train", "--config", REPO_ROOT / "experiments/configs/demo.py",
+          "--workdir", workdir, f"--config.data_dir={data_dir}",
+          "--config.dataset=synthetic_cxr/32", "--config.image_size=32",
+          "--config.model=resnet_tiny", "--config.batch_size=8",
+          "--config.head.hidden_dim=32", "--config.head.output_dim=16",
+          "--config.log_every_steps=1", "--config.progress_bar=False", *extra]
+
+
+def _final_variables(workdir):
+  code = f"""
+import json, numpy as np, jax
+from simclr_jax import checkpointing
+config, variables, step = checkpointing.load_for_eval({str(workdir)!r})
+leaves = jax.tree_util.tree_leaves_with_path(variables)
+np.savez({str(workdir / 'final.npz')!r}, **{{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}})
+print(json.dumps({{'step': step}}))
+"""
+  step = run_python(code)["step"]
+  return step, dict(np.load(workdir / "final.npz"))
+
+
+def _assert_same_variables(a, b):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_cli_trains_logs_and_resumes_bit_identically(tmp_path, synthetic_data_dir):
+  straight, split = tmp_path / "straight", tmp_path / "split"
+  run_module(_train_args(straight, synthetic_data_dir, "--config.num_train_steps=6",
+                         "--config.checkpoint_every_steps=3"))
+  # Written beside the checkpoints: config, metrics, TensorBoard events.
+  config = json.loads((straight / "config.json").read_text())
+  assert config["num_train_steps"] == 6 and config["model"] == "resnet_tiny"
+  records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+  for key in ("loss", "learning_rate", "positive_accuracy", "positive_similarity",
+              "negative_similarity", "views_per_second", "epoch"):
+    assert all(np.isfinite(r[key]) for r in records), key
+  assert list((straight / "tensorboard").glob("events.out.tfevents.*"))
+  assert sorted(p.name for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
+
+  # Stop after 3 steps (same schedule), then start again: it resumes at step 3.
+  run_module(_train_args(split, synthetic_data_dir, "--config.num_train_steps=6",
+                         "--config.checkpoint_every_steps=3", "--config.stop_at_step=3"))
+  run_module(_train_args(split, synthetic_data_dir, "--config.num_train_steps=6",
+                         "--config.checkpoint_every_steps=3"))
+  steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [1, 2, 3, 4, 5, 6]          # resumed, not restarted
+  step_a, straight_vars = _final_variables(straight)
+  step_b, split_vars = _final_variables(split)
+  assert step_a == step_b == 6
+  _assert_same_variables(straight_vars, split_vars)
+
+
+def test_batch_not_divisible_by_devices_fails_before_compiling(tmp_path, synthetic_data_dir):
+  proc = run_module(_train_args(tmp_path / "w", synthetic_data_dir, "--config.batch_size=6",
+                                "--config.num_train_steps=1"), num_devices=4, check=False)
+  assert proc.returncode == 2
+  assert "config.batch_size=6" in proc.stderr and "4 devices" in proc.stderr
+  assert "4 or 8" in proc.stderr
+  assert not (tmp_path / "w" / "checkpoints").exists() or not any(
+      p.name.isdigit() for p in (tmp_path / "w" / "checkpoints").iterdir())
+
+
+def test_image_size_larger_than_stored_is_rejected(tmp_path, synthetic_data_dir):
+  proc = run_module(_train_args(tmp_path / "w", synthetic_data_dir, "--config.image_size=64",
+                                "--config.num_train_steps=1"), check=False)
+  assert proc.returncode == 2
+  assert "config.image_size=64" in proc.stderr and "32px" in proc.stderr
