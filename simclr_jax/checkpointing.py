@@ -64,7 +64,9 @@ def _incomplete_checkpoints(directory: epath.Path) -> list:
 def save(manager: ocp.CheckpointManager, step: int, state: Any, rng: jax.Array,
          data_iterator: Optional[Any] = None) -> None:
   """Saves host-local (unreplicated) `state` and `rng` (+ iterator state) at `step`."""
-  items = {"state": ocp.args.StandardSave(state), "rng": ocp.args.StandardSave(rng)}
+  # StandardSave takes PyTrees, not single arrays: the key goes in a one-entry dict.
+  items = {"state": ocp.args.StandardSave(state),
+           "rng": ocp.args.StandardSave({"key": rng})}
   if data_iterator is not None:
     items["data_iter"] = grain.checkpoint.CheckpointSave(data_iterator)
   manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -82,12 +84,13 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array,
   step = manager.latest_step()
   if step is None:
     return state, rng, 0
-  items = {"state": ocp.args.StandardRestore(state), "rng": ocp.args.StandardRestore(rng)}
+  items = {"state": ocp.args.StandardRestore(state),
+           "rng": ocp.args.StandardRestore({"key": rng})}
   if data_iterator is not None:
     items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iterator)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   logging.info("Resumed from checkpoint step %d in %s", step, manager.directory)
-  return restored["state"], restored["rng"], step
+  return restored["state"], restored["rng"]["key"], step
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -36,7 +36,10 @@ def default_config() -> ml_collections.ConfigDict:
   ))
   config.init_from = ""                 # torchvision state_dict file (ImageNet initialisation)
   # Objective and augmentation.
-  config.loss = ml_collections.ConfigDict(dict(temperature=0.07))
+  config.loss = ml_collections.ConfigDict(dict(
+      temperature=0.07,
+      example_weights="none",           # none | inverse_frequency (per-example loss weights)
+  ))
   config.augment = augment.default_config()
   # Optimisation.
   config.optimizer = ml_collections.ConfigDict(dict(

@@ -81,11 +81,10 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
                     opt_state=tx.init(params))
 
 
-def train_step(state: TrainState, images: jax.Array, rng: jax.Array, *, model: Any,
-               tx: optax.GradientTransformation, learning_rate_fn: Callable,
+def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *,
+               model: Any, tx: optax.GradientTransformation, learning_rate_fn: Callable,
                augment_config: ml_collections.ConfigDict, image_size: int,
-               temperature: float, example_weights: Optional[jax.Array] = None
-               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
+               temperature: float) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One SimCLR step on this device's share of the global batch (run under pmap).
 
   Randomness is keyed by (seed, step, global example index): the global index of row i
@@ -94,17 +93,19 @@ def train_step(state: TrainState, images: jax.Array, rng: jax.Array, *, model: A
 
   Args:
     state: replicated train state.
-    images: uint8 [per_device, H, W, 1] from the loader.
+    batch: this device's part of the global batch: 'image' uint8 [per_device, H, W, 1]
+      and, with class re-weighting on, 'weight' float32 [per_device] loss weights.
     rng: the run's base key (replicated).
     model: SimCLR module built with axis_name=AXIS_NAME (global BatchNorm).
     tx: optimiser; learning_rate_fn: its schedule (for the metrics).
     augment_config, image_size: on-device augmentation of the two views.
     temperature: NT-Xent temperature.
-    example_weights: optional float [per_device] loss weights.
 
   Returns:
     (new state, metrics averaged over all devices).
   """
+  images = batch["image"]
+  example_weights = batch.get("weight")
   per_device = images.shape[0]
   step_rng = jax.random.fold_in(rng, state.step)
   example_ids = lax.axis_index(AXIS_NAME) * per_device + jnp.arange(per_device)
@@ -268,7 +269,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   def save(step):
     host_state = to_checkpoint(flax.jax_utils.unreplicate(replicated_state))
-    checkpointing.save(manager, step, jax.device_get(host_state), train_rng, data_iterator)
+    # Host numpy, identical on every process: orbax writes it once (process 0).
+    checkpointing.save(manager, step, jax.device_get(host_state), np.asarray(train_rng),
+                       data_iterator)
 
   progress = None
   if jax.process_index() == 0 and config.get("progress_bar", True):
@@ -281,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step = start_step
   try:
     while step < total_steps:
-      batch = next(data_iterator)["image"]  # uint8 [local_devices, per_device, H, W, 1]
+      batch = next(data_iterator)  # 'image': uint8 [local_devices, per_device, H, W, 1]
       replicated_state, metrics = p_train_step(replicated_state, batch, replicated_rng)
       step += 1
       window_steps += 1

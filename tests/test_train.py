@@ -33,7 +33,7 @@ def run(num_devices):
   p_step = jax.pmap(step, axis_name=train.AXIS_NAME, devices=devices)
   replicated = flax.jax_utils.replicate(state, devices)
   replicated_rng = flax.jax_utils.replicate(rng, devices)
-  batch = images.reshape(num_devices, 8 // num_devices, 24, 24, 1)
+  batch = {'image': images.reshape(num_devices, 8 // num_devices, 24, 24, 1)}
   losses = []
   for _ in range(2):
     replicated, metrics = p_step(replicated, batch, replicated_rng)
@@ -76,7 +76,7 @@ state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0), (32, 
 p_step = jax.pmap(functools.partial(train.train_step, model=model, tx=tx, learning_rate_fn=lr_fn,
     augment_config=config.augment, image_size=32, temperature=0.07), axis_name='batch')
 images = np.random.RandomState(0).randint(0, 256, (1, 4, 40, 40, 1)).astype(np.uint8)
-new_state, metrics = p_step(flax.jax_utils.replicate(state), images,
+new_state, metrics = p_step(flax.jax_utils.replicate(state), {'image': images},
                             flax.jax_utils.replicate(jax.random.PRNGKey(0)))
 metrics = {k: float(v[0]) for k, v in metrics.items()}
 count = sum(x.size for x in jax.tree_util.tree_leaves(state.params['encoder']))
