@@ -1,0 +1,521 @@
+"""`nih_chest_xray14`: NIH Clinical Center ChestX-ray14 as a TFDS builder (manual download).
+
+Wang et al., "ChestX-ray8: Hospital-scale chest X-ray database and benchmarks on
+weakly-supervised classification and localization of common thorax diseases", CVPR 2017.
+The images are public domain (CC0).
+
+Manual directory (`--manual_dir`), any of:
+  * the 12 extracted archives: `images_001/images/*.png` ... `images_012/images/*.png`;
+  * one flat folder: `images/*.png` (or PNGs anywhere below the manual dir);
+  * the `nih_thumbs` layout `{train,valid,test}/{0_normal,1_abnormal}/*.png` (file names
+    are official Image Index values): prepared as builder config `thumbs64`, with the
+    split taken from the folders.
+plus the label table `Data_Entry_2017*.csv` or `Data_Entry_2017*.csv.gz` in the manual dir
+(or its parent, or a sibling folder, or given with `csv_path=` / `--csv`), and optionally
+the official patient-wise split lists `train_val_list.txt` and `test_list.txt`.
+
+Splits (always patient-wise: no patient is in two splits):
+  * `test_list.txt` present: test = the listed images; otherwise test = patients with
+    hash(Patient ID) < `test_fraction` (default 0.2; the official test set is 22.8%).
+  * validation = the non-test patients with an independent hash(Patient ID) <
+    `validation_fraction` (default 0.1; a fraction of the non-test patients).
+  * train = the rest. The hash is SHA-256, so the split is the same on every machine.
+  * thumbs layout: the folders decide (`valid` -> `validation`).
+
+Per split the builder counts CSV rows, images found, rows whose image is missing from
+disk (normal when only some archives were downloaded: the sample has 41 of 112,120),
+images written, corrupt images (logged and skipped); images on disk without a CSV row
+are counted and logged. The counts are in `builder.prepare_counts` and, once prepared,
+in `builder.info.metadata['prepare_counts']`. No usable image is an error naming the
+manual dir.
+
+Pixels: converted to 8-bit grayscale:
+  * L: as is. LA: the gray channel (alpha ignored).
+  * RGB/RGBA/P: ITU-R 601-2 luma of R, G, B (PIL `convert('L')`), alpha ignored. The
+    RGBA files of the release carry the gray image in R = G = B with alpha 255
+    everywhere, so this returns exactly their gray values.
+  * 16-bit (I;16, I;16B, I): value * 255 / 65535, rounded (full 16-bit range; an 8-bit
+    image stored as 16-bit, v * 257, comes back exactly).
+Geometry: aspect kept: the centred square of side min(H, W) is cut out and resized
+to S x S with PIL LANCZOS (antialiased) after an exact box-filter `reduce` down to no
+less than 2 S (`reducing_gap=2`), which is faster and visually the same.
+
+Features: `image` uint8 [S, S, 1]; `labels` uint8 [14] multi-hot over FINDINGS (order
+below); `no_finding` bool; `label` ClassLabel over LABEL_NAMES (= FINDINGS + 'No Finding'):
+the finding's index when exactly one finding, 14 for No Finding, -1 for several
+findings; `patient_id` int64; `view_position` ('PA'/'AP'); `age` int32 (years);
+`sex` ('M'/'F'); `image_index` (file name).
+"""
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import inspect
+import functools
+import gzip
+import hashlib
+import io
+import logging
+import multiprocessing
+import os
+import pathlib
+import re
+
+from etils import epath
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+import tqdm
+
+# Fixed order of the 14 findings in `labels` (as in the ChestX-ray14 paper / CheXNet).
+FINDINGS = ('Atelectasis', 'Cardiomegaly', 'Effusion', 'Infiltration', 'Mass', 'Nodule',
+            'Pneumonia', 'Pneumothorax', 'Consolidation', 'Edema', 'Emphysema', 'Fibrosis',
+            'Pleural_Thickening', 'Hernia')
+NO_FINDING = 'No Finding'
+LABEL_NAMES = FINDINGS + (NO_FINDING,)  # classes of the single-label `label` feature
+IMAGE_SIZES = (64, 224, 256, 512)
+THUMBS_CONFIG = 'thumbs64'
+THUMBS_SPLIT_FOLDERS = {'train': 'train', 'valid': 'validation', 'test': 'test'}
+THUMBS_CLASS_FOLDERS = ('0_normal', '1_abnormal')
+CSV_COLUMNS = ('Image Index', 'Finding Labels', 'Patient ID', 'Patient Age',
+               'Patient Gender', 'View Position')
+CSV_GLOBS = ('Data_Entry_2017*.csv', 'Data_Entry_2017*.csv.gz')
+
+_MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+Download ChestX-ray14 from https://nihcc.app.box.com/v/ChestXray-NIHCC : the 12
+images_NNN.tar.gz archives (extract them: images_NNN/images/*.png, or put all PNGs in one
+images/ folder), Data_Entry_2017_v2020.csv (plain or .gz) and optionally
+train_val_list.txt / test_list.txt, all into one folder; pass it as --manual_dir.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvRow:
+  """One row of Data_Entry_2017*.csv."""
+  image_index: str
+  findings: tuple  # finding names, () for No Finding
+  patient_id: int
+  age: int
+  sex: str
+  view_position: str
+
+
+def parse_finding_labels(text: str) -> tuple:
+  """'Cardiomegaly|Effusion' -> ('Cardiomegaly', 'Effusion'); 'No Finding' -> ()."""
+  names = tuple(name.strip() for name in text.split('|') if name.strip())
+  if names == (NO_FINDING,):
+    return ()
+  unknown = [name for name in names if name not in FINDINGS]
+  if unknown:
+    raise ValueError(f'unknown finding(s) {unknown} in Finding Labels {text!r}; '
+                     f'known: {list(FINDINGS) + [NO_FINDING]}')
+  return names
+
+
+def label_features(findings: tuple) -> dict:
+  """Multi-hot `labels` [14] uint8, `no_finding` and the single-label `label` of a row."""
+  labels = np.zeros(len(FINDINGS), np.uint8)
+  for name in findings:
+    labels[FINDINGS.index(name)] = 1
+  if not findings:
+    label = LABEL_NAMES.index(NO_FINDING)
+  elif len(findings) == 1:
+    label = FINDINGS.index(findings[0])
+  else:
+    label = -1
+  return {'labels': labels, 'no_finding': not findings, 'label': label}
+
+
+def read_data_entry_csv(path) -> dict:
+  """Reads the label table (plain or gzip) into {image_index: CsvRow}.
+
+  Raises:
+    ValueError: naming the file (and row) when a column or value is not as expected.
+  """
+  path = pathlib.Path(path)
+  opener = gzip.open if path.suffix == '.gz' else open
+  rows = {}
+  with opener(path, 'rt', newline='') as f:
+    reader = csv.DictReader(f)
+    missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+      raise ValueError(f'{path}: missing column(s) {missing}; found {reader.fieldnames}')
+    for line, record in enumerate(reader, start=2):
+      try:
+        age = re.match(r'\d+', record['Patient Age'].strip())  # '58' or old-style '058Y'
+        rows[record['Image Index'].strip()] = CsvRow(
+            image_index=record['Image Index'].strip(),
+            findings=parse_finding_labels(record['Finding Labels']),
+            patient_id=int(record['Patient ID']),
+            age=int(age.group()) if age else -1,
+            sex=record['Patient Gender'].strip(),
+            view_position=record['View Position'].strip())
+      except (ValueError, TypeError) as e:
+        raise ValueError(f'{path}, line {line}: {e}') from e
+  return rows
+
+
+def find_csv(manual_dir, csv_path=None) -> pathlib.Path:
+  """The label table: `csv_path`, else Data_Entry_2017*.csv[.gz] in, above or beside manual_dir."""
+  if csv_path:
+    csv_path = pathlib.Path(csv_path)
+    if not csv_path.is_file():
+      raise FileNotFoundError(f'CSV {csv_path} (--csv) does not exist')
+    return csv_path
+  manual_dir = pathlib.Path(manual_dir)
+  parent = manual_dir.resolve().parent
+  folders = [manual_dir, parent] + sorted(p for p in parent.iterdir() if p.is_dir())
+  for folder in folders:
+    for pattern in CSV_GLOBS:
+      found = sorted(folder.glob(pattern))
+      if found:
+        return found[-1]  # Data_Entry_2017_v2020 sorts after Data_Entry_2017
+  raise FileNotFoundError(
+      f'no label table {" or ".join(CSV_GLOBS)} in manual_dir {manual_dir}, its parent or '
+      f'a sibling folder; pass it with --csv PATH (csv_path=)')
+
+
+def is_thumbs_layout(manual_dir) -> bool:
+  """True for the `{train,valid,test}/{0_normal,1_abnormal}/*.png` layout."""
+  manual_dir = pathlib.Path(manual_dir)
+  return any((manual_dir / split / cls).is_dir()
+             for split in THUMBS_SPLIT_FOLDERS for cls in THUMBS_CLASS_FOLDERS)
+
+
+def find_images(manual_dir) -> dict:
+  """{image_index: path} of every *.png below `manual_dir` (both archive layouts)."""
+  images = {}
+  for root, dirs, files in os.walk(manual_dir, followlinks=True):
+    dirs.sort()
+    for name in sorted(files):
+      if name.lower().endswith('.png'):
+        images.setdefault(name, pathlib.Path(root) / name)
+  return images
+
+
+def _patient_fraction(patient_id: int, salt: str) -> float:
+  digest = hashlib.sha256(f'{salt}:{patient_id}'.encode()).digest()
+  return int.from_bytes(digest[:8], 'big') / 2.0**64
+
+
+def patient_split(patient_id: int, test_fraction: float = 0.2,
+                  validation_fraction: float = 0.1, official_test: bool | None = None) -> str:
+  """Deterministic patient-wise split: 'train', 'validation' or 'test'.
+
+  Args:
+    patient_id: Patient ID from the CSV.
+    test_fraction: fraction of patients in test (ignored when `official_test` is given).
+    validation_fraction: fraction of the non-test patients in validation.
+    official_test: membership in the official test_list.txt, if that list is used.
+  """
+  if official_test is None:
+    official_test = _patient_fraction(patient_id, 'test') < test_fraction
+  if official_test:
+    return 'test'
+  if _patient_fraction(patient_id, 'validation') < validation_fraction:
+    return 'validation'
+  return 'train'
+
+
+def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
+  """A PIL image of any ChestX-ray14 mode -> uint8 [H, W] (rules in the module docstring)."""
+  mode = image.mode
+  if mode == 'L':
+    return np.asarray(image, np.uint8)
+  if mode == 'LA':
+    return np.asarray(image.getchannel('L'), np.uint8)
+  if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
+    values = np.asarray(image).astype(np.int64)
+    if values.min() < 0 or values.max() > 65535:
+      raise ValueError(f'mode {mode} image with values outside [0, 65535] '
+                       f'({values.min()}..{values.max()})')
+    return ((values * 255 + 32767) // 65535).astype(np.uint8)
+  if mode in ('RGB', 'RGBA', 'RGBX', 'P', 'PA', '1', 'CMYK', 'YCbCr'):
+    if mode in ('P', 'PA', 'CMYK', 'YCbCr'):
+      image = image.convert('RGB')
+    return np.asarray(image.convert('L'), np.uint8)  # luma of R, G, B; alpha ignored
+  raise ValueError(f'unsupported PNG mode {mode!r}; accepted: L, LA, RGB, RGBA, P, I;16, I')
+
+
+def resize_square(gray: np.ndarray, image_size: int) -> np.ndarray:
+  """uint8 [H, W] -> uint8 [S, S]: centred square crop, antialiased LANCZOS resize."""
+  height, width = gray.shape
+  side = min(height, width)
+  left, top = (width - side) // 2, (height - side) // 2
+  image = Image.fromarray(gray, mode='L')
+  if side == image_size and (height, width) == (side, side):
+    return gray.copy()
+  resized = image.resize((image_size, image_size), Image.Resampling.LANCZOS,
+                         box=(left, top, left + side, top + side), reducing_gap=2.0)
+  return np.asarray(resized, np.uint8)
+
+
+def load_image(path, image_size: int) -> np.ndarray:
+  """Decodes a PNG file to uint8 [S, S, 1]. Raises on a corrupt or unsupported file."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  with Image.open(io.BytesIO(data)) as image:
+    image.load()
+    gray = to_grayscale_uint8(image)
+  return resize_square(gray, image_size)[..., None]
+
+
+def _decode_chunk(paths, image_size):
+  """Worker: [(image uint8 [S, S, 1] or None, error or None)] for `paths`."""
+  results = []
+  for path in paths:
+    try:
+      results.append((load_image(path, image_size), None))
+    except Exception as e:  # pylint: disable=broad-except  # a corrupt file is skipped
+      results.append((None, f'{type(e).__name__}: {e}'))
+  return results
+
+
+def _ordered_parallel_map(function, chunks, num_workers, max_in_flight):
+  """Like executor.map, but with at most `max_in_flight` chunks pending (bounded memory)."""
+  if num_workers <= 1:
+    for chunk in chunks:
+      yield function(chunk)
+    return
+  # fork: workers need numpy + PIL only, and start in milliseconds.
+  with concurrent.futures.ProcessPoolExecutor(
+      num_workers, mp_context=multiprocessing.get_context('fork')) as pool:
+    pending = collections.deque()
+    for chunk in chunks:
+      pending.append(pool.submit(function, chunk))
+      if len(pending) >= max_in_flight:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+
+
+@dataclasses.dataclass
+class NihConfig(tfds.core.BuilderConfig):
+  image_size: int = 256
+  layout: str = 'archives'  # 'archives' (full release) or 'thumbs'
+
+
+class NihChestXray14(tfds.core.GeneratorBasedBuilder):
+  """NIH ChestX-ray14, resized to S x S uint8 grayscale; see the module docstring."""
+
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.', '1.1.0': 'image stored as raw bytes.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
+  BUILDER_CONFIGS = [
+      NihConfig(name=str(size), image_size=size, description=f'{size}x{size} grayscale')
+      for size in IMAGE_SIZES] + [
+          NihConfig(name=THUMBS_CONFIG, image_size=64, layout='thumbs',
+                    description='nih_thumbs: 64x64, splits from the folders')]
+  DEFAULT_CONFIG_NAME = '256'
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS's default probes importlib_resources, which is not a dependency here.
+    return epath.Path(inspect.getfile(cls))
+
+  def __init__(self, *, csv_path=None, test_fraction: float = 0.2,
+               validation_fraction: float = 0.1, num_workers: int | None = None, **kwargs):
+    """Args: csv_path: label table (default: searched, see find_csv); test_fraction,
+    validation_fraction: patient fractions of the hash split; num_workers: decode
+    processes (default all cores; 1 = in this process). Other kwargs go to TFDS."""
+    kwargs.setdefault('file_format', 'array_record')  # random access, no TensorFlow
+    super().__init__(**kwargs)
+    for name, value in (('test_fraction', test_fraction),
+                        ('validation_fraction', validation_fraction)):
+      if not 0.0 <= value < 1.0:
+        raise ValueError(f'{name} must be in [0, 1), got {value}')
+    self._csv_path = csv_path
+    self._test_fraction = test_fraction
+    self._validation_fraction = validation_fraction
+    self._num_workers = num_workers or os.cpu_count() or 1
+    self.prepare_counts = {}  # filled while generating; see the module docstring
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.image_size
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            # raw bytes: a uint8 Tensor would otherwise be stored as an int64 list (~10x slower)
+            'image': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8,
+                                          encoding=tfds.features.Encoding.BYTES),
+            'labels': tfds.features.Tensor(shape=(len(FINDINGS),), dtype=np.uint8),
+            'no_finding': tfds.features.Tensor(shape=(), dtype=np.bool_),
+            'label': tfds.features.ClassLabel(names=LABEL_NAMES),
+            'patient_id': tfds.features.Scalar(dtype=np.int64),
+            'view_position': tfds.features.Text(),
+            'age': tfds.features.Scalar(dtype=np.int32),
+            'sex': tfds.features.Text(),
+            'image_index': tfds.features.Text(),
+        }),
+        supervised_keys=('image', 'label'),
+        homepage='https://nihcc.app.box.com/v/ChestXray-NIHCC',
+        citation='Wang et al., ChestX-ray8, CVPR 2017.',
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    manual_dir = pathlib.Path(dl_manager.manual_dir)
+    plan, counts = plan_splits(
+        manual_dir, layout=self.builder_config.layout, csv_path=self._csv_path,
+        test_fraction=self._test_fraction, validation_fraction=self._validation_fraction)
+    self.prepare_counts = counts
+    self.info.metadata['prepare_counts'] = counts
+    self.info.metadata['manual_dir'] = str(manual_dir)
+    return {split: self._generate_examples(split, items, manual_dir)
+            for split, items in plan.items() if items}
+
+  def _generate_examples(self, split, items, manual_dir):
+    """Yields (image_index, example); items: [(path, CsvRow)] in a fixed order."""
+    size = self.builder_config.image_size
+    counts = self.prepare_counts[split]
+    chunk_size = 16
+    chunks = [[path for path, _ in items[start:start + chunk_size]]
+              for start in range(0, len(items), chunk_size)]
+    results = _ordered_parallel_map(
+        functools.partial(_decode_chunk, image_size=size), chunks, self._num_workers,
+        max_in_flight=4 * self._num_workers)
+    progress = tqdm.tqdm(total=len(items), desc=f'nih_chest_xray14 {split}', unit=' images')
+    position = 0
+    for chunk_results in results:
+      for image, error in chunk_results:
+        path, row = items[position]
+        position += 1
+        progress.update(1)
+        if image is None:
+          counts['corrupt'] += 1
+          self.prepare_counts['total']['corrupt'] += 1
+          logging.warning('nih_chest_xray14: skipping corrupt image %s (%s)', path, error)
+          continue
+        counts['written'] += 1
+        self.prepare_counts['total']['written'] += 1
+        yield row.image_index, {
+            'image': image, **label_features(row.findings),
+            'patient_id': row.patient_id, 'view_position': row.view_position,
+            'age': row.age, 'sex': row.sex, 'image_index': row.image_index}
+    progress.close()
+    self.info.metadata['prepare_counts'] = self.prepare_counts
+    logging.info('nih_chest_xray14 %s: %s', split, counts)
+    if counts['written'] == 0:
+      raise RuntimeError(
+          f'nih_chest_xray14: none of the {len(items)} {split} images in manual_dir '
+          f'{manual_dir} could be decoded (all corrupt); see the warnings above')
+
+
+def _empty_counts():
+  return {'csv_rows': 0, 'found': 0, 'missing_from_disk': 0, 'written': 0, 'corrupt': 0}
+
+
+def plan_splits(manual_dir, *, layout='archives', csv_path=None, test_fraction=0.2,
+                validation_fraction=0.1):
+  """Matches the CSV to the images on disk and assigns splits.
+
+  Args:
+    manual_dir: folder with the images (and usually the CSV).
+    layout: 'archives' (images anywhere below, hash/official split) or 'thumbs'.
+    csv_path: the label table; default find_csv(manual_dir).
+    test_fraction, validation_fraction: see patient_split.
+
+  Returns:
+    (plan, counts): plan = {split: [(path, CsvRow)] sorted by image index};
+    counts = {'total': {...}, split: {...}} with csv_rows, found, missing_from_disk,
+    written, corrupt (written/corrupt filled while generating), and in 'total' also
+    not_in_csv and the number of patients in more than one split.
+
+  Raises:
+    FileNotFoundError: no usable image (none on disk that has a CSV row), naming manual_dir.
+  """
+  manual_dir = pathlib.Path(manual_dir)
+  if not manual_dir.is_dir():
+    raise FileNotFoundError(f'manual_dir {manual_dir} does not exist')
+  csv_file = find_csv(manual_dir, csv_path)
+  logging.info('nih_chest_xray14: labels from %s', csv_file)
+  rows = read_data_entry_csv(csv_file)
+  splits = ('train', 'validation', 'test')
+  counts = {'total': {**_empty_counts(), 'not_in_csv': 0, 'csv': str(csv_file)}}
+  counts.update({split: _empty_counts() for split in splits})
+  plan = {split: [] for split in splits}
+  counts['total']['csv_rows'] = len(rows)
+
+  if layout == 'thumbs':
+    image_split = {}
+    images = {}
+    mismatched = 0
+    for folder, split in THUMBS_SPLIT_FOLDERS.items():
+      for class_folder in THUMBS_CLASS_FOLDERS:
+        for path in sorted((manual_dir / folder / class_folder).glob('*.png')):
+          images[path.name] = path
+          image_split[path.name] = split
+          row = rows.get(path.name)
+          if row is not None and (class_folder == '1_abnormal') != bool(row.findings):
+            mismatched += 1
+    if not images:
+      raise FileNotFoundError(
+          f'no {{train,valid,test}}/{{0_normal,1_abnormal}}/*.png in manual_dir {manual_dir}')
+    counts['total']['folder_label_mismatch'] = mismatched
+    # Rows without an image cannot be given a split here: counted in 'total' only.
+    counts['total']['missing_from_disk'] = sum(1 for name in rows if name not in images)
+  else:
+    images = find_images(manual_dir)
+    official_test = _read_list(manual_dir, 'test_list.txt')
+    if official_test is not None:
+      logging.info('nih_chest_xray14: official test split from test_list.txt (%d images)',
+                   len(official_test))
+    image_split = {}
+    for name, row in rows.items():
+      split = patient_split(
+          row.patient_id, test_fraction, validation_fraction,
+          official_test=None if official_test is None else name in official_test)
+      image_split[name] = split
+      counts[split]['csv_rows'] += 1
+      if name not in images:
+        counts[split]['missing_from_disk'] += 1
+        counts['total']['missing_from_disk'] += 1
+
+  not_in_csv = sorted(name for name in images if name not in rows)
+  counts['total']['not_in_csv'] = len(not_in_csv)
+  if not_in_csv:
+    logging.warning('nih_chest_xray14: %d image(s) without a CSV row in %s, skipped: %s',
+                    len(not_in_csv), csv_file, not_in_csv[:10])
+  for name in sorted(images):
+    if name in rows:
+      split = image_split[name]
+      plan[split].append((images[name], rows[name]))
+      counts[split]['found'] += 1
+      counts['total']['found'] += 1
+  if layout == 'thumbs':
+    for split in splits:
+      counts[split]['csv_rows'] = counts[split]['found']
+  patient_splits = collections.defaultdict(set)
+  for split, items in plan.items():
+    for _, row in items:
+      patient_splits[row.patient_id].add(split)
+  counts['total']['patients'] = len(patient_splits)
+  counts['total']['patients_in_several_splits'] = sum(
+      len(s) > 1 for s in patient_splits.values())
+  if counts['total']['patients_in_several_splits']:
+    logging.warning('nih_chest_xray14: %d patient(s) have images in more than one split '
+                    '(the split folders of %s are not patient-wise)',
+                    counts['total']['patients_in_several_splits'], manual_dir)
+  if counts['total'].get('folder_label_mismatch'):
+    logging.warning('nih_chest_xray14: %d image(s) in 0_normal/1_abnormal disagree with the '
+                    'CSV; the CSV labels are used', counts['total']['folder_label_mismatch'])
+  if counts['total']['found'] == 0:
+    raise FileNotFoundError(
+        f'no usable images in manual_dir {manual_dir}: {len(images)} PNG file(s) found, '
+        f'none of them listed in {csv_file} ({len(rows)} rows). Expected layouts: '
+        f'images_NNN/images/*.png, images/*.png or {{train,valid,test}}/{{0_normal,1_abnormal}}'
+        f'/*.png.\n{_MANUAL_DOWNLOAD_INSTRUCTIONS}')
+  for split in splits:
+    if not plan[split]:
+      logging.warning('nih_chest_xray14: split %s has no images; it is not written', split)
+  return plan, counts
+
+
+def _read_list(manual_dir, file_name):
+  """Image indices of an official list file in manual_dir, or None when absent."""
+  path = pathlib.Path(manual_dir) / file_name
+  if not path.is_file():
+    return None
+  return {line.strip() for line in path.read_text().splitlines() if line.strip()}

@@ -1,0 +1,380 @@
+"""Grain input pipelines over prepared TFDS ArrayRecord datasets (no TensorFlow).
+
+Training stream (`create_train_iterator`):
+
+  record indices: range(N).shuffle(seed).repeat()          (or a class-balanced sampler)
+    -> read record (TFDS data source, random access) -> {'image': uint8 [H, W, 1]}
+    -> batch(per_process_batch)                             a global batch is P such batches
+    -> [process_index::process_count]                       process p keeps the p-th of them
+    -> reshape to [local_devices, per_device, H, W, 1]
+    -> to_iter_dataset -> mp_prefetch(num_workers)          (workers only if num_workers > 0)
+
+Why batch-then-slice rather than grain's `ShardByJaxProcess` (slice-then-batch): with
+the slice after batching, global batch g is exactly the elements [g*B, (g+1)*B) of one
+shuffled stream, and process p holds its contiguous part p*B/P .. (p+1)*B/P. So the
+content of every global batch depends only on the seed and the global batch size, not
+on how many processes or devices share it: 1 process x 8 devices and 2 processes x 4
+devices train on the same examples, in the same order (checked in tests/test_data.py).
+Per-process sharding of the records instead would give each process its own shuffled
+subset, so the global batches would change with the process count.
+
+The iterator (TrainIterator, a grain DatasetIterator) has a small JSON state,
+`get_state()` -> {'global_batches_consumed': k, ...}; `set_state()` restores the exact
+position, also with a different number of Grain workers, processes or devices.
+"""
+import functools
+import logging
+import pathlib
+import sys
+
+from absl import flags
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+# Importing the builder modules registers 'synthetic_cxr' and 'nih_chest_xray14' with TFDS.
+from simclr_jax.data import nih  # pylint: disable=unused-import
+from simclr_jax.data import synthetic_cxr  # pylint: disable=unused-import
+
+
+def get_builder(name: str, data_dir: str, **builder_kwargs) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `name` ('name' or 'name/config', e.g. 'synthetic_cxr/64')."""
+  return tfds.builder(name, data_dir=data_dir, **builder_kwargs)
+
+
+@functools.lru_cache(maxsize=32)
+def _prepared_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  builder = get_builder(name, data_dir)
+  if not builder.is_prepared():
+    family = name.split('/')[0]
+    size = name.split('/')[1] if '/' in name else '...'
+    command = 'nih --manual_dir DIR' if family.startswith('nih') else family
+    raise FileNotFoundError(
+        f'dataset {name!r} is not prepared in data_dir {data_dir!r} (looked for '
+        f'{builder.data_path}); run: python -m simclr_jax.prepare {command} '
+        f'--data_dir {data_dir} --image_size {size}')
+  return builder
+
+
+def _check_split(builder, name, split):
+  if split not in builder.info.splits:
+    raise ValueError(f'split {split!r} not in dataset {name!r}; available: '
+                     f'{sorted(builder.info.splits.keys())}')
+
+
+def data_source(dataset: str, data_dir: str, split: str):
+  """Random-access TFDS ArrayRecord data source of a prepared split."""
+  builder = _prepared_builder(dataset, str(data_dir))
+  _check_split(builder, dataset, split)
+  return builder.as_data_source(split)
+
+
+def num_examples(dataset: str, data_dir: str, split: str) -> int:
+  """Number of examples in a prepared split."""
+  builder = _prepared_builder(dataset, str(data_dir))
+  _check_split(builder, dataset, split)
+  return builder.info.splits[split].num_examples
+
+
+def class_names(dataset: str, data_dir: str) -> list:
+  """Names of the classes of the dataset's single-label `label` feature."""
+  return list(_prepared_builder(dataset, str(data_dir)).info.features['label'].names)
+
+
+def steps_per_epoch(config) -> int:
+  """Training steps per pass over config.train_split at the global config.batch_size."""
+  count = num_examples(config.dataset, config.data_dir, config.train_split)
+  return max(1, count // config.batch_size)
+
+
+def example_weights(labels) -> np.ndarray:
+  """Inverse-class-frequency weights, mean 1 over the given examples.
+
+  Args:
+    labels: int [N] class ids (-1, e.g. "several findings", is a group of its own), or
+      multi-hot [N, C]; rows without a positive form an extra "no finding" group and an
+      example weighs the inverse frequency of its rarest positive class.
+
+  Returns:
+    float32 [N]; the weights of every class sum to the same total in the 1-D case.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim == 1:
+    _, group, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[group]
+  elif labels.ndim == 2:
+    positives = labels.astype(bool)
+    positives = np.concatenate([positives, ~positives.any(axis=1, keepdims=True)], axis=1)
+    frequency = positives.sum(axis=0).astype(np.float64)  # [C + 1]
+    inverse = np.where(frequency > 0, 1.0 / np.maximum(frequency, 1), 0.0)
+    weights = (positives * inverse).max(axis=1)
+  else:
+    raise ValueError(f'labels must be [N] or [N, C], got shape {labels.shape}')
+  return (weights / weights.mean()).astype(np.float32)
+
+
+class WeightedIndexSampler:
+  """Random-access source of record indices drawn with probability ~ weights.
+
+  Position i of the (infinite) stream is draw i % N of epoch i // N; an epoch's N draws
+  (with replacement) come from numpy's generator seeded by (seed, epoch), so any
+  position can be recomputed: deterministic, resumable and worker-independent.
+  """
+
+  def __init__(self, weights, seed: int):
+    weights = np.asarray(weights, np.float64)
+    if weights.ndim != 1 or len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
+      raise ValueError('weights must be a non-empty [N] array of non-negative numbers '
+                       'with a positive sum')
+    self._cumulative = np.cumsum(weights / weights.sum())
+    self._cumulative[-1] = 1.0
+    self._seed = int(seed)
+    self._cached_epoch, self._cached_draws = None, None
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def _draws(self, epoch: int) -> np.ndarray:
+    if epoch != self._cached_epoch:
+      uniform = np.random.default_rng([self._seed, epoch]).random(len(self._cumulative))
+      self._cached_draws = np.searchsorted(self._cumulative, uniform, side='right')
+      self._cached_epoch = epoch
+    return self._cached_draws
+
+  def __getitem__(self, position: int) -> int:
+    epoch, offset = divmod(int(position), len(self._cumulative))
+    return int(self._draws(epoch)[offset])
+
+
+class _RecordReader:
+  """Reads record `index` of a split and keeps `features` (+ 'weight' when weights given).
+
+  Pickles without its data source (opened lazily in each process): workers of
+  mp_prefetch re-open the ArrayRecord files themselves.
+  """
+
+  def __init__(self, dataset, data_dir, split, features=('image',), weights=None):
+    self._location = (dataset, str(data_dir), split)
+    self._features = tuple(features)
+    self._weights = None if weights is None else np.asarray(weights, np.float32)
+    self._source = None
+
+  def __getstate__(self):
+    return {**self.__dict__, '_source': None}
+
+  def __call__(self, index):
+    if self._source is None:
+      self._source = data_source(*self._location)
+    record = self._source[int(index)]
+    example = {name: record[name] for name in self._features}
+    if self._weights is not None:
+      example['weight'] = self._weights[int(index)]
+    return example
+
+
+class _DeviceLayout:
+  """[per_process_batch, ...] -> [local_devices, per_device, ...] for every feature."""
+
+  def __init__(self, local_device_count):
+    self._local_device_count = local_device_count
+
+  def __call__(self, batch):
+    return {name: value.reshape((self._local_device_count, -1) + value.shape[1:])
+            for name, value in batch.items()}
+
+
+def _check_batch_size(batch_size, process_count, local_device_count):
+  device_count = process_count * local_device_count
+  if batch_size <= 0 or batch_size % device_count:
+    lower = max(device_count, batch_size // device_count * device_count)
+    upper = (batch_size // device_count + 1) * device_count
+    raise ValueError(
+        f'config.batch_size={batch_size} (global) must be a positive multiple of the device '
+        f'count {device_count} ({process_count} process(es) x {local_device_count} local '
+        f'device(s)); nearest valid sizes: {sorted({lower, upper})}')
+
+
+def balance_labels(dataset: str, data_dir: str, split: str) -> np.ndarray:
+  """Labels used for balancing, in record order: multi-hot 'labels' [N, C] if the dataset
+  has them (NIH), else 'label' [N]. Read once, then cached next to the dataset files."""
+  builder = _prepared_builder(dataset, str(data_dir))
+  _check_split(builder, dataset, split)
+  feature = 'labels' if 'labels' in builder.info.features else 'label'
+  cache = pathlib.Path(builder.data_path) / f'{split}-{feature}.npy'
+  if cache.exists():
+    return np.load(cache)
+  source = builder.as_data_source(split)
+  chunks = []
+  for start in range(0, len(source), 1024):
+    records = source.__getitems__(range(start, min(start + 1024, len(source))))
+    chunks.append(np.stack([np.asarray(record[feature]) for record in records]))
+  labels = np.concatenate(chunks)
+  try:  # atomic: several processes may do this at once
+    temporary = cache.with_suffix(f'.tmp{np.random.randint(1 << 30)}.npy')
+    np.save(temporary, labels)
+    temporary.rename(cache)
+  except OSError as e:  # read-only data_dir: fine, just not cached
+    logging.info('could not cache %s: %s', cache, e)
+  return labels
+
+
+def create_train_iterator(config, *, process_index=None, process_count=None,
+                          local_device_count=None):
+  """Infinite, deterministic, checkpointable training iterator of this process's batches.
+
+  Args:
+    config: reads dataset, data_dir, train_split, batch_size (GLOBAL), seed,
+      input.num_workers, input.prefetch_buffer_size, input.class_balanced and
+      loss.example_weights ('none' or 'inverse_frequency': adds a 'weight' feature).
+    process_index, process_count, local_device_count: default jax.process_index(),
+      jax.process_count(), jax.local_device_count().
+
+  Returns:
+    TrainIterator (a grain DatasetIterator) yielding {'image': uint8
+    [local_devices, per_device, H, W, 1]}
+    (+ 'weight' float32 [local_devices, per_device] when loss weights are requested).
+
+  Raises:
+    ValueError: batch_size not divisible by the total device count.
+  """
+  if process_index is None or process_count is None or local_device_count is None:
+    import jax  # pylint: disable=g-import-not-at-top  # lazily: the builders do not need jax
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    local_device_count = (
+        jax.local_device_count() if local_device_count is None else local_device_count)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} not in [0, {process_count})')
+  _check_batch_size(config.batch_size, process_count, local_device_count)
+  per_process_batch = config.batch_size // process_count
+  input_config = config.get('input', {})
+  num_workers = int(input_config.get('num_workers', 0))
+  prefetch = max(1, int(input_config.get('prefetch_buffer_size', 2)))
+  class_balanced = bool(input_config.get('class_balanced', False))
+  loss_weights = str(config.get('loss', {}).get('example_weights', 'none') or 'none')
+  if loss_weights not in ('none', 'inverse_frequency'):
+    raise ValueError(f"config.loss.example_weights={loss_weights!r}; accepted: 'none', "
+                     f"'inverse_frequency'")
+
+  count = num_examples(config.dataset, config.data_dir, config.train_split)
+  labels = None
+  if class_balanced or loss_weights != 'none':
+    labels = balance_labels(config.dataset, config.data_dir, config.train_split)
+  if class_balanced:
+    indices = grain.MapDataset.source(WeightedIndexSampler(example_weights(labels), config.seed))
+  else:
+    indices = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat()
+  reader = _RecordReader(
+      config.dataset, config.data_dir, config.train_split,
+      weights=example_weights(labels) if loss_weights != 'none' else None)
+  batches = (indices.map(reader)
+             .batch(per_process_batch, drop_remainder=True)
+             [process_index::process_count]
+             .map(_DeviceLayout(local_device_count)))
+  read_options = grain.ReadOptions(num_threads=min(prefetch, 4), prefetch_buffer_size=prefetch)
+  worker_options = grain.MultiprocessingOptions(
+      num_workers=num_workers, per_worker_buffer_size=prefetch) if num_workers > 0 else None
+  fingerprint = {'global_batch_size': int(config.batch_size), 'seed': int(config.seed),
+                 'class_balanced': int(class_balanced)}
+  return TrainIterator(batches, read_options, worker_options, fingerprint)
+
+
+class TrainIterator(grain.DatasetIterator):
+  """The training iterator: a grain DatasetIterator with a portable state.
+
+  Its state is the number of global batches consumed (plus the batch size, seed and
+  sampling mode it was made with, checked on restore), so it restores exactly on any
+  number of Grain workers, processes or devices: the pipeline up to the batches is a
+  random-access MapDataset, and restoring starts it at that batch.
+  """
+
+  def __init__(self, batches: grain.MapDataset, read_options: grain.ReadOptions,
+               worker_options: grain.MultiprocessingOptions | None, fingerprint: dict):
+    super().__init__()
+    self._batches = batches
+    self._read_options = read_options
+    self._worker_options = worker_options
+    self._fingerprint = dict(fingerprint)
+    self._batches_consumed = 0
+    self._iterator = None
+
+  def _start(self):
+    stream = self._batches[self._batches_consumed:].to_iter_dataset(self._read_options)
+    if self._worker_options is not None:
+      if not flags.FLAGS.is_parsed():  # grain reads absl flags; outside an absl app: defaults
+        flags.FLAGS.mark_as_parsed()
+      stream = stream.mp_prefetch(self._worker_options)
+    self._iterator = iter(stream)
+
+  def __next__(self) -> dict:
+    self._assert_not_closed()
+    if self._iterator is None:
+      self._start()
+    batch = next(self._iterator)
+    self._batches_consumed += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {'global_batches_consumed': self._batches_consumed, **self._fingerprint}
+
+  def set_state(self, state: dict) -> None:
+    mismatched = {key: (state.get(key), value) for key, value in self._fingerprint.items()
+                  if key in state and int(state[key]) != value}
+    if mismatched:
+      raise ValueError(
+          'data iterator state does not match this config: '
+          + ', '.join(f'{key} saved {saved} vs now {now}'
+                      for key, (saved, now) in mismatched.items()))
+    self._stop()
+    self._batches_consumed = int(state['global_batches_consumed'])
+
+  def _stop(self):
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
+
+  def close(self) -> None:
+    self._stop()
+    super().close()
+
+  def __str__(self) -> str:
+    return f'TrainIterator(batches_consumed={self._batches_consumed}, {self._fingerprint})'
+
+
+def iterate_eval(dataset: str, data_dir: str, split: str, batch_size: int, num_shards: int = 1):
+  """Every example of `split` exactly once, in record order, in fixed-size batches.
+
+  Args:
+    dataset, data_dir, split: the prepared TFDS split.
+    batch_size: rows per batch; the last batch is padded with zeros to this size.
+    num_shards: devices the caller splits each batch over; batch_size must be a
+      multiple of it (so `image.reshape(num_shards, -1, ...)` always works).
+
+  Yields:
+    dicts of numpy: 'image' uint8 [B, H, W, 1], 'mask' bool [B] (False on padding),
+    'label' int [B] (-1 where undefined), and every other feature of the dataset
+    (NIH: 'labels' [B, 14], 'no_finding', 'patient_id', ...).
+  """
+  if batch_size <= 0 or batch_size % num_shards:
+    raise ValueError(f'batch_size={batch_size} must be a positive multiple of '
+                     f'num_shards={num_shards}')
+  source = data_source(dataset, data_dir, split)
+  batches = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)
+  for batch in batches.to_iter_dataset(grain.ReadOptions(num_threads=2,
+                                                          prefetch_buffer_size=2)):
+    rows = len(batch['image'])
+    mask = np.zeros(batch_size, bool)
+    mask[:rows] = True
+    padded = {}
+    for name, value in batch.items():
+      value = np.asarray(value)
+      if rows < batch_size:
+        pad = np.zeros((batch_size - rows,) + value.shape[1:], value.dtype)
+        if name == 'label':
+          pad -= 1
+        value = np.concatenate([value, pad])
+      padded[name] = value
+    if 'label' not in padded:
+      padded['label'] = np.full(batch_size, -1, np.int64)
+    padded['mask'] = mask
+    yield padded
