@@ -85,6 +85,8 @@ def main(argv=None):
   parser.add_argument("--save_features", type=int, default=1)
   args = parser.parse_args(argv)
   logging.getLogger().setLevel(logging.INFO)
+  # orbax/TFDS log every save/restore step through absl at INFO; keep ours only.
+  logging.getLogger("absl").setLevel(logging.WARNING)
 
   simclr_config = None
   if args.simclr_workdir:

@@ -38,6 +38,7 @@ FINDINGS order plus `no_finding`):
                   With --labels_csv Data_Entry_2017_v2020.csv(.gz) the CSV text is looked
                   up by the 'image_index' feature and its first label is used exactly.
   binary:<Finding> every image; class 1 when <Finding> is present, else 0.
+                   binary:No Finding is normal (1) vs any finding (0).
   label           the dataset's own 'label' feature (-1 = undefined, dropped).
 The linear probe on multi-label data always uses the full multi-hot vector (one-vs-rest
 logistic regression, per-finding AUROC). For single-label datasets (synthetic_cxr) the
@@ -195,11 +196,15 @@ def select_labels(mode: str, examples: dict, class_names: Optional[Sequence[str]
   multi_label = "labels" in examples and np.ndim(examples["labels"]) == 2
   if mode.startswith("binary:"):
     target = mode.split(":", 1)[1]
+    if multi_label and target.lower() == NO_FINDING.lower():
+      # Normal vs abnormal: 1 for images without any of the 14 findings.
+      no_finding = (np.asarray(examples["labels"]).sum(axis=1) == 0).astype(np.int64)
+      return LabelSet(f"binary:{NO_FINDING}", no_finding, ("any finding", NO_FINDING))
     if multi_label:
       by_lower = {name.lower(): j for j, name in enumerate(FINDINGS)}
       if target.lower() not in by_lower:
         raise ValueError(f"--label_mode={mode!r}: unknown finding {target!r}; accepted: "
-                         f"{', '.join('binary:' + name for name in FINDINGS)}.")
+                         f"{', '.join('binary:' + name for name in FINDINGS + (NO_FINDING,))}.")
       column = by_lower[target.lower()]
       name = FINDINGS[column]
       labels = np.asarray(examples["labels"])[:, column].astype(np.int64)
@@ -257,7 +262,8 @@ def check_label_mode(mode: Optional[str], class_names: Optional[Sequence[str]]) 
   if not class_names:
     return  # checked against the examples' features later
   # ChestX-ray14 (its 'label' classes are the findings + No Finding): findings only.
-  known = FINDINGS if set(FINDINGS) <= set(class_names) else tuple(map(str, class_names))
+  known = (FINDINGS + (NO_FINDING,) if set(FINDINGS) <= set(class_names)
+           else tuple(map(str, class_names)))
   if mode.split(":", 1)[1].lower() not in {name.lower() for name in known}:
     raise ValueError(f"--label_mode={mode!r}: unknown class; accepted: "
                      f"{', '.join('binary:' + name for name in known)}.")
@@ -921,6 +927,8 @@ def main(argv):
   from absl import flags
   FLAGS = flags.FLAGS
   logging.getLogger().setLevel(logging.INFO)
+  # orbax/TFDS log every save/restore step through absl at INFO; keep ours only.
+  logging.getLogger("absl").setLevel(logging.WARNING)
   try:
     encoder = load_encoder(workdir=FLAGS.workdir, step=FLAGS.step,
                            random_init=FLAGS.random_init, torch_weights=FLAGS.torch_weights,

@@ -346,6 +346,8 @@ def main(argv):
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
   logging.getLogger().setLevel(logging.INFO)
+  # orbax/TFDS log every save/restore step through absl at INFO; keep ours only.
+  logging.getLogger("absl").setLevel(logging.WARNING)
   try:
     train_and_evaluate(config, workdir)
   except (ConfigError, FloatingPointError) as error:
