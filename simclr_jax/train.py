@@ -259,8 +259,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           augment_config=config.augment, image_size=config.image_size,
           temperature=config.loss.temperature),
       axis_name=AXIS_NAME, donate_argnums=(0,))
-  replicated_state = flax.jax_utils.replicate(state)
-  replicated_rng = flax.jax_utils.replicate(train_rng)
+  # Through an identity pmap, so the arrays carry the sharding the step returns and the
+  # second call does not compile the step again.
+  to_step_layout = jax.pmap(lambda tree: tree, axis_name=AXIS_NAME)
+  replicated_state = to_step_layout(flax.jax_utils.replicate(state))
+  replicated_rng = to_step_layout(flax.jax_utils.replicate(train_rng))
 
   writer = _MetricsWriter(workdir)
   preemption = _PreemptionWatcher()
