@@ -74,10 +74,10 @@ NO_FINDING = "No Finding"
 LABEL_MODES = ("single", "primary", "binary:<Finding>", "label")
 DEFAULT_LABEL_FRACTIONS = (0.01, 0.1, 1.0)
 FEATURE_KINDS = ("encoder", "projection")
-# Grey-level equivalents (channel means) of the ImageNet normalisation, for torchvision
-# weights whose first conv was summed over RGB by `convert.load_torch_weights`.
-IMAGENET_GREY_MEAN = (0.485 + 0.456 + 0.406) / 3
-IMAGENET_GREY_STD = (0.229 + 0.224 + 0.225) / 3
+# torchvision weights (ImageNet, the PyTorch baseline) see what torchvision models are fed:
+# the grey image on all three channels, normalised per channel with ImageNet statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # Features that are bookkeeping of the loader, not per-example attributes to keep.
 _LOADER_KEYS = ("image", "mask")
 
@@ -288,6 +288,7 @@ class Encoder:
   source: str                         # 'checkpoint' | 'random_init' | 'torch_weights'
   step: Optional[int] = None          # checkpoint step (None when not from a checkpoint)
   description: str = ""
+  imagenet_rgb_input: bool = False    # torchvision convention: grey -> RGB, ImageNet norm
 
   def encoder_variables(self) -> dict:
     if not self.has_head:
@@ -324,9 +325,11 @@ def load_encoder(*, workdir: Optional[str] = None, step: Optional[int] = None,
     random_init: the workdir's (or --model's) architecture, untrained: initialised exactly
       as `simclr_jax.train` does (first half of split(PRNGKey(seed))), i.e. the training
       run's step-0 network; `seed` defaults to config.seed.
-    torch_weights: a torchvision ResNet state_dict file (ImageNet or supervised); the
-      first conv's RGB kernels are summed for grey input (convert.load_torch_weights) and,
-      without a workdir, images are normalised with the grey ImageNet mean/std.
+    torch_weights: a torchvision ResNet state_dict file (ImageNet, supervised or the
+      PyTorch baseline's encoder). It is evaluated exactly as torchvision runs it: the RGB
+      first conv is kept and the grey image is repeated on the three channels and
+      normalised per channel with the ImageNet mean/std (the baseline's preprocessing), so
+      features equal torch's (tests/test_baseline.py).
     model, image_size: architecture and input size when there is no workdir.
 
   Returns:
@@ -356,14 +359,10 @@ def load_encoder(*, workdir: Optional[str] = None, step: Optional[int] = None,
 
   if torch_weights:
     from simclr_jax import convert
-    variables = convert.load_torch_weights(torch_weights, config)
-    if not workdir:
-      # convert sums the RGB kernels of conv1 for grey input, so normalise the grey image
-      # with the channel means of the ImageNet statistics the weights were trained with.
-      config.augment.normalize_mean = IMAGENET_GREY_MEAN
-      config.augment.normalize_std = IMAGENET_GREY_STD
+    variables = convert.load_torch_weights(torch_weights, config, in_channels=None)
     return Encoder(config, dict(variables), has_head=False, source="torch_weights",
-                   description=f"torchvision weights {os.path.basename(torch_weights)}")
+                   description=f"torchvision weights {os.path.basename(torch_weights)}",
+                   imagenet_rgb_input=True)
   if random_init:
     network = models.create_model(config)
     dummy = jnp.zeros((1, config.image_size, config.image_size, 1), jnp.float32)
@@ -400,9 +399,14 @@ def make_encode_fn(encoder: Encoder, feature_kind: str = "encoder"
     variables = encoder.encoder_variables()
     input_channels = np.shape(variables["params"]["conv_init"]["kernel"])[2]
   augment_config = config.get("augment") or augment.default_config()
+  if encoder.imagenet_rgb_input:
+    augment_config = ml_collections.ConfigDict(dict(
+        augment_config.to_dict(), normalize_mean=IMAGENET_MEAN, normalize_std=IMAGENET_STD))
   image_size = int(config.image_size)
 
   def encode(variables, images):
+    if encoder.imagenet_rgb_input and images.shape[-1] == 1:
+      images = jnp.repeat(images, 3, axis=-1)  # uint8 [b, H, W, 3]
     inputs = augment.preprocess_eval(images, augment_config, image_size)  # [b, S, S, C]
     if inputs.shape[-1] != input_channels:
       if inputs.shape[-1] != 1:
