@@ -1,0 +1,407 @@
+"""Side-by-side throughput of the full SimCLR train step: simclr_jax vs the PyTorch baseline.
+
+  python experiments/benchmark.py --framework both --model resnet50 --image_size 224 \
+      --per_device_batch 128 --steps 50 --warmup 5 --dtype bfloat16 --channels_last
+
+One step is everything a training step does on the device:
+  jax:   simclr_jax.train.train_step under pmap (on-device augmentation of both views,
+         ResNet + head forward on the 2N views, NT-Xent, backward, pmean, optax update);
+  torch: experiments.pytorch_baseline.train.train_step (forward of the 2N views, NT-Xent,
+         backward, optimizer step). The seed augments on the CPU in DataLoader workers, so
+         the torch step starts from views already on the device; `--input_pipeline` times
+         that CPU work (and the Grain loader + JAX augmentation) separately.
+Both use Adam (the seed's optimiser) without weight decay; the schedule does not change the
+cost. Inputs are random uint8 images (jax) / random normalised views (torch) of the same
+shapes, already on the device; the data does not change the cost.
+
+Prints one JSON line per framework (keys: framework, model, image_size, per_device_batch,
+devices, global_batch, views_per_second, step_time_ms {median,p10,p90}, peak_memory_bytes,
+peak_memory_source, device, platform, versions, dtype, channels_last, steps, warmup,
+[input_pipeline]). `--framework both` runs each framework in its own subprocess so that
+threads, memory peaks and imports do not interfere. `--output FILE` also appends the lines.
+
+For several GPUs: jax uses every local device (per-device batch fixed); for torch launch
+  torchrun --nproc_per_node G experiments/benchmark.py --framework torch ...
+(DDP, one process per GPU; rank 0 prints).
+"""
+import argparse
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))  # run as a script: make simclr_jax / experiments importable
+
+RESULT_KEYS = ('framework', 'model', 'image_size', 'per_device_batch', 'devices', 'global_batch',
+               'views_per_second', 'step_time_ms', 'peak_memory_bytes', 'peak_memory_source',
+               'device', 'platform', 'versions', 'dtype', 'channels_last', 'steps', 'warmup')
+VERSION_PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'torch', 'torchvision', 'numpy')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  add = parser.add_argument
+  add('--framework', choices=('jax', 'torch', 'both'), default='both')
+  add('--model', default='resnet50')
+  add('--image_size', type=int, default=224)
+  add('--per_device_batch', type=int, default=32, help='images per device (2 views each)')
+  add('--steps', type=int, default=20, help='timed steps (median reported)')
+  add('--warmup', type=int, default=3, help='untimed steps first (compilation, autotuning)')
+  add('--dtype', choices=('float32', 'bfloat16'), default='float32',
+      help='jax: config.dtype; torch: autocast bfloat16')
+  add('--channels_last', action='store_true', help='torch: channels-last model and inputs')
+  add('--learning_rate', type=float, default=1e-4)
+  add('--input_pipeline', action='store_true',
+      help='also time the data loader + augmentation per batch (needs --dataset prepared)')
+  add('--dataset', default='synthetic_cxr/64', help='for --input_pipeline')
+  add('--data_dir', default='runs/data', help='for --input_pipeline')
+  add('--workers', type=int, default=0, help='for --input_pipeline: loader worker processes')
+  add('--pipeline_batches', type=int, default=20, help='for --input_pipeline: batches timed')
+  add('--output', default='', help='also append the JSON lines to this file')
+  add('--seed', type=int, default=0)
+  return parser.parse_args(argv)
+
+
+def versions() -> dict:
+  found = {'python': platform.python_version()}
+  for package in VERSION_PACKAGES:
+    try:
+      found[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      found[package] = None
+  return found
+
+
+def cpu_name() -> str:
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores visible)"
+  except OSError:
+    pass
+  return f'{platform.processor() or platform.machine()} ({os.cpu_count()} cores visible)'
+
+
+def rss_peak_bytes() -> int:
+  """Peak resident set size of this process (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def summarise_times(seconds: list) -> dict:
+  """Median / p10 / p90 step time in ms."""
+  milliseconds = sorted(1000.0 * s for s in seconds)
+  if len(milliseconds) == 1:
+    return {'median': milliseconds[0], 'p10': milliseconds[0], 'p90': milliseconds[0]}
+  deciles = statistics.quantiles(milliseconds, n=10, method='inclusive')
+  return {'median': statistics.median(milliseconds), 'p10': deciles[0], 'p90': deciles[-1]}
+
+
+def timed_loop(run_step, synchronize, steps: int, warmup: int) -> tuple:
+  """Runs warmup + steps calls of run_step().
+
+  Returns:
+    (timed, first): wall seconds of each timed step, and of the first call (which includes
+    compilation / autotuning), or None without warm-up.
+  """
+  first = None
+  for index in range(warmup):
+    start = time.perf_counter()
+    run_step()
+    if index == 0:
+      synchronize()
+      first = time.perf_counter() - start
+  synchronize()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    run_step()
+    synchronize()
+    times.append(time.perf_counter() - start)
+  return times, first
+
+
+def base_result(args, framework: str, devices: int) -> dict:
+  return {
+      'framework': framework, 'model': args.model, 'image_size': args.image_size,
+      'per_device_batch': args.per_device_batch, 'devices': devices,
+      'global_batch': args.per_device_batch * devices, 'dtype': args.dtype,
+      'channels_last': bool(args.channels_last) if framework == 'torch' else None,
+      'steps': args.steps, 'warmup': args.warmup, 'versions': versions(),
+      # Other processes on a shared machine slow both frameworks; recorded, not corrected.
+      'load_average_1m_at_start': round(os.getloadavg()[0], 2), 'cpu_count': os.cpu_count(),
+      'date_utc': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+  }
+
+
+# ----------------------------------------------------------------------------- JAX
+
+
+def jax_config(args, global_batch: int):
+  """simclr_jax's default config with the benchmark's model, sizes and Adam."""
+  from simclr_jax import config as config_lib
+  config = config_lib.default_config()
+  config.model = args.model
+  config.image_size = args.image_size
+  config.batch_size = global_batch
+  config.dtype = args.dtype
+  config.dataset = args.dataset
+  config.data_dir = args.data_dir
+  config.seed = args.seed
+  config.input.num_workers = args.workers
+  config.optimizer.name = 'adam'
+  config.optimizer.learning_rate = args.learning_rate
+  config.optimizer.lr_scaling = 'none'
+  config.optimizer.warmup_steps = 0
+  config.optimizer.weight_decay = 0.0
+  return config
+
+
+def benchmark_jax(args) -> dict:
+  import functools
+  import flax
+  import jax
+  import numpy as np
+  from simclr_jax import augment
+  from simclr_jax import models
+  from simclr_jax import optim
+  from simclr_jax import train
+
+  devices = jax.local_device_count()
+  result = base_result(args, 'jax', devices)
+  config = jax_config(args, args.per_device_batch * devices)
+  total_steps = args.steps + args.warmup
+  # The real train step of simclr_jax.train, pmapped as train_and_evaluate does.
+  model = models.create_model(config, axis_name=train.AXIS_NAME)
+  tx, learning_rate_fn = optim.create_optimizer(config, total_steps, steps_per_epoch=total_steps)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(args.seed))
+  state = train.create_train_state(config, model, tx, init_rng,
+                                   (args.image_size, args.image_size, 1))
+  p_train_step = jax.pmap(
+      functools.partial(
+          train.train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
+          augment_config=config.augment, image_size=config.image_size,
+          temperature=config.loss.temperature),
+      axis_name=train.AXIS_NAME, donate_argnums=(0,))
+  # Replicated through a pmap over AXIS_NAME so that the state's sharding (mesh axis 'batch')
+  # is the one the step returns; flax.jax_utils.replicate gives mesh axis
+  # '_device_put_sharded', which makes the second call compile the step again.
+  replicated_state = jax.pmap(lambda tree: tree, axis_name=train.AXIS_NAME)(
+      flax.jax_utils.replicate(state))
+  holder = {'state': replicated_state, 'metrics': None}
+  replicated_rng = flax.jax_utils.replicate(train_rng)
+  images = np.random.default_rng(args.seed).integers(
+      0, 256, (devices, args.per_device_batch, args.image_size, args.image_size, 1),
+      dtype=np.uint8)
+  # train_step's batch: {'image': uint8 [devices, per_device, S, S, 1]}, resident on the devices.
+  batch = {'image': jax.pmap(lambda x: x)(images)}
+
+  def run_step():
+    holder['state'], holder['metrics'] = p_train_step(holder['state'], batch, replicated_rng)
+
+  def synchronize():
+    jax.block_until_ready((holder['state'], holder['metrics']))
+
+  times, first_step_seconds = timed_loop(run_step, synchronize, args.steps, args.warmup)
+  loss = float(np.asarray(holder['metrics']['loss'])[0])
+  if not np.isfinite(loss):
+    raise FloatingPointError(f'jax benchmark: non-finite loss {loss}')
+
+  device = jax.local_devices()[0]
+  memory_stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if memory_stats and 'peak_bytes_in_use' in memory_stats:
+    peak, source = int(memory_stats['peak_bytes_in_use']), 'device.memory_stats()'
+  else:
+    peak, source = rss_peak_bytes(), 'process RSS peak'
+  result.update({
+      'views_per_second': 2 * result['global_batch'] / statistics.median(times),
+      'step_time_ms': summarise_times(times), 'peak_memory_bytes': peak,
+      'peak_memory_source': source, 'platform': device.platform,
+      'device': cpu_name() if device.platform == 'cpu' else device.device_kind,
+      'final_loss': loss, 'first_step_seconds': first_step_seconds,
+      'load_average_1m_at_end': round(os.getloadavg()[0], 2),
+  })
+  if args.input_pipeline:
+    result['input_pipeline'] = jax_input_pipeline(args, config, augment)
+  return result
+
+
+def _time_batches(next_batch, count: int) -> tuple:
+  """(last batch, mean seconds per batch) over `count` batches after a first, untimed one.
+
+  Timing a run of batches (not single next() calls) measures what the pipeline sustains
+  once its prefetch buffer has drained.
+  """
+  batch = next_batch()  # start workers, open files
+  start = time.perf_counter()
+  for _ in range(count):
+    batch = next_batch()
+  return batch, (time.perf_counter() - start) / max(count, 1)
+
+
+def jax_input_pipeline(args, config, augment) -> dict:
+  """ms per global batch of the Grain loader, and of on-device augmentation alone."""
+  import jax
+  import jax.numpy as jnp
+  from simclr_jax import data
+
+  iterator = data.create_train_iterator(config)
+  batch, batch_seconds = _time_batches(lambda: next(iterator)['image'], args.pipeline_batches)
+  images = jnp.asarray(batch[0])  # one device's share
+
+  @jax.jit
+  def make_views(rng, images):
+    ids = jnp.arange(images.shape[0])
+    return augment.make_views(rng, images, ids, config.augment, config.image_size)
+
+  rng = jax.random.PRNGKey(0)
+  jax.block_until_ready(make_views(rng, images))
+  augment_times, _ = timed_loop(lambda: jax.block_until_ready(make_views(rng, images)),
+                                lambda: None, args.pipeline_batches, 1)
+  return {'loader_ms_per_batch': 1000 * batch_seconds,
+          'augment_ms_per_device_batch': summarise_times(augment_times),
+          'stored_image_size': int(batch.shape[2]), 'workers': args.workers,
+          'where_augmentation_runs': 'device (inside the train step)'}
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def benchmark_torch(args) -> dict:
+  import torch
+  from experiments.pytorch_baseline import loss as loss_lib
+  from experiments.pytorch_baseline import train as baseline
+
+  dist_info = baseline.setup_distributed()
+  result = base_result(args, 'torch', dist_info.world_size)
+  amp = 'bf16' if args.dtype == 'bfloat16' else 'none'
+  model_args = argparse.Namespace(
+      model=args.model, head_hidden_dim=-1, head_output_dim=128, sync_bn=False,
+      channels_last=args.channels_last, seed=args.seed)
+  model = baseline.create_model(model_args, dist_info)
+  model.train()
+  loss_fn = loss_lib.NTXentLoss(0.07)
+  optimizer = baseline.create_optimizer(model.parameters(), 'adam', args.learning_rate)
+  scaler = torch.amp.GradScaler(dist_info.device.type, enabled=False)
+  memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+  generator = torch.Generator().manual_seed(args.seed)
+  shape = (args.per_device_batch, 3, args.image_size, args.image_size)
+  views1, views2 = (torch.randn(shape, generator=generator).to(
+      dist_info.device, memory_format=memory_format) for _ in range(2))
+  holder = {}
+  is_cuda = dist_info.device.type == 'cuda'
+
+  def run_step():
+    holder['loss'], _, _ = baseline.train_step(model, loss_fn, optimizer, scaler, views1, views2,
+                                               amp=amp)
+
+  def synchronize():
+    if is_cuda:
+      torch.cuda.synchronize()
+
+  if is_cuda:
+    torch.cuda.reset_peak_memory_stats()
+  times, first_step_seconds = timed_loop(run_step, synchronize, args.steps, args.warmup)
+  loss = holder['loss'].item()
+  if is_cuda:
+    peak, source = torch.cuda.max_memory_allocated(), 'torch.cuda.max_memory_allocated()'
+    device_name = torch.cuda.get_device_name(dist_info.device)
+  else:
+    peak, source, device_name = rss_peak_bytes(), 'process RSS peak', cpu_name()
+  result.update({
+      'views_per_second': 2 * result['global_batch'] / statistics.median(times),
+      'step_time_ms': summarise_times(times), 'peak_memory_bytes': peak,
+      'peak_memory_source': source, 'platform': dist_info.device.type, 'device': device_name,
+      'final_loss': loss, 'first_step_seconds': first_step_seconds,
+      'load_average_1m_at_end': round(os.getloadavg()[0], 2),
+      'torch_threads': torch.get_num_threads(),
+  })
+  if args.input_pipeline:
+    result['input_pipeline'] = torch_input_pipeline(args, dist_info)
+  return result
+
+
+def torch_input_pipeline(args, dist_info) -> dict:
+  """ms per per-device batch of DataLoader + the seed's CPU augmentation of both views."""
+  import torch
+  from experiments.pytorch_baseline import augment
+  from experiments.pytorch_baseline import data
+
+  dataset = data.PreparedImageDataset(
+      args.dataset, args.data_dir, 'train',
+      transform=augment.TwoViews(augment.seed_transform(args.image_size)))
+  loader = torch.utils.data.DataLoader(
+      dataset, batch_size=args.per_device_batch, shuffle=True, drop_last=True,
+      num_workers=args.workers, pin_memory=dist_info.device.type == 'cuda',
+      generator=torch.Generator().manual_seed(args.seed))
+
+  def next_batch():
+    nonlocal iterator
+    try:
+      return next(iterator)
+    except StopIteration:
+      iterator = iter(loader)
+      return next(iterator)
+
+  iterator = iter(loader)
+  _, batch_seconds = _time_batches(next_batch, args.pipeline_batches)
+  return {'loader_and_augment_ms_per_batch': 1000 * batch_seconds,
+          'stored_image_size': dataset.stored_image_shape()[0],
+          'workers': args.workers, 'where_augmentation_runs': 'CPU (DataLoader)'}
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def run_in_subprocess(args, framework: str) -> dict:
+  """Runs this script for one framework in a fresh interpreter; returns its JSON line."""
+  command = [sys.executable, __file__, '--framework', framework]
+  for name, value in vars(args).items():
+    if name in ('framework', 'output'):
+      continue
+    if isinstance(value, bool):
+      command += [f'--{name}'] if value else []
+    else:
+      command += [f'--{name}', str(value)]
+  proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+  if proc.returncode != 0:
+    raise RuntimeError(f'benchmark for {framework} failed (rc={proc.returncode}):\n'
+                       f'{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}')
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> list:
+  args = parse_args(argv)
+  if args.framework == 'both':
+    results = [run_in_subprocess(args, 'jax'), run_in_subprocess(args, 'torch')]
+  elif args.framework == 'jax':
+    results = [benchmark_jax(args)]
+  else:
+    results = [benchmark_torch(args)]
+  for result in results:
+    missing = set(RESULT_KEYS) - set(result)
+    if missing:
+      raise RuntimeError(f'benchmark result for {result.get("framework")} lacks {sorted(missing)}')
+  if int(os.environ.get('RANK', '0')) != 0:
+    return results
+  for result in results:
+    print(json.dumps(result), flush=True)
+  if args.output:
+    with open(args.output, 'a') as output:
+      for result in results:
+        output.write(json.dumps(result) + '\n')
+  if len(results) == 2:
+    ratio = results[0]['views_per_second'] / results[1]['views_per_second']
+    print(f'# jax/torch views_per_second ratio: {ratio:.3f}', file=sys.stderr)
+  return results
+
+
+if __name__ == '__main__':
+  main()
