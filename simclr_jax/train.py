@@ -213,7 +213,7 @@ class _PreemptionWatcher:
   def should_stop(self, step: int) -> bool:
     if self._multi_process:
       from jax.experimental import multihost_utils
-      return multihost_utils.reached_preemption_sync_point(step)
+      self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
   def close(self):

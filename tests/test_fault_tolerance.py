@@ -204,6 +204,33 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, synthetic_d
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= {p.name for p in data_iter.iterdir()}
 
 
+def test_sigterm_to_all_processes_saves_one_common_step(tmp_path, synthetic_data_dir):
+  """What SLURM does at the time limit: SIGTERM to every task. JAX's preemption service
+  makes both processes save the same step, then both exit 0."""
+  workdir = tmp_path / "w"
+  port = _free_port()
+  procs = [_start(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=100000",
+                              "--config.checkpoint_every_steps=100000",
+                              f"--coordinator_address=127.0.0.1:{port}",
+                              "--num_processes=2", f"--process_id={i}"), num_devices=2)
+           for i in range(2)]
+  try:
+    _wait_for_step(procs[0], workdir, 3)
+    for proc in procs:
+      proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+      proc.wait(timeout=180)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  for proc in procs:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Stopping early (preemption)" in proc.stderr
+  saved = _checkpoint_steps(workdir)
+  assert saved and saved[-1] == _metrics_steps(workdir)[-1] >= 3
+
+
 def test_launchers_dry_run(tmp_path):
   slurm = subprocess.run(
       ["bash", "launch.sh", "slurm", "experiments/configs/nih_r50.py", str(tmp_path / "run"),
