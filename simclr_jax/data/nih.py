@@ -67,6 +67,8 @@ from PIL import Image
 import tensorflow_datasets as tfds
 import tqdm
 
+from simclr_jax.data import features
+
 # Fixed order of the 14 findings in `labels` (as in the ChestX-ray14 paper / CheXNet).
 FINDINGS = ('Atelectasis', 'Cardiomegaly', 'Effusion', 'Infiltration', 'Mass', 'Nodule',
             'Pneumonia', 'Pneumothorax', 'Consolidation', 'Edema', 'Emphysema', 'Fibrosis',
@@ -337,9 +339,7 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            # raw bytes: a uint8 Tensor would otherwise be stored as an int64 list (~10x slower)
-            'image': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8,
-                                          encoding=tfds.features.Encoding.BYTES),
+            'image': features.grey_image(size),
             'labels': tfds.features.Tensor(shape=(len(FINDINGS),), dtype=np.uint8),
             'no_finding': tfds.features.Tensor(shape=(), dtype=np.bool_),
             'label': tfds.features.ClassLabel(names=LABEL_NAMES),

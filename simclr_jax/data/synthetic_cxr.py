@@ -63,6 +63,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from simclr_jax.data import features
+
 CLASS_NAMES = ('normal', 'cardiomegaly', 'effusion', 'mass', 'pneumothorax')
 IMAGE_SIZES = (16, 32, 64, 96, 128, 224, 256)
 # Default split sizes: the CPU demo size. Override with `split_sizes=` (see SyntheticCxr).
@@ -303,9 +305,7 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            # raw bytes: a uint8 Tensor would otherwise be stored as an int64 list (~10x slower)
-            'image': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8,
-                                          encoding=tfds.features.Encoding.BYTES),
+            'image': features.grey_image(size),
             'label': tfds.features.ClassLabel(names=CLASS_NAMES),
             'patient_id': tfds.features.Scalar(dtype=np.int64),
         }),
