@@ -87,7 +87,9 @@ slurm() {
     echo "#SBATCH --output=$workdir/slurm-%j.out"
     [[ -n "$partition" ]] && echo "#SBATCH --partition=$partition"
     echo "cd $ROOT"
-    echo "# One task per node; jax.distributed.initialize reads SLURM_* (simclr_jax/distributed.py)."
+    echo "# One task per node; jax.distributed.initialize reads SLURM_* (simclr_jax/distributed.py)"
+    echo "# and each task keeps all $gpus GPUs of its node."
+    echo "export JAX_LOCAL_DEVICE_IDS=$(seq -s, 0 $((gpus - 1)))"
     echo "# SIGTERM 120 s before the limit: every task saves the same step and exits 0; --requeue resumes."
     printf 'srun --kill-on-bad-exit=1 %q -m simclr_jax.train --config %q --workdir %q' \
         "$VENV/bin/python" "$config" "$workdir"
@@ -114,7 +116,7 @@ tpu() {
     esac
   done
   local remote
-  remote=$(printf 'cd ~/simclr_jax && ./launch.sh setup && .venv/bin/pip install -q -U "jax[tpu]" && .venv/bin/python -m simclr_jax.train --config %q --workdir %q' "$config" "$workdir")
+  remote=$(printf 'cd ~/simclr_jax && ./launch.sh setup && .venv/bin/pip install -q -U "jax[tpu]>=0.10,<0.11" && SIMCLR_TPU_POD=1 .venv/bin/python -m simclr_jax.train --config %q --workdir %q' "$config" "$workdir")
   for a in "${extra[@]+"${extra[@]}"}"; do remote+=$(printf ' %q' "$a"); done
   local cmd=(gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all)
   [[ -n "$project" ]] && cmd+=(--project "$project")

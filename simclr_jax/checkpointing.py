@@ -86,9 +86,24 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array,
     return state, rng, 0
   items = {"state": ocp.args.StandardRestore(state),
            "rng": ocp.args.StandardRestore({"key": rng})}
+  iterator_state_file = None
   if data_iterator is not None:
-    items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    saved_by = epath.Path(manager.directory) / str(step) / "data_iter"
+    own_file = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if (saved_by / own_file).exists():
+      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    else:
+      # Saved by a different number of processes. Our iterator's state is the number
+      # of global batches consumed, the same on every process, so any file will do.
+      candidates = sorted(saved_by.glob("process_*-of-*.json")) if saved_by.exists() else []
+      if not candidates:
+        raise FileNotFoundError(f"{saved_by}: no data-iterator state in checkpoint {step}.")
+      iterator_state_file = candidates[0]
+      logging.warning("Checkpoint %d was written by another number of processes; restoring "
+                      "the data iterator from %s.", step, iterator_state_file.name)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
+  if iterator_state_file is not None:
+    data_iterator.set_state(json.loads(iterator_state_file.read_text()))
   logging.info("Resumed from checkpoint step %d in %s", step, manager.directory)
   return restored["state"], restored["rng"]["key"], step
 

@@ -67,11 +67,21 @@ def detect_launch() -> Optional[dict]:
     return {"coordinator_address": coordinator, "num_processes": num_processes,
             "process_id": process_id}
   if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    return {}  # JAX's SlurmCluster fills in everything from the environment.
-  if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    if len(hosts.split(",")) > 1:
-      return {}  # Multi-host TPU slice: JAX's TPU cluster detection.
+    # JAX's SlurmCluster fills in coordinator, process count and id. It would also pin
+    # each process to the one GPU numbered SLURM_LOCALID (one task per GPU); with one
+    # task per node (our sbatch script) the process must keep all the node's GPUs.
+    kwargs = {}
+    gpus_on_node = _int_or_none(os.environ.get("SLURM_GPUS_ON_NODE"))
+    tasks_per_node = _int_or_none(os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0])
+    if (tasks_per_node == 1 and gpus_on_node and gpus_on_node > 1 and
+        not os.environ.get("JAX_LOCAL_DEVICE_IDS")):
+      kwargs["local_device_ids"] = list(range(gpus_on_node))
+    return kwargs
+  if os.environ.get("SIMCLR_TPU_POD") == "1" or len(
+      os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+    # Multi-host Cloud TPU slice (`./launch.sh tpu` sets SIMCLR_TPU_POD=1): JAX finds the
+    # workers from the TPU metadata; initialising also starts the preemption service.
+    return {}
   return None
 
 

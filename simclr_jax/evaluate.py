@@ -374,7 +374,8 @@ def load_encoder(*, workdir: Optional[str] = None, step: Optional[int] = None,
                    description=f"random init (seed {config.get('seed', 0)})")
   if not workdir:
     raise ValueError("Give --workdir (a training run), --random_init or --torch_weights.")
-  config, variables, restored_step = checkpointing.load_for_eval(workdir, step)
+  # Keep `config` (with the --image_size / --seed overrides); take the variables.
+  _, variables, restored_step = checkpointing.load_for_eval(workdir, step)
   return Encoder(config, dict(variables), has_head=True, source="checkpoint",
                  step=restored_step, description=f"{workdir} step {restored_step}")
 

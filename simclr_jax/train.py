@@ -134,6 +134,9 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   metrics = lax.pmean(metrics, AXIS_NAME)
   metrics["learning_rate"] = learning_rate_fn(state.step)
   metrics["grad_norm"] = optax.global_norm(grads)
+  # Checked on the host before every checkpoint: an update can overflow while the loss
+  # that produced it was still finite.
+  metrics["param_norm"] = optax.global_norm(new_params)
   new_state = state.replace(step=state.step + 1, params=new_params,
                             batch_stats=new_model_state["batch_stats"],
                             opt_state=new_opt_state)
@@ -161,20 +164,30 @@ def validate_config(config: ml_collections.ConfigDict, stored_image_size: Option
         f"config.image_size={config.image_size} is larger than the images stored in "
         f"{config.dataset} ({stored_image_size}px): the crop would only upsample. Use "
         f"--config.image_size<={stored_image_size} or prepare the dataset at a larger size.")
-  if config.batch_size // devices < 1:
-    raise ConfigError("config.batch_size must give at least one image per device.")
+  for field in ("checkpoint_every_steps", "keep_checkpoints"):
+    if int(config.get(field, 1)) < 1:
+      raise ConfigError(f"config.{field}={config.get(field)} must be >= 1.")
   return config.batch_size // devices
 
 
 class _MetricsWriter:
   """metrics.jsonl + TensorBoard events (tensorboardX, no TensorFlow); process 0 only."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int):
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+      # Steps logged after the checkpoint we resume from were lost with the process that
+      # logged them and are trained again: keep one line per step.
+      with open(path) as f:
+        kept = [line for line in f if line.strip() and _logged_step(line) <= start_step]
+      with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(path + ".tmp", path)
+    self._jsonl = open(path, "a")
     self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: Dict[str, float]) -> None:
@@ -191,6 +204,13 @@ class _MetricsWriter:
       self._tensorboard.close()
 
 
+def _logged_step(line: str) -> int:
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError):  # a line cut short by a kill
+    return sys.maxsize
+
+
 class _PreemptionWatcher:
   """SIGTERM => save at the current step and exit 0.
 
@@ -201,7 +221,15 @@ class _PreemptionWatcher:
 
   def __init__(self):
     self.requested = False
-    self._multi_process = jax.process_count() > 1
+    from jax._src import distributed as jax_distributed
+    # Several processes with JAX's preemption service (distributed.initialize) agree on a
+    # step; otherwise (one process, or a runtime started without the service) each
+    # process handles SIGTERM itself.
+    self._multi_process = (jax.process_count() > 1 and
+                           jax_distributed.global_state.preemption_sync_manager is not None)
+    if jax.process_count() > 1 and not self._multi_process:
+      logging.warning("JAX's preemption service is not running: SIGTERM is handled per "
+                      "process (start through simclr_jax.distributed.initialize).")
     if not self._multi_process:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
@@ -265,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   replicated_state = to_step_layout(flax.jax_utils.replicate(state))
   replicated_rng = to_step_layout(flax.jax_utils.replicate(train_rng))
 
-  writer = _MetricsWriter(workdir)
+  writer = _MetricsWriter(workdir, start_step)
   preemption = _PreemptionWatcher()
   log_every = max(1, config.get("log_every_steps", 10))
   views_per_step = 2 * config.batch_size
@@ -334,11 +362,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def _raise_if_not_finite(step: int, metrics: Dict[str, jax.Array]) -> None:
-  loss = float(metrics["loss"][0])
-  if not np.isfinite(loss):
-    raise FloatingPointError(
-        f"Non-finite loss ({loss}) at step {step}; stopping. The last good checkpoint is "
-        f"kept untouched. Lower the learning rate, check the inputs, or use float32.")
+  """Stops on a non-finite loss, gradient or updated parameters (before they are saved)."""
+  for name in ("loss", "grad_norm", "param_norm"):
+    value = float(metrics[name][0])
+    if not np.isfinite(value):
+      raise FloatingPointError(
+          f"Non-finite {name} ({value}) at step {step}; stopping. The last good checkpoint "
+          f"is kept untouched. Lower the learning rate, check the inputs, or use float32.")
 
 
 def main(argv):

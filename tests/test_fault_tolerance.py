@@ -110,6 +110,7 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path,
     assert checkpoints and last_logged - checkpoints[-1] <= 4 + 1, injected
   run_module(_train_args(killed, synthetic_data_dir, *LONG_RUN))
   assert _checkpoint_steps(killed)[-1] == 60
+  assert _metrics_steps(killed) == list(range(1, 61))   # one line per step after resumes
   _, straight_vars = _final_variables(straight)
   _, killed_vars = _final_variables(killed)
   _assert_same_variables(straight_vars, killed_vars)
@@ -146,18 +147,22 @@ def test_interrupted_save_is_ignored_with_a_log_line(tmp_path, synthetic_data_di
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic_data_dir):
   workdir = tmp_path / "w"
+  run_module(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=2",
+                         "--config.checkpoint_every_steps=1", "--config.optimizer.name=sgd",
+                         "--config.optimizer.learning_rate=0.01"))
+  # Resume with a learning rate that blows the parameters up at the first update.
   proc = run_module(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=50",
                                 "--config.checkpoint_every_steps=1",
                                 "--config.optimizer.name=sgd",
                                 "--config.optimizer.learning_rate=1e30",
                                 "--config.optimizer.warmup_steps=0"), check=False)
   assert proc.returncode == 3, proc.stderr[-3000:]
-  assert "Non-finite loss" in proc.stderr
-  bad_step = int(re.search(r"Non-finite loss \(\S+\) at step (\d+);", proc.stderr).group(1))
-  saved = _checkpoint_steps(workdir)
-  assert all(step < bad_step for step in saved)   # nothing written at or after the NaN
-  _, variables = _final_variables(workdir)
-  assert all(np.isfinite(v).all() for v in variables.values())
+  bad_step = int(re.search(r"Non-finite (?:loss|grad_norm|param_norm) \(\S+\) at step (\d+);",
+                           proc.stderr).group(1))
+  assert bad_step == 3                      # the first update after resuming at step 2
+  assert _checkpoint_steps(workdir)[-1] == 2   # nothing written at or after it
+  step, variables = _final_variables(workdir)
+  assert step == 2 and all(np.isfinite(v).all() for v in variables.values())
 
 
 def _free_port():
@@ -168,7 +173,8 @@ def _free_port():
 
 def test_two_processes_equal_one_process_with_four_devices(tmp_path, synthetic_data_dir):
   """2 processes x 2 CPU devices (jax.distributed on 127.0.0.1, gloo) == 1 x 4 devices."""
-  common = ("--config.num_train_steps=4", "--config.checkpoint_every_steps=2")
+  common = ("--config.num_train_steps=6", "--config.checkpoint_every_steps=2",
+            "--config.stop_at_step=4")
   single = tmp_path / "single"
   run_module(_train_args(single, synthetic_data_dir, *common), num_devices=4)
 
@@ -202,6 +208,18 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, synthetic_d
   # Every process saved its own Grain iterator state.
   data_iter = multi / "checkpoints" / "4" / "data_iter"
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= {p.name for p in data_iter.iterdir()}
+
+  # Preempted on 2 hosts, resumed on 1 (another allocation): same as never leaving 1 host.
+  finish = ("--config.num_train_steps=6", "--config.checkpoint_every_steps=2")
+  run_module(_train_args(single, synthetic_data_dir, *finish), num_devices=4)
+  resumed = run_module(_train_args(multi, synthetic_data_dir, *finish), num_devices=4)
+  assert "written by another number of processes" in resumed.stderr
+  assert _metrics_steps(multi) == [1, 2, 3, 4, 5, 6]
+  _, single_vars = _final_variables(single)
+  _, multi_vars = _final_variables(multi)
+  for key in single_vars:
+    np.testing.assert_allclose(single_vars[key], multi_vars[key], rtol=1e-5, atol=1e-5,
+                               err_msg=key)
 
 
 def test_sigterm_to_all_processes_saves_one_common_step(tmp_path, synthetic_data_dir):

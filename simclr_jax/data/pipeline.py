@@ -24,6 +24,7 @@ position, also with a different number of Grain workers, processes or devices.
 """
 import functools
 import logging
+import os
 import pathlib
 import sys
 
@@ -39,6 +40,7 @@ from simclr_jax.data import synthetic_cxr  # pylint: disable=unused-import
 
 def get_builder(name: str, data_dir: str, **builder_kwargs) -> tfds.core.DatasetBuilder:
   """The TFDS builder of `name` ('name' or 'name/config', e.g. 'synthetic_cxr/64')."""
+  data_dir = os.path.expanduser(data_dir) if isinstance(data_dir, str) else data_dir
   return tfds.builder(name, data_dir=data_dir, **builder_kwargs)
 
 
