@@ -101,7 +101,16 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array,
       iterator_state_file = candidates[0]
       logging.warning("Checkpoint %d was written by another number of processes; restoring "
                       "the data iterator from %s.", step, iterator_state_file.name)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except ValueError as error:
+    if "do not match" not in str(error):
+      raise
+    raise ValueError(
+        f"Checkpoint {step} in {manager.directory} was written by a run with a different "
+        f"model or optimizer (its parameter/optimizer-state tree differs from this "
+        f"config's). Resume with the config in {epath.Path(manager.directory).parent / CONFIG_FILE} "
+        f"or start a new --workdir.") from error
   if iterator_state_file is not None:
     data_iterator.set_state(json.loads(iterator_state_file.read_text()))
   logging.info("Resumed from checkpoint step %d in %s", step, manager.directory)

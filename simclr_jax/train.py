@@ -276,8 +276,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   data_iterator = data.create_train_iterator(config)
   manager = checkpointing.create_manager(workdir, max_to_keep=config.keep_checkpoints)
-  checkpoint_tree, train_rng, start_step = checkpointing.restore_latest(
-      manager, to_checkpoint(state), train_rng, data_iterator)
+  try:
+    checkpoint_tree, train_rng, start_step = checkpointing.restore_latest(
+        manager, to_checkpoint(state), train_rng, data_iterator)
+  except ValueError as error:  # a workdir of another config / data pipeline
+    raise ConfigError(str(error)) from error
   state = from_checkpoint(checkpoint_tree)
   checkpointing.write_config(workdir, config)
 

@@ -164,6 +164,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, syntheti
   step, variables = _final_variables(workdir)
   assert step == 2 and all(np.isfinite(v).all() for v in variables.values())
 
+  # Resuming this workdir with another optimizer is refused with the reason, not a crash.
+  other = run_module(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=50",
+                                 "--config.optimizer.name=adamw"), check=False)
+  assert other.returncode == 2
+  assert "different model or optimizer" in other.stderr and "config.json" in other.stderr
+
 
 def _free_port():
   with socket.socket() as s:
