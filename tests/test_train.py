@@ -167,3 +167,47 @@ def test_image_size_larger_than_stored_is_rejected(tmp_path, synthetic_data_dir)
                                 "--config.num_train_steps=1"), check=False)
   assert proc.returncode == 2
   assert "config.image_size=64" in proc.stderr and "32px" in proc.stderr
+
+
+def test_init_from_torchvision_weights(tmp_path):
+  """--config.init_from=FILE loads a torchvision state_dict into the encoder (RGB conv1
+  summed for grey X-rays); the projection head keeps its random initialisation."""
+  torch = pytest.importorskip("torch")
+  import jax
+  from simclr_jax import convert
+  from simclr_jax import models
+  from simclr_jax import optim
+  from simclr_jax import train
+  from simclr_jax.config import default_config
+  config = default_config()
+  config.model, config.image_size = "resnet_tiny", 16
+  config.head.hidden_dim, config.head.output_dim = 16, 8
+  rgb_encoder = models.create_encoder(config)
+  rgb_variables = rgb_encoder.init(jax.random.PRNGKey(42), np.zeros((1, 16, 16, 3), np.float32),
+                                   train=False)
+  path = tmp_path / "imagenet_like.pth"
+  convert.save_torch_weights(rgb_variables, "resnet_tiny", path)
+  assert isinstance(torch.load(path, weights_only=True), dict)
+
+  config.init_from = str(path)
+  model = models.create_model(config)
+  tx, _ = optim.create_optimizer(config, total_steps=10, steps_per_epoch=10)
+  state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0), (16, 16, 1))
+  loaded = state.params["encoder"]
+  np.testing.assert_allclose(loaded["conv_init"]["kernel"],
+                             np.sum(rgb_variables["params"]["conv_init"]["kernel"], axis=2,
+                                    keepdims=True), rtol=1e-6)
+  np.testing.assert_array_equal(loaded["stage1_block0"]["conv2"]["kernel"],
+                                rgb_variables["params"]["stage1_block0"]["conv2"]["kernel"])
+  np.testing.assert_array_equal(state.batch_stats["encoder"]["bn_init"]["var"],
+                                rgb_variables["batch_stats"]["bn_init"]["var"])
+  random_state = train.create_train_state(_without_init(config), model, tx,
+                                          jax.random.PRNGKey(0), (16, 16, 1))
+  np.testing.assert_array_equal(state.params["head"]["dense0"]["kernel"],
+                                random_state.params["head"]["dense0"]["kernel"])
+
+
+def _without_init(config):
+  config = config.copy_and_resolve_references()
+  config.init_from = ""
+  return config
