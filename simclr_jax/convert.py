@@ -242,7 +242,8 @@ def flax_to_torch(variables: Mapping, model_name: str, as_torch: bool = False) -
       state_dict[f'{_torch_module_name(module)}.num_batches_tracked'] = np.array(0, np.int64)
   if as_torch:
     import torch  # pylint: disable=g-import-not-at-top
-    state_dict = {name: torch.from_numpy(value) for name, value in state_dict.items()}
+    # Copies: jax arrays come out read-only, and torch tensors must own writable memory.
+    state_dict = {name: torch.from_numpy(np.array(value)) for name, value in state_dict.items()}
   return state_dict
 
 
