@@ -323,8 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       step += 1
       window_steps += 1
       pending_metrics.append((step, metrics))
-      # Check the previous step's loss while this one runs (one step of lag keeps the
-      # device busy); a non-finite loss stops before anything is checkpointed.
+      # Check the previous step's loss/gradients/parameters while this one runs (one step
+      # of lag keeps the device busy); non-finite values stop before anything is saved.
       if last_checked is not None:
         _raise_if_not_finite(*last_checked)
       last_checked = (step, metrics)
@@ -336,6 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                             step == total_steps or stop_now)
       if step % log_every == 0 or is_checkpoint_step:
         _raise_if_not_finite(step, metrics)
+        last_checked = None  # checked now; not again next step
         elapsed = time.perf_counter() - window_start
         views_per_second = views_per_step * window_steps / max(elapsed, 1e-9)
         for logged_step, logged_metrics in pending_metrics:
