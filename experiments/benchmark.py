@@ -171,6 +171,7 @@ def benchmark_jax(args) -> dict:
   import numpy as np
   from simclr_jax import augment
   from simclr_jax import models
+  from simclr_jax import objectives
   from simclr_jax import optim
   from simclr_jax import train
 
@@ -186,9 +187,8 @@ def benchmark_jax(args) -> dict:
                                    (args.image_size, args.image_size, 1))
   p_train_step = jax.pmap(
       functools.partial(
-          train.train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-          augment_config=config.augment, image_size=config.image_size,
-          temperature=config.loss.temperature),
+          train.train_step, tx=tx, learning_rate_fn=learning_rate_fn,
+          objective=objectives.create_objective(config, model, train.AXIS_NAME)),
       axis_name=train.AXIS_NAME, donate_argnums=(0,))
   # Replicated through a pmap over AXIS_NAME so that the state's sharding (mesh axis 'batch')
   # is the one the step returns; flax.jax_utils.replicate gives mesh axis

@@ -34,11 +34,19 @@ def default_config() -> ml_collections.ConfigDict:
       output_dim=128,
       num_layers=2,
   ))
+  config.zero_init_residual = True      # each block's last BN scale starts at 0 (google-research/simclr);
+                                        # False: torchvision's random network (gamma = 1)
   config.init_from = ""                 # torchvision state_dict file (ImageNet initialisation)
   # Objective and augmentation.
+  config.objective = "simclr"           # simclr (two views, NT-Xent) | supervised (one view, labels)
   config.loss = ml_collections.ConfigDict(dict(
       temperature=0.07,
       example_weights="none",           # none | inverse_frequency (per-example loss weights)
+      scale=1.0,                        # multiplies the loss (2.0 = google-research/simclr's sum
+                                        # of the two directions; matters under LARS)
+  ))
+  config.supervised = ml_collections.ConfigDict(dict(
+      class_weights="none",             # none | inverse_frequency (per-class loss weights)
   ))
   config.augment = augment.default_config()
   # Optimisation.
@@ -52,6 +60,18 @@ def default_config() -> ml_collections.ConfigDict:
       warmup_steps=-1,                  # >= 0 overrides warmup_epochs
       trust_coefficient=0.001,          # lars
   ))
+  # Online monitoring: cheap evaluators on held-out data while training (never changes
+  # the trained weights).
+  config.eval_every_steps = 0           # 0: off; else run config.online_eval every N steps
+  config.online_eval = ml_collections.ConfigDict(dict(
+      evaluators=("knn",),              # knn (accuracy + AUROC); kmeans (NMI) optional
+      train_split="train",              # kNN memory bank
+      eval_split="validation",          # queries
+      max_train_examples=2048,
+      max_eval_examples=1024,
+      knn_k=20,
+      batch_size=256,
+  ))
   # Bookkeeping.
   config.seed = 0
   config.checkpoint_every_steps = 1000
@@ -59,4 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.progress_bar = True
   config.stop_at_step = -1              # > 0: save and exit after this step (job time limits)
+  config.async_checkpointing = True     # save in the background while training continues
+  config.compilation_cache = True       # persistent XLA compilation cache (restarts skip compiling)
+  config.compilation_cache_dir = ""     # "" = $SIMCLR_COMPILATION_CACHE or ~/.cache/simclr_jax/xla
   return config

@@ -22,11 +22,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from simclr_jax import augment
 from simclr_jax import checkpointing
 from simclr_jax import data
-from simclr_jax import losses
 from simclr_jax import models
+from simclr_jax import objectives
 from simclr_jax import optim
 
 AXIS_NAME = "batch"
@@ -82,55 +81,41 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
 
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *,
-               model: Any, tx: optax.GradientTransformation, learning_rate_fn: Callable,
-               augment_config: ml_collections.ConfigDict, image_size: int,
-               temperature: float) -> Tuple[TrainState, Dict[str, jax.Array]]:
-  """One SimCLR step on this device's share of the global batch (run under pmap).
+               tx: optax.GradientTransformation, learning_rate_fn: Callable,
+               objective: objectives.Objective) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimisation step on this device's share of the global batch (run under pmap).
 
   Randomness is keyed by (seed, step, global example index): the global index of row i
-  on device d is d * per_device + i, so the two views of an image, and hence the whole
-  update, do not depend on how the global batch is split over devices or processes.
+  on device d is d * per_device + i, so the augmented views of an image, and hence the
+  whole update, do not depend on how the global batch is split over devices or processes.
 
   Args:
     state: replicated train state.
     batch: this device's part of the global batch: 'image' uint8 [per_device, H, W, 1]
-      and, with class re-weighting on, 'weight' float32 [per_device] loss weights.
+      and, depending on the config, 'weight' float32 [per_device] loss weights and the
+      labels of a supervised objective.
     rng: the run's base key (replicated).
-    model: SimCLR module built with axis_name=AXIS_NAME (global BatchNorm).
     tx: optimiser; learning_rate_fn: its schedule (for the metrics).
-    augment_config, image_size: on-device augmentation of the two views.
-    temperature: NT-Xent temperature.
+    objective: `objectives.create_objective(...)`: the loss of this device's batch.
 
   Returns:
     (new state, metrics averaged over all devices).
   """
-  images = batch["image"]
-  example_weights = batch.get("weight")
-  per_device = images.shape[0]
+  per_device = batch["image"].shape[0]
   step_rng = jax.random.fold_in(rng, state.step)
   example_ids = lax.axis_index(AXIS_NAME) * per_device + jnp.arange(per_device)
-  views1, views2 = augment.make_views(step_rng, images, example_ids, augment_config,
-                                      image_size)  # [per_device, S, S, 1] each
 
   def loss_fn(params):
-    both_views = jnp.concatenate([views1, views2], axis=0)  # [2 * per_device, S, S, 1]
-    (_, projections), new_model_state = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, both_views, train=True,
-        mutable=["batch_stats"])
-    z1, z2 = jnp.split(projections.astype(jnp.float32), 2, axis=0)
-    loss, metrics = losses.nt_xent_with_metrics(
-        z1, z2, temperature=temperature, axis_name=AXIS_NAME, weights=example_weights)
-    return loss, (new_model_state, metrics)
+    return objective(params, state.batch_stats, batch, step_rng, example_ids)
 
-  (loss, (new_model_state, metrics)), grads = jax.value_and_grad(
+  (_, (new_batch_stats, metrics)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  # The loss is the mean over this device's anchors; the gradient of the global mean is
-  # the mean of the per-device gradients (the all_gather in the loss sends each device
-  # the cotangents of its projections used as other devices' negatives).
+  # The loss is the mean over this device's examples; the gradient of the global mean is
+  # the mean of the per-device gradients (for NT-Xent the all_gather in the loss sends
+  # each device the cotangents of its projections used as other devices' negatives).
   grads = lax.pmean(grads, AXIS_NAME)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, loss=loss)
   metrics = lax.pmean(metrics, AXIS_NAME)
   metrics["learning_rate"] = learning_rate_fn(state.step)
   metrics["grad_norm"] = optax.global_norm(grads)
@@ -138,8 +123,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   # that produced it was still finite.
   metrics["param_norm"] = optax.global_norm(new_params)
   new_state = state.replace(step=state.step + 1, params=new_params,
-                            batch_stats=new_model_state["batch_stats"],
-                            opt_state=new_opt_state)
+                            batch_stats=new_batch_stats, opt_state=new_opt_state)
   return new_state, metrics
 
 
@@ -286,9 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   p_train_step = jax.pmap(
       functools.partial(
-          train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-          augment_config=config.augment, image_size=config.image_size,
-          temperature=config.loss.temperature),
+          train_step, tx=tx, learning_rate_fn=learning_rate_fn,
+          objective=objectives.create_objective(config, model, AXIS_NAME)),
       axis_name=AXIS_NAME, donate_argnums=(0,))
   # Through an identity pmap, so the arrays carry the sharding the step returns and the
   # second call does not compile the step again.

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 ModuleDef = Any
 
 STEMS = ('imagenet', 'cifar')
+KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 class BasicBlock(nn.Module):
@@ -136,8 +137,10 @@ class ResNet(nn.Module):
     Returns:
       Pooled features [N, self.features], float32.
     """
+    # torchvision's init (kaiming normal, fan-out, ReLU gain): a random network here is the
+    # seed's random network, and BN-free inference at init keeps activations in range.
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=jnp.float32)
+                             param_dtype=jnp.float32, kernel_init=KAIMING_FAN_OUT)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
                              param_dtype=jnp.float32, axis_name=self.axis_name)

@@ -51,8 +51,8 @@ def create_encoder(config: ml_collections.ConfigDict, axis_name: str | None = No
 
   Args:
     config: reads `model` (resnet18|34|50|101|152|resnet_tiny), `width` (default 1.0),
-      `stem` ('imagenet' default, or 'cifar') and `dtype` ('float32' default or
-      'bfloat16').
+      `stem` ('imagenet' default, or 'cifar'), `dtype` ('float32' default or
+      'bfloat16') and `zero_init_residual` (True default: each block starts as identity).
     axis_name: pmap axis name for global BatchNorm (None outside pmap).
 
   Returns:
@@ -68,7 +68,8 @@ def create_encoder(config: ml_collections.ConfigDict, axis_name: str | None = No
   return constructor(width=float(_field(config, 'width', 1.0)),
                      dtype=_compute_dtype(config),
                      axis_name=axis_name,
-                     stem=stem)
+                     stem=stem,
+                     zero_init_residual=bool(_field(config, 'zero_init_residual', True)))
 
 
 def feature_dim(config: ml_collections.ConfigDict) -> int:
