@@ -2,22 +2,26 @@ r"""Evaluates several encoders on the same data and writes one comparison table.
 
   python -m experiments.compare --simclr_workdir runs/demo/train --random_init \
       --dataset synthetic_cxr/64 --data_dir runs/data --split test --out runs/demo/compare
-  python -m experiments.compare --simclr_workdir runs/nih/train --random_init \
-      --imagenet_weights resnet50-11ad3fa6.pth --supervised_weights chexnet_r50.pth \
-      --dataset nih_chest_xray14/256 --data_dir DIR --split test --k 14 --out runs/nih/compare
+  python -m experiments.compare --simclr_workdir runs/nih/train \
+      --supervised_workdir runs/nih_supervised/train --random_init \
+      --imagenet_weights resnet50-11ad3fa6.pth \
+      --dataset nih_chest_xray14/256 --data_dir DIR --split test --out runs/nih/compare
 
-Methods (each one optional, evaluated in this order with `simclr_jax.evaluate.evaluate`,
+Rows (each optional, evaluated in this order by `simclr_jax.evaluation.offline`, with
 identical data, split, label mode, k and seeds):
-  simclr        the latest (or --step) checkpoint of a SimCLR run;
-  random_init   the same architecture untrained: the SimCLR run's own step-0 network
-                (or --model when there is no SimCLR run);
+  simclr        the latest (or --step) checkpoint of a SimCLR run of this project;
+  supervised    a run of this project trained with config.objective="supervised" (its
+                encoder; --supervised_workdir), or a torchvision state_dict trained with
+                labels elsewhere (--supervised_weights);
+  random_init   the same architecture untrained, torchvision-style (kaiming fan-out convs,
+                BatchNorm scale 1: zero_init_residual=False), seeded as the SimCLR run;
   imagenet      a torchvision ImageNet state_dict (architecture --model, default the
-                SimCLR run's; width 1 only);
-  supervised    a torchvision state_dict trained with labels (e.g. on the findings).
+                SimCLR run's; width 1 only).
 
-Writes OUT/<method>/report.{json,md} (+ plots), OUT/report.json = {method: report} and
-OUT/report.md, the table in the seed's layout:
-  Method | clustering accuracy | NMI | ARI | linear AUROC | labels used in pretraining
+Writes OUT/<row>/report.{json,md} (+ plots), OUT/report.json = {row: report} and
+OUT/report.md, the seed's table: clustering accuracy, NMI, ARI, linear AUROC, kNN, the
+linear AUROC at every label fraction, labels used. An OUT holding an earlier comparison
+is refused unless --overwrite, which replaces all of it (rows and plots).
 """
 import argparse
 import json
@@ -26,13 +30,21 @@ import math
 import os
 import sys
 
-from simclr_jax import evaluate
+if __package__ in (None, ""):  # `python experiments/compare.py`: the repository on the path
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from simclr_jax.evaluation import EVALUATORS  # pylint: disable=wrong-import-position
+from simclr_jax.evaluation import encoders  # pylint: disable=wrong-import-position
+from simclr_jax.evaluation import label_efficiency  # pylint: disable=wrong-import-position
+from simclr_jax.evaluation import offline  # pylint: disable=wrong-import-position
+from simclr_jax.evaluation import report as report_lib  # pylint: disable=wrong-import-position
+
+ROWS = ("simclr", "supervised", "random_init", "imagenet")
 LABELS_USED = {
     "simclr": "none (self-supervised)",
+    "supervised": "target-domain labels",
     "random_init": "none",
     "imagenet": "ImageNet-1k classes (1.28M labelled images)",
-    "supervised": "target-domain labels",
 }
 
 
@@ -42,30 +54,52 @@ def _cell(value) -> str:
   return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def comparison_markdown(rows: list, context: str = "") -> str:
-  """rows: (method name, report, labels used) -> the seed's table (+ context lines)."""
-  lines = []
-  if context:
-    lines += [context, ""]
-  lines += ["| Method | clustering accuracy | NMI | ARI | linear AUROC | "
-            "labels used in pretraining |", "|---|---|---|---|---|---|"]
+def _fraction_auroc(report: dict, fraction: float):
+  for entry in report.get("label_fractions") or []:
+    if entry.get("fraction") == fraction:
+      return entry.get("linear_auroc_macro")
+  return None
+
+
+def comparison_markdown(rows: list, fractions=(), context: str = "") -> str:
+  """rows: (row name, report, labels used) -> the seed's table (+ context lines)."""
+  lines = [context, ""] if context else []
+  fraction_columns = [f"linear AUROC @ {fraction:g} labels" for fraction in fractions]
+  header = (["Method", "clustering accuracy", "NMI", "ARI", "linear AUROC", "kNN accuracy",
+             "kNN AUROC"] + fraction_columns + ["labels used in pretraining"])
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name, report, labels_used in rows:
-    lines.append(f"| {name} | {_cell(report.get('cluster_accuracy'))} | "
-                 f"{_cell(report.get('nmi'))} | {_cell(report.get('ari'))} | "
-                 f"{_cell(report.get('linear_auroc_macro'))} | {labels_used} |")
+    cells = [name] + [_cell(report.get(key)) for key in (
+        "cluster_accuracy", "nmi", "ari", "linear_auroc_macro", "knn_accuracy",
+        "knn_auroc_macro")]
+    cells += [_cell(_fraction_auroc(report, fraction)) for fraction in fractions]
+    lines.append("| " + " | ".join(cells + [labels_used]) + " |")
   return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def earlier_comparison_files(out: str) -> list:
+  """Files of an earlier comparison in OUT: its table and every row's report."""
+  found = [os.path.join(out, name) for name in report_lib.earlier_report_files(out)]
+  for row in ROWS:
+    folder = os.path.join(out, row)
+    found += [os.path.join(folder, name) for name in report_lib.earlier_report_files(folder)]
+  return found
+
+
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--simclr_workdir", help="SimCLR training run (config.json + checkpoints/).")
+  parser.add_argument("--simclr_workdir", help="SimCLR training run (config.json + checkpoints/)")
   parser.add_argument("--step", type=int, help="checkpoint step of the SimCLR run (default latest)")
-  parser.add_argument("--random_init", action="store_true", help="add the untrained baseline")
-  parser.add_argument("--imagenet_weights", help="torchvision ImageNet state_dict file")
+  parser.add_argument("--supervised_workdir",
+                      help="run of this project with config.objective=supervised")
+  parser.add_argument("--supervised_step", type=int, help="its checkpoint step (default latest)")
   parser.add_argument("--supervised_weights", help="torchvision state_dict trained with labels")
   parser.add_argument("--supervised_labels", default=LABELS_USED["supervised"],
                       help="text for the 'labels used' column of the supervised row")
-  parser.add_argument("--model", help="architecture without --simclr_workdir / for torch weights")
+  parser.add_argument("--random_init", action="store_true",
+                      help="add the untrained (torchvision-style) baseline")
+  parser.add_argument("--imagenet_weights", help="torchvision ImageNet state_dict file")
+  parser.add_argument("--model", help="architecture without a workdir / for torch weights")
   parser.add_argument("--image_size", type=int,
                       help="input size (default: the SimCLR run's; 224 without one)")
   parser.add_argument("--dataset", required=True)
@@ -73,85 +107,152 @@ def main(argv=None):
   parser.add_argument("--split", default="test")
   parser.add_argument("--train_split", default="train")
   parser.add_argument("--out", required=True)
-  parser.add_argument("--k", type=int)
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace an earlier comparison in --out (all rows and plots)")
+  parser.add_argument("--k", type=int, help="k-means clusters (default: the label mode's "
+                      "classes; 14 for NIH)")
   parser.add_argument("--label_mode")
   parser.add_argument("--labels_csv", help="Data_Entry CSV: exact order for --label_mode primary")
-  parser.add_argument("--label_fractions", default="0.01,0.1,1.0")
-  parser.add_argument("--features", default="encoder", choices=evaluate.FEATURE_KINDS)
+  parser.add_argument("--label_fractions",
+                      default=",".join(map(str, label_efficiency.DEFAULT_FRACTIONS)))
+  parser.add_argument("--features", default="encoder", choices=encoders.FEATURE_KINDS)
+  parser.add_argument("--probe_solver", default="jax", choices=("jax", "sklearn"))
   parser.add_argument("--batch_size", type=int, default=256)
+  parser.add_argument("--knn_k", type=int, default=20)
   parser.add_argument("--kmeans_n_init", type=int, default=10)
   parser.add_argument("--max_examples", type=int)
-  parser.add_argument("--plots", type=int, default=1, help="1: write PNG plots per method")
+  parser.add_argument("--plots", type=int, default=1, help="1: write PNG plots per row")
   parser.add_argument("--save_features", type=int, default=1)
+  return parser
+
+
+def _rows(args, parser) -> list:
+  """(key, display name, load_encoder kwargs, labels used) of every requested row."""
+  from simclr_jax import checkpointing
+  if args.supervised_workdir and args.supervised_weights:
+    parser.error("give --supervised_workdir or --supervised_weights, not both.")
+  simclr_config = (checkpointing.read_config(args.simclr_workdir) if args.simclr_workdir
+                   else None)
+  supervised_config = (checkpointing.read_config(args.supervised_workdir)
+                       if args.supervised_workdir else None)
+  if supervised_config is not None and supervised_config.get("objective") != "supervised":
+    raise ValueError(f"--supervised_workdir={args.supervised_workdir}: its config.json has "
+                     f"objective={supervised_config.get('objective', 'simclr')!r}, not "
+                     f"'supervised'; pass SimCLR runs as --simclr_workdir.")
+  architecture_config = simclr_config or supervised_config
+  model = args.model or (architecture_config.model if architecture_config else None)
+  image_size = args.image_size or (int(architecture_config.image_size)
+                                   if architecture_config else 224)
+  rows = []
+  if args.simclr_workdir:
+    rows.append(("simclr", "SimCLR (JAX)", dict(workdir=args.simclr_workdir, step=args.step,
+                                                image_size=args.image_size),
+                 LABELS_USED["simclr"]))
+  if args.supervised_workdir:
+    rows.append(("supervised", "Supervised (JAX)",
+                 dict(workdir=args.supervised_workdir, step=args.supervised_step,
+                      image_size=args.image_size),
+                 f"{args.supervised_labels} ({supervised_config.dataset})"))
+  elif args.supervised_weights:
+    rows.append(("supervised", "Supervised (torchvision weights)",
+                 dict(torch_weights=args.supervised_weights, model=model, image_size=image_size),
+                 args.supervised_labels))
+  if args.random_init:
+    base = args.simclr_workdir or args.supervised_workdir
+    kwargs = (dict(workdir=base, image_size=args.image_size) if base
+              else dict(model=model, image_size=image_size))
+    rows.append(("random_init", "Random init (torchvision-style)",
+                 dict(kwargs, random_init=True), LABELS_USED["random_init"]))
+  if args.imagenet_weights:
+    rows.append(("imagenet", "ImageNet (torchvision)",
+                 dict(torch_weights=args.imagenet_weights, model=model, image_size=image_size),
+                 LABELS_USED["imagenet"]))
+  if not rows:
+    parser.error("nothing to compare: give --simclr_workdir, --supervised_workdir, "
+                 "--random_init, --imagenet_weights and/or --supervised_weights.")
+  if (args.imagenet_weights or args.supervised_weights) and not model:
+    parser.error("--imagenet_weights/--supervised_weights need --model or a workdir.")
+  if args.random_init and not (args.simclr_workdir or args.supervised_workdir) and not model:
+    parser.error("--random_init without a workdir needs --model.")
+  return rows
+
+
+def main(argv=None) -> dict:
+  """Evaluates every requested row; returns {row: report}.
+
+  Raises:
+    ValueError / FileNotFoundError: bad settings or data (`cli` turns them into exit 2).
+  """
+  parser = _parser()
   args = parser.parse_args(argv)
   logging.getLogger().setLevel(logging.INFO)
   # orbax/TFDS log every save/restore step through absl at INFO; keep ours only.
   logging.getLogger("absl").setLevel(logging.WARNING)
-
-  simclr_config = None
-  if args.simclr_workdir:
-    from simclr_jax import checkpointing
-    simclr_config = checkpointing.read_config(args.simclr_workdir)
-  model = args.model or (simclr_config.model if simclr_config else None)
-  image_size = args.image_size or (int(simclr_config.image_size) if simclr_config else 224)
-
-  methods = []  # (key, display name, load_encoder kwargs, labels used)
-  if args.simclr_workdir:
-    methods.append(("simclr", "SimCLR (JAX)", dict(workdir=args.simclr_workdir, step=args.step,
-                                                   image_size=args.image_size),
-                    LABELS_USED["simclr"]))
-  if args.random_init:
-    kwargs = (dict(workdir=args.simclr_workdir, image_size=args.image_size)
-              if args.simclr_workdir else dict(model=model, image_size=image_size))
-    methods.append(("random_init", "Random init", dict(kwargs, random_init=True),
-                    LABELS_USED["random_init"]))
-  if args.imagenet_weights:
-    methods.append(("imagenet", "ImageNet (torchvision)",
-                    dict(torch_weights=args.imagenet_weights, model=model,
-                         image_size=image_size), LABELS_USED["imagenet"]))
-  if args.supervised_weights:
-    methods.append(("supervised", "Supervised",
-                    dict(torch_weights=args.supervised_weights, model=model,
-                         image_size=image_size), args.supervised_labels))
-  if not methods:
-    parser.error("nothing to compare: give --simclr_workdir, --random_init, "
-                 "--imagenet_weights and/or --supervised_weights.")
-  if any(key in ("imagenet", "supervised") for key, *_ in methods) and not model:
-    parser.error("--imagenet_weights/--supervised_weights need --model or --simclr_workdir.")
-  if args.random_init and not args.simclr_workdir and not model:
-    parser.error("--random_init without --simclr_workdir needs --model.")
-
-  fractions = evaluate.parse_fractions(args.label_fractions)
-  reports, rows = {}, []
-  for key, name, kwargs, labels_used in methods:
+  fractions = label_efficiency.parse_fractions(args.label_fractions)
+  rows = _rows(args, parser)
+  earlier = earlier_comparison_files(args.out)
+  if earlier and not args.overwrite:
+    raise report_lib.ReportExistsError(
+        f"--out={args.out} holds an earlier comparison ({len(earlier)} files, e.g. "
+        f"{os.path.relpath(earlier[0], args.out)}); pass --overwrite to replace it (every row "
+        f"and plot) or choose another --out.")
+  settings = dict(dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+                  train_split=args.train_split or None, k=args.k, label_mode=args.label_mode,
+                  label_fractions=fractions, feature_kind=args.features,
+                  batch_size=args.batch_size, knn_k=args.knn_k,
+                  kmeans_n_init=args.kmeans_n_init, probe_solver=args.probe_solver,
+                  max_examples=args.max_examples, labels_csv=args.labels_csv,
+                  plots=bool(args.plots), save_features=bool(args.save_features))
+  # Bad settings fail before any encoder is built or any earlier file is removed.
+  offline.check_settings(
+      dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+      train_split=args.train_split or None, out_dir=None, overwrite=True,
+      evaluators=EVALUATORS, k=args.k, label_mode=args.label_mode,
+      max_examples=args.max_examples)
+  for path in earlier:
+    os.remove(path)
+  for row in ROWS:  # row folders the earlier comparison left empty
+    folder = os.path.join(args.out, row)
+    if os.path.isdir(folder) and not os.listdir(folder):
+      os.rmdir(folder)
+  reports, table_rows = {}, []
+  for key, name, kwargs, labels_used in rows:
     logging.info("Evaluating %s", name)
-    encoder = evaluate.load_encoder(**kwargs)
-    report = evaluate.evaluate(
-        encoder, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-        out_dir=os.path.join(args.out, key), train_split=args.train_split or None, k=args.k,
-        label_mode=args.label_mode, label_fractions=fractions, feature_kind=args.features,
-        batch_size=args.batch_size, kmeans_n_init=args.kmeans_n_init,
-        max_examples=args.max_examples, labels_csv=args.labels_csv, plots=bool(args.plots),
-        save_features=bool(args.save_features))
-    if key == "simclr":
+    encoder = encoders.load_encoder(**kwargs)
+    report = offline.evaluate_encoder(encoder, out_dir=os.path.join(args.out, key),
+                                      overwrite=True, **settings)
+    if encoder.step is not None:
       name = f"{name}, step {report['checkpoint_step']}"
     reports[key] = report
-    rows.append((name, report, labels_used))
+    table_rows.append((name, report, labels_used))
 
   first = next(iter(reports.values()))
+  inits = "; ".join(f"{name}: {report['encoder_init']}" for name, report, _ in table_rows)
   context = (f"# Encoder comparison\n\n`{args.dataset}` split `{args.split}`; label mode "
-             f"`{first['label_mode']}` ({first['num_examples']} of {first['num_examples_total']} "
-             f"examples), k = {first['k']}; {args.features} features; linear probe fitted on "
-             f"`{args.train_split}` (macro AUROC).")
-  table = comparison_markdown(rows, context)
+             f"`{first['label_mode']}` ({first['label_set']}: {first['num_examples']} of "
+             f"{first['num_examples_total']} examples), k = {first.get('k')}; {args.features} "
+             f"features; linear probe and kNN fitted on `{args.train_split}` (macro AUROC; "
+             f"label fractions patient-wise).\n\nEncoder init: {inits}.")
+  table = comparison_markdown(table_rows, fractions, context)
   os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "report.json"), "w") as file:
-    json.dump(reports, file, indent=2)
+  report_lib.write_json(os.path.join(args.out, "report.json"), reports)
   with open(os.path.join(args.out, "report.md"), "w") as file:
     file.write(table)
   sys.stdout.write(table)
   return reports
 
 
+def cli(argv=None) -> int:
+  """`main` with bad settings and data as one line on stderr and exit status 2."""
+  try:
+    main(argv)
+  except (ValueError, FileNotFoundError) as error:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+  return 0
+
+
 if __name__ == "__main__":
-  main()
+  offline.enable_compilation_cache()
+  sys.exit(cli())

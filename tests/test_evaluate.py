@@ -1,16 +1,22 @@
-"""Tests for simclr_jax/evaluate.py: label modes on the real ChestX-ray14 CSV, masked
-multi-device feature extraction, the report, and the CLI on a real training run."""
+"""Tests for the evaluator: label modes on the real ChestX-ray14 CSV, masked multi-device
+feature extraction, the report, the CLI's refusals (exit 2, one line) and the CLI and
+compare on real training runs."""
 import collections
 import csv
 import functools
 import gzip
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import run_module, run_python
+from conftest import REPO_ROOT, run_module, run_python, subprocess_env
 from simclr_jax import evaluate
+from simclr_jax.data import labels
+from simclr_jax.evaluation import offline
+from simclr_jax.evaluation import report as report_lib
 
 NUM_CSV_ROWS = 112_120
 
@@ -22,12 +28,12 @@ NUM_CSV_ROWS = 112_120
 def _read_data_entry(path):
   with gzip.open(path, "rt", newline="") as file:
     findings = [row["Finding Labels"].split("|") for row in csv.DictReader(file)]
-  return findings, evaluate.read_data_entry_csv(path)
+  return findings, labels.data_entry_table(path)
 
 
 @pytest.fixture
 def data_entry(shared_data):
-  """(rows parsed here with the csv module, the evaluator's own reading of the CSV)."""
+  """(rows parsed here with the csv module, data/labels.py's reading of the CSV)."""
   return _read_data_entry(str(shared_data / "nih_sample" / "Data_Entry_2017_v2020.csv.gz"))
 
 
@@ -36,31 +42,38 @@ def test_csv_reading(data_entry):
   assert len(findings) == NUM_CSV_ROWS == table["labels"].shape[0]
   assert table["labels"].shape == (NUM_CSV_ROWS, 14)
   assert int(table["no_finding"].sum()) == sum(f == ["No Finding"] for f in findings)
-  pneumonia = evaluate.FINDINGS.index("Pneumonia")
+  pneumonia = labels.FINDINGS.index("Pneumonia")
   assert int(table["labels"][:, pneumonia].sum()) == sum("Pneumonia" in f for f in findings)
 
 
 def test_single_label_mode_counts(data_entry):
   findings, table = data_entry
-  labels = evaluate.select_labels("single", table)
+  single = labels.select_labels("single", table)
   expected = collections.Counter(f[0] for f in findings if len(f) == 1)
-  assert labels.mode == "single"
-  assert labels.num_kept == sum(expected.values()) == sum(len(f) == 1 for f in findings)
-  counted = collections.Counter(labels.class_names[c] for c in labels.labels[labels.kept])
+  assert single.mode == "single"
+  assert single.num_kept == sum(expected.values()) == sum(len(f) == 1 for f in findings)
+  counted = collections.Counter(single.class_names[c] for c in single.labels[single.kept])
   assert counted == expected
-  assert len(labels.class_names) == 15 and labels.class_names[14] == "No Finding"
+  assert len(single.class_names) == 15 and single.class_names[14] == "No Finding"
+  # The NIH default: the 14 findings (k = 14), No Finding and multi-finding images left out.
+  default = labels.select_labels(None, table)
+  assert default.mode == "single_finding" and default.class_names == labels.FINDINGS
+  del expected["No Finding"]
+  assert collections.Counter(default.class_names[c] for c in default.labels[default.kept]) == (
+      expected)
+  assert "No Finding" in default.description and "exactly one" in default.description
 
 
 def test_primary_label_mode_counts(data_entry):
   findings, table = data_entry
   expected = collections.Counter(f[0] for f in findings)  # the first label listed
-  with_text = evaluate.select_labels("primary", table)    # table carries 'finding_labels'
+  with_text = labels.select_labels("primary", table)      # table carries 'finding_labels'
   assert with_text.num_kept == NUM_CSV_ROWS
   assert collections.Counter(with_text.class_names[c] for c in with_text.labels) == expected
   # Without the CSV text (TFDS multi-hot only): alphabetically first finding, which
   # differs from the listed first exactly where the CSV is not in alphabetical order.
   multi_hot_only = {"labels": table["labels"], "no_finding": table["no_finding"]}
-  derived = evaluate.select_labels("primary", multi_hot_only)
+  derived = labels.select_labels("primary", multi_hot_only)
   names = np.asarray(derived.class_names)[derived.labels]
   listed_first = np.asarray([f[0] for f in findings])
   alphabetical_first = np.asarray([min(f) for f in findings])
@@ -70,22 +83,22 @@ def test_primary_label_mode_counts(data_entry):
 
 def test_binary_label_mode_counts(data_entry):
   findings, table = data_entry
-  labels = evaluate.select_labels("binary:pneumonia", table)
-  assert labels.mode == "binary:Pneumonia"
-  assert labels.class_names == ("no Pneumonia", "Pneumonia")
-  assert labels.num_kept == NUM_CSV_ROWS
-  assert int(labels.labels.sum()) == sum("Pneumonia" in f for f in findings)
+  binary = labels.select_labels("binary:pneumonia", table)
+  assert binary.mode == "binary:Pneumonia"
+  assert binary.class_names == ("no Pneumonia", "Pneumonia")
+  assert binary.num_kept == NUM_CSV_ROWS
+  assert int(binary.labels.sum()) == sum("Pneumonia" in f for f in findings)
   with pytest.raises(ValueError, match="binary:Hernia"):
-    evaluate.select_labels("binary:Pneumonitis", table)
+    labels.select_labels("binary:Pneumonitis", table)
   with pytest.raises(ValueError, match="accepted values"):
-    evaluate.select_labels("first", table)
+    labels.select_labels("first", table)
 
 
 def test_single_label_dataset_modes():
   examples = {"label": np.array([0, 1, 2, 1, -1])}
-  labels = evaluate.select_labels("single", examples, ["normal", "mass", "effusion"])
-  assert labels.mode == "label" and labels.num_kept == 4
-  binary = evaluate.select_labels("binary:mass", examples, ["normal", "mass", "effusion"])
+  single = labels.select_labels("single", examples, ["normal", "mass", "effusion"])
+  assert single.mode == "label" and single.num_kept == 4
+  binary = labels.select_labels("binary:mass", examples, ["normal", "mass", "effusion"])
   assert binary.labels.tolist() == [0, 1, 0, 1, -1]
 
 
@@ -94,7 +107,7 @@ def test_single_label_dataset_modes():
 _MASKED_EXTRACTION_CODE = r"""
 import json
 import jax, jax.numpy as jnp, numpy as np
-from simclr_jax import evaluate
+from simclr_jax.evaluation import features as features_lib
 
 num_examples, batch_size = 23, 8   # 3 batches; the last one has 7 real rows + 1 padding
 
@@ -110,9 +123,9 @@ def encode(variables, images):  # features = (pixel, 2 * pixel) * scale
   pixel = images[:, 0, 0, :].astype(jnp.float32)
   return jnp.concatenate([pixel, 2 * pixel], axis=-1) * variables['scale']
 
-out = evaluate.extract_features(encode, {'scale': jnp.float32(1.0)}, batches())
+out = features_lib.extract_features(encode, {'scale': jnp.float32(1.0)}, batches())
 # A batch whose size is not a multiple of the 3 devices and that has no padding.
-out2 = evaluate.extract_features(encode, {'scale': jnp.float32(1.0)}, iter([
+out2 = features_lib.extract_features(encode, {'scale': jnp.float32(1.0)}, iter([
     {'image': np.arange(1, 6, dtype=np.uint8).reshape(5, 1, 1, 1).repeat(2, 1).repeat(2, 2),
      'mask': np.ones(5, bool)}]))
 print(json.dumps({'devices': jax.local_device_count(),
@@ -143,19 +156,22 @@ def _split(num_per_class, seed, num_classes=3, dim=8):
 
 
 def test_evaluate_features_and_outputs(tmp_path):
-  report, arrays = evaluate.evaluate_features(
+  report, arrays = offline.evaluate_features(
       _split(20, seed=1), _split(30, seed=2), class_names=["a", "b", "c"],
       label_fractions=(0.1, 1.0), kmeans_n_init=2)
   assert report["label_mode"] == "label" and report["k"] == 3
-  assert report["num_examples"] == 60
+  assert report["num_examples"] == 60 and "a, b, c" in report["label_set"]
   assert report["cluster_accuracy"] == 1.0 and report["nmi"] == pytest.approx(1.0)
   assert report["linear_accuracy"] == 1.0 and report["knn_accuracy"] == 1.0
+  assert report["knn_auroc_macro"] == pytest.approx(1.0)
   assert [entry["fraction"] for entry in report["label_fractions"]] == [0.1, 1.0]
   assert report["feature_quality"]["cosine_gap"] > 0.5
+  assert arrays["cluster_ids"].shape == (60,)   # an evaluator's per-example array
   report["feature_extraction_seconds"] = 0.0
-  written = evaluate.write_outputs(report, arrays, str(tmp_path))
+  (tmp_path / "notes.txt").write_text("mine")   # not the report's: never touched
+  written = report_lib.write_report(report, arrays, str(tmp_path))
   on_disk = json.loads((tmp_path / "report.json").read_text())
-  assert on_disk["cluster_accuracy"] == 1.0 and written["plots"]
+  assert on_disk["cluster_accuracy"] == 1.0 and written["plots"] == on_disk["plots"]
   for name in ("report.md", "features.npz", "embedding_pca.png", "cluster_confusion.png",
                "label_efficiency.png"):
     assert (tmp_path / name).stat().st_size > 0, name
@@ -163,25 +179,77 @@ def test_evaluate_features_and_outputs(tmp_path):
   assert saved["features"].shape == (60, 8) and saved["cluster_ids"].shape == (60,)
   assert "| cluster accuracy | 1.0000 |" in (tmp_path / "report.md").read_text()
 
+  # Reports are never mixed: refused without overwrite; replaced whole with it.
+  with pytest.raises(report_lib.ReportExistsError, match="--overwrite"):
+    report_lib.write_report(report, arrays, str(tmp_path), plots=False)
+  report_lib.write_report(dict(report, k=4), arrays, str(tmp_path), plots=False,
+                          save_features=False, overwrite=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "report.json",
+                                                        "report.md"]
+  assert json.loads((tmp_path / "report.json").read_text())["k"] == 4
 
-def test_multi_label_report_uses_auroc():
+
+def test_nih_default_is_the_14_findings_with_k_14():
+  """No k and no label mode on multi-label data: the seed's protocol, k = 14 over the 14
+  findings (images with exactly one), named in the report; the probe uses every image."""
   rng = np.random.default_rng(0)
 
   def nih_like(n):
-    multi_hot = (rng.random((n, 14)) < 0.15).astype(np.uint8)
+    multi_hot = (rng.random((n, 14)) < 0.04).astype(np.uint8)
+    multi_hot[np.arange(n) % 2 == 0, rng.integers(0, 14, n)[np.arange(n) % 2 == 0]] = 1
     features = multi_hot * 3.0 + rng.normal(size=(n, 14))
     return {"features": features.astype(np.float32), "labels": multi_hot,
             "no_finding": multi_hot.sum(1) == 0, "patient_id": np.arange(n) // 3}
 
-  report, _ = evaluate.evaluate_features(nih_like(150), nih_like(300), k=14,
-                                         label_fractions=(0.5, 1.0), kmeans_n_init=1)
-  assert report["label_mode"] == "single" and report["k"] == 14
-  assert set(report["linear_auroc"]) == set(evaluate.FINDINGS)
-  assert report["linear_auroc_macro"] > 0.9
+  evaluated = nih_like(300)
+  report, _ = offline.evaluate_features(evaluated, nih_like(600), label_fractions=(0.5, 1.0),
+                                        kmeans_n_init=1)
+  assert report["label_mode"] == "single_finding" and report["k"] == 14
+  assert report["num_classes"] == 14 and "No Finding" not in report["class_names"]
+  assert report["num_examples"] == int((evaluated["labels"].sum(1) == 1).sum())
+  assert "14 ChestX-ray14 findings" in report["label_set"]
+  assert set(report["linear_auroc"]) == set(labels.FINDINGS)
+  assert report["linear_auroc_macro"] > 0.9 and report["knn_auroc_macro"] > 0.8
   assert "linear_accuracy" not in report
 
 
-# ----------------------------------------------------------------------------- end to end
+def _cli(argv, capsys):
+  """The evaluator CLI in this process: (exit status, stdout, stderr)."""
+  status = evaluate.main(["simclr_jax.evaluate", *map(str, argv)])
+  captured = capsys.readouterr()
+  return status, captured.out, captured.err
+
+
+def test_cli_refuses_bad_settings_in_one_line(tmp_path, synthetic_data_dir, capsys):
+  """k < 2, k > examples, unknown dataset/split/evaluator/label mode, an --out holding a
+  report: exit 2 and one line naming the flag, before any encoder is built."""
+  (tmp_path / "earlier").mkdir()
+  (tmp_path / "earlier" / "cluster_confusion.png").write_bytes(b"png")
+  common = ["--model", "resnet_tiny", "--random_init", "--data_dir", synthetic_data_dir]
+  cases = {
+      "--k=0": (["--dataset", "synthetic_cxr/32", "--k", "0"], "--k=0"),
+      "--k=1": (["--dataset", "synthetic_cxr/32", "--k", "1"], "at least 2"),
+      "k > examples": (["--dataset", "synthetic_cxr/32", "--k", "500"],
+                       "--k=500 is larger than the 40 examples"),
+      "dataset": (["--dataset", "no_such_dataset/32"], "no_such_dataset"),
+      "split": (["--dataset", "synthetic_cxr/32", "--split", "nope"], "split 'nope'"),
+      "evaluator": (["--dataset", "synthetic_cxr/32", "--evaluators", "clustering,foo"],
+                    "--evaluators"),
+      "label mode": (["--dataset", "synthetic_cxr/32", "--label_mode", "binary:x"],
+                     "binary:mass"),
+      "earlier report": (["--dataset", "synthetic_cxr/32", "--out", tmp_path / "earlier"],
+                         "holds an earlier report (cluster_confusion.png)"),
+  }
+  for name, (extra, expected) in cases.items():
+    out = ["--out", tmp_path / "new"] if "--out" not in extra else []
+    status, stdout, stderr = _cli(common + out + extra, capsys)
+    assert status == 2, name
+    assert stderr.count("\n") == 1 and stderr.startswith("error: "), (name, stderr)
+    assert expected in stderr, (name, stderr)
+  assert not (tmp_path / "new").exists()
+
+
+# ----------------------------------------------------------------------------- NIH thumbnails
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +278,7 @@ def test_nih_label_modes_through_the_dataset(tmp_path, shared_data, nih_thumbs_d
   csv_path = shared_data / "nih_sample" / "Data_Entry_2017_v2020.csv.gz"
 
   encoder = evaluate.load_encoder(model="resnet_tiny", image_size=32, random_init=True)
-  report = evaluate.evaluate(
+  report = offline.evaluate_encoder(
       encoder, dataset="nih_chest_xray14/thumbs64", data_dir=str(nih_thumbs_dir),
       split="test", train_split="train", out_dir=str(tmp_path), label_mode="primary",
       labels_csv=str(csv_path), label_fractions=(0.5, 1.0), batch_size=64,
@@ -219,78 +287,161 @@ def test_nih_label_modes_through_the_dataset(tmp_path, shared_data, nih_thumbs_d
   assert report["num_examples"] == report["num_examples_total"] == len(test_files) == 200
   expected_primary = collections.Counter(f[0] for f in test_findings)
   assert {n: c for n, c in report["class_counts"].items() if c} == expected_primary
-  assert set(report["linear_auroc"]) == set(evaluate.FINDINGS)  # multi-hot probe
+  assert set(report["linear_auroc"]) == set(labels.FINDINGS)  # multi-hot probe
   assert 0.0 < report["linear_auroc_macro"] < 1.0
   assert report["num_train_examples"] == 600
 
   saved = np.load(tmp_path / "features.npz")
   examples = {"features": saved["features"], "labels": saved["multi_hot"]}
-  single, _ = evaluate.evaluate_features(examples, label_mode="single", kmeans_n_init=1)
+  single, _ = offline.evaluate_features(examples, label_mode="single", kmeans_n_init=1)
   assert single["num_examples"] == sum(len(f) == 1 for f in test_findings)
   assert {n: c for n, c in single["class_counts"].items() if c} == collections.Counter(
       f[0] for f in test_findings if len(f) == 1)
-  binary, _ = evaluate.evaluate_features(examples, label_mode="binary:Effusion",
-                                         kmeans_n_init=1)
+  default, _ = offline.evaluate_features(examples, kmeans_n_init=1)
+  assert default["k"] == 14 and default["num_examples"] == sum(
+      len(f) == 1 and f != ["No Finding"] for f in test_findings)
+  binary, _ = offline.evaluate_features(examples, label_mode="binary:Effusion",
+                                        kmeans_n_init=1)
   assert binary["k"] == 2 and binary["class_counts"]["Effusion"] == sum(
       "Effusion" in f for f in test_findings)
-  from simclr_jax.data import nih
-  assert evaluate.FINDINGS == nih.FINDINGS  # the evaluator's copy of the label order
 
 
+# ----------------------------------------------------------------------------- end to end
 
-@pytest.mark.slow
-def test_cli_restores_a_checkpoint_written_by_train(tmp_path, synthetic_data_dir):
-  """simclr_jax.train writes a checkpoint in one process; the evaluator CLI restores it in
-  another (2 fake devices) and its features differ from the same run's step-0 network."""
-  workdir = tmp_path / "train"
+
+def _train(workdir, synthetic_data_dir, *extra):
   run_module(["simclr_jax.train", "--config", "experiments/configs/demo.py",
               "--workdir", workdir, "--config.num_train_steps=2",
               "--config.dataset=synthetic_cxr/32", f"--config.data_dir={synthetic_data_dir}",
               "--config.model=resnet_tiny", "--config.image_size=32",
               "--config.batch_size=16", "--config.checkpoint_every_steps=2",
-              "--config.optimizer.learning_rate=0.05", "--config.progress_bar=False"])
+              "--config.optimizer.learning_rate=0.05", "--config.progress_bar=False", *extra])
+
+
+@pytest.mark.slow
+def test_cli_restores_a_checkpoint_written_by_train(tmp_path, synthetic_data_dir):
+  """simclr_jax.train writes a checkpoint in one process; the evaluator CLI restores it in
+  another (2 fake devices), logs progress lines to a non-TTY stdout, refuses to write over
+  its report and replaces it whole with --overwrite (the random-init baseline)."""
+  workdir = tmp_path / "train"
+  _train(workdir, synthetic_data_dir)
   common = ["--dataset", "synthetic_cxr/32", "--data_dir", synthetic_data_dir,
             "--split", "test", "--train_split", "train", "--batch_size", "12",
             "--label_fractions", "0.5,1.0", "--kmeans_n_init", "2"]
-  trained = tmp_path / "eval"
-  random = tmp_path / "eval_random"
-  run_module(["simclr_jax.evaluate", "--workdir", workdir, "--out", trained, *common],
-             num_devices=2)
-  run_module(["simclr_jax.evaluate", "--workdir", workdir, "--random_init",
-              "--out", random, "--plots=false", *common, "--train_split="], num_devices=2)
-  report = json.loads((trained / "report.json").read_text())
+  out = tmp_path / "eval"
+  trained = run_module(["simclr_jax.evaluate", "--workdir", workdir, "--out", out, *common],
+                       num_devices=2)
+  assert "[features test] batch 4/4" in trained.stdout      # 40 images / 12 per batch
+  assert "[evaluators] evaluator 5/5" in trained.stdout
+  report = json.loads((out / "report.json").read_text())
   assert report["checkpoint_step"] == 2 and report["encoder_source"] == "checkpoint"
+  assert report["encoder_init"].startswith("trained (simclr objective), checkpoint step 2")
   assert report["num_examples"] == report["num_examples_total"] == 40
   assert report["k"] == 5 and report["label_mode"] == "label"
   for key in ("cluster_accuracy", "nmi", "ari", "purity", "linear_accuracy",
-              "linear_auroc_macro", "knn_accuracy", "label_fractions",
+              "linear_auroc_macro", "knn_accuracy", "knn_auroc_macro", "label_fractions",
               "feature_extraction_seconds", "clustering_seconds"):
     assert report[key] is not None, key
-  features = np.load(trained / "features.npz")
-  random_features = np.load(random / "features.npz")
+  features = dict(np.load(out / "features.npz"))
   # Every test example once, in the dataset's record order.
   from simclr_jax import data
   source = data.data_source("synthetic_cxr/32", str(synthetic_data_dir), "test")
   records = [source[i] for i in range(len(source))]
   np.testing.assert_array_equal(features["patient_id"], [r["patient_id"] for r in records])
   np.testing.assert_array_equal(features["labels"], [r["label"] for r in records])
-  assert not np.allclose(features["features"], random_features["features"])
-  assert json.loads((random / "report.json").read_text())["checkpoint_step"] is None
+
+  random_args = ["simclr_jax.evaluate", "--workdir", workdir, "--random_init", "--out", out,
+                 "--plots=false", *common, "--train_split="]
+  refused = run_module(random_args, check=False)
+  assert refused.returncode == 2 and "Traceback" not in refused.stderr
+  assert refused.stderr.strip().splitlines()[-1].startswith(f"error: --out={out} holds an ")
+  run_module(random_args + ["--overwrite"])
+  assert sorted(p.name for p in out.iterdir()) == ["features.npz", "report.json", "report.md"]
+  random_report = json.loads((out / "report.json").read_text())
+  assert random_report["checkpoint_step"] is None and "linear_auroc_macro" not in random_report
+  assert "zero_init_residual=False" in random_report["encoder_init"]
+  assert not np.allclose(features["features"], np.load(out / "features.npz")["features"])
+
+
+def _supervised_workdir(path, synthetic_data_dir):
+  """A run of this project with objective "supervised", written through checkpointing:
+  params {'encoder', 'classifier'} (no projection head), as the supervised trainer saves."""
+  import jax
+  import jax.numpy as jnp
+  from simclr_jax import checkpointing
+  from simclr_jax import models
+  from simclr_jax.config import default_config
+  config = default_config()
+  config.update(dict(objective="supervised", model="resnet_tiny", image_size=32, seed=3,
+                     dataset="synthetic_cxr/32", data_dir=str(synthetic_data_dir)))
+  encoder = models.create_encoder(config)
+  variables = encoder.init(jax.random.PRNGKey(7), jnp.zeros((1, 32, 32, 1)), train=False)
+  feature_dim = models.feature_dim(config)
+  params = {"encoder": variables["params"],
+            "classifier": {"kernel": np.full((feature_dim, 5), 0.01, np.float32),
+                           "bias": np.zeros(5, np.float32)}}
+  state = {"step": np.int32(4), "params": params,
+           "batch_stats": {"encoder": variables["batch_stats"]}, "opt_state": {}}
+  checkpointing.write_config(str(path), config)
+  manager = checkpointing.create_manager(str(path), with_data_iterator=False)
+  checkpointing.save(manager, 4, jax.device_get(state), np.asarray(jax.random.PRNGKey(0)))
+  manager.close()
+  return variables
 
 
 def test_compare_writes_the_seed_table(tmp_path, synthetic_data_dir):
+  """Rows SimCLR/supervised/random init/ImageNet, here a supervised run of this project
+  (--supervised_workdir) and the fair random init; refuses an earlier comparison."""
   from experiments import compare
+  from simclr_jax.evaluation import encoders
+  supervised = tmp_path / "supervised"
+  supervised_variables = _supervised_workdir(supervised, synthetic_data_dir)
   out = tmp_path / "compare"
-  reports = compare.main([
-      "--random_init", "--model", "resnet_tiny", "--image_size", "32",
-      "--dataset", "synthetic_cxr/32", "--data_dir", str(synthetic_data_dir),
-      "--split", "test", "--train_split", "train", "--label_fractions", "1.0",
-      "--kmeans_n_init", "1", "--batch_size", "40", "--plots", "0", "--out", str(out)])
-  assert list(reports) == ["random_init"]
+  argv = ["--supervised_workdir", str(supervised), "--random_init",
+          "--dataset", "synthetic_cxr/32", "--data_dir", str(synthetic_data_dir),
+          "--split", "test", "--train_split", "train", "--label_fractions", "0.5,1.0",
+          "--kmeans_n_init", "1", "--batch_size", "40", "--plots", "0", "--out", str(out)]
+  reports = compare.main(argv)
+  assert list(reports) == ["supervised", "random_init"]
   table = (out / "report.md").read_text()
-  assert ("| Method | clustering accuracy | NMI | ARI | linear AUROC | "
+  assert ("| Method | clustering accuracy | NMI | ARI | linear AUROC | kNN accuracy | "
+          "kNN AUROC | linear AUROC @ 0.5 labels | linear AUROC @ 1 labels | "
           "labels used in pretraining |") in table
   row = next(line for line in table.splitlines() if line.startswith("| Random init"))
   assert f"{reports['random_init']['cluster_accuracy']:.4f}" in row and row.endswith("| none |")
+  row = next(line for line in table.splitlines() if line.startswith("| Supervised (JAX), step 4"))
+  assert row.endswith("| target-domain labels (synthetic_cxr/32) |")
+  assert f"{reports['supervised']['label_fractions'][0]['linear_auroc_macro']:.4f}" in row
+  assert "zero_init_residual=False" in table    # the init of each row is stated
   assert json.loads((out / "report.json").read_text())["random_init"]["k"] == 5
-  assert (out / "random_init" / "report.json").exists()
+  # The supervised row is the checkpoint's encoder: its features are that network's.
+  loaded = encoders.load_encoder(workdir=str(supervised))
+  assert set(loaded.variables["params"]) == {"encoder", "classifier"}
+  encode, variables = encoders.make_encode_fn(loaded)
+  images = np.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)), np.uint8)
+  direct, _ = encoders.make_encode_fn(encoders.Encoder(
+      loaded.config, {"params": supervised_variables["params"],
+                      "batch_stats": supervised_variables["batch_stats"]},
+      source="test", init="test"))
+  np.testing.assert_allclose(encode(variables, images), direct(variables, images), rtol=1e-6)
+
+  with pytest.raises(report_lib.ReportExistsError, match="earlier comparison"):
+    compare.main(argv)
+  reports = compare.main(argv[2:] + ["--overwrite", "--model", "resnet_tiny",
+                                    "--image_size", "32"])   # random init only now
+  assert list(reports) == ["random_init"]
+  assert not (out / "supervised").exists()
+  # A SimCLR run is not a supervised row; and the file path works as README once said
+  # (without PYTHONPATH: the script puts the repository on the path itself).
+  simclr_like = tmp_path / "simclr_like"
+  simclr_like.mkdir()
+  (simclr_like / "config.json").write_text(json.dumps({"objective": "simclr"}))
+  proc = subprocess.run(
+      [sys.executable, "experiments/compare.py", "--supervised_workdir", str(simclr_like),
+       "--dataset", "synthetic_cxr/32", "--data_dir", str(synthetic_data_dir),
+       "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300,
+      cwd=REPO_ROOT, env={k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"})
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      f"error: --supervised_workdir={simclr_like}: its config.json has objective='simclr', "
+      "not 'supervised'; pass SimCLR runs as --simclr_workdir."]

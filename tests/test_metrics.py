@@ -155,6 +155,51 @@ def test_linear_probe_multi_label():
       (result["linear_auroc"]["x"] + result["linear_auroc"]["y"]) / 2)
 
 
+def _noisy_multi_label(n, seed, num_labels=5, dim=24):
+  """Findings that shift a few feature directions, under heavy noise (AUROC ~0.6-0.9)."""
+  directions = np.random.default_rng(7).normal(size=(num_labels, dim))  # same per call
+  rng = np.random.default_rng(seed)
+  targets = (rng.random((n, num_labels)) < 0.25).astype(np.int64)
+  features = targets @ directions * 0.6 + rng.normal(size=(n, dim)) * 2.0 + 3.0
+  return features.astype(np.float32), targets
+
+
+@pytest.mark.parametrize("regularisation", [1.0, 0.01])
+def test_device_probe_matches_sklearn(regularisation):
+  """The JAX/optax L-BFGS probe solves scikit-learn's LogisticRegression(C) objective on
+  standardised features: per-label AUROC within 1e-3 for multi-label (independent
+  sigmoids), multinomial and binary targets."""
+  train_x, train_y = _noisy_multi_label(400, seed=0)
+  test_x, test_y = _noisy_multi_label(300, seed=1)
+  train_y[:, 4] = 0  # no positive in train: not learnt, constant score in both
+  results = {solver: metrics.linear_probe(train_x, train_y, test_x, test_y, multi_label=True,
+                                          regularisation=regularisation, solver=solver)
+             for solver in ("jax", "sklearn")}
+  for name, auroc in results["sklearn"]["linear_auroc"].items():
+    assert 0.55 < auroc < 0.97 or name == "4", (name, auroc)  # neither trivial nor chance
+    assert results["jax"]["linear_auroc"][name] == pytest.approx(auroc, abs=1e-3), name
+  # Single-label: 4 classes (multinomial softmax) and 2 classes (one sigmoid).
+  for num_classes in (4, 2):
+    train_labels = train_y[:, :2] @ [1, 2] % num_classes
+    test_labels = test_y[:, :2] @ [1, 2] % num_classes
+    single = {solver: metrics.linear_probe(train_x, train_labels, test_x, test_labels,
+                                           multi_label=False, regularisation=regularisation,
+                                           solver=solver) for solver in ("jax", "sklearn")}
+    for name, auroc in single["sklearn"]["linear_auroc"].items():
+      assert single["jax"]["linear_auroc"][name] == pytest.approx(auroc, abs=1e-3), name
+    assert single["jax"]["linear_accuracy"] == pytest.approx(
+        single["sklearn"]["linear_accuracy"], abs=2 / len(test_labels))
+
+
+def test_knn_label_scores_hand_case():
+  train = np.array([[1, 0], [0.8, 0.2], [0, 1]], np.float32)
+  multi_hot = np.array([[1, 0], [1, 1], [0, 1]])
+  neighbours = metrics.knn_neighbours(train, np.array([[1, 0.1]], np.float32), k=2)
+  assert neighbours[1].tolist() == [[0, 1]]
+  scores = metrics.knn_label_scores(neighbours, multi_hot, weighting="majority")
+  np.testing.assert_allclose(scores, [[1.0, 0.5]])
+
+
 # ----------------------------------------------------------------------------- label efficiency
 
 

@@ -48,18 +48,15 @@ findings; `patient_id` int64; `view_position` ('PA'/'AP'); `age` int32 (years);
 """
 import collections
 import concurrent.futures
-import csv
 import dataclasses
 import inspect
 import functools
-import gzip
 import hashlib
 import io
 import logging
 import multiprocessing
 import os
 import pathlib
-import re
 
 from etils import epath
 import numpy as np
@@ -68,19 +65,19 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from simclr_jax.data import features
+# The findings, the CSV and the `label` feature are defined once, in labels.py.
+from simclr_jax.data.labels import CsvRow  # pylint: disable=unused-import
+from simclr_jax.data.labels import FINDINGS
+from simclr_jax.data.labels import LABEL_NAMES
+from simclr_jax.data.labels import NO_FINDING  # pylint: disable=unused-import
+from simclr_jax.data.labels import label_features
+from simclr_jax.data.labels import parse_finding_labels  # pylint: disable=unused-import
+from simclr_jax.data.labels import read_data_entry_csv
 
-# Fixed order of the 14 findings in `labels` (as in the ChestX-ray14 paper / CheXNet).
-FINDINGS = ('Atelectasis', 'Cardiomegaly', 'Effusion', 'Infiltration', 'Mass', 'Nodule',
-            'Pneumonia', 'Pneumothorax', 'Consolidation', 'Edema', 'Emphysema', 'Fibrosis',
-            'Pleural_Thickening', 'Hernia')
-NO_FINDING = 'No Finding'
-LABEL_NAMES = FINDINGS + (NO_FINDING,)  # classes of the single-label `label` feature
 IMAGE_SIZES = (64, 224, 256, 512)
 THUMBS_CONFIG = 'thumbs64'
 THUMBS_SPLIT_FOLDERS = {'train': 'train', 'valid': 'validation', 'test': 'test'}
 THUMBS_CLASS_FOLDERS = ('0_normal', '1_abnormal')
-CSV_COLUMNS = ('Image Index', 'Finding Labels', 'Patient ID', 'Patient Age',
-               'Patient Gender', 'View Position')
 CSV_GLOBS = ('Data_Entry_2017*.csv', 'Data_Entry_2017*.csv.gz')
 
 _MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -89,72 +86,6 @@ images_NNN.tar.gz archives (extract them: images_NNN/images/*.png, or put all PN
 images/ folder), Data_Entry_2017_v2020.csv (plain or .gz) and optionally
 train_val_list.txt / test_list.txt, all into one folder; pass it as --manual_dir.
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class CsvRow:
-  """One row of Data_Entry_2017*.csv."""
-  image_index: str
-  findings: tuple  # finding names, () for No Finding
-  patient_id: int
-  age: int
-  sex: str
-  view_position: str
-
-
-def parse_finding_labels(text: str) -> tuple:
-  """'Cardiomegaly|Effusion' -> ('Cardiomegaly', 'Effusion'); 'No Finding' -> ()."""
-  names = tuple(name.strip() for name in text.split('|') if name.strip())
-  if names == (NO_FINDING,):
-    return ()
-  unknown = [name for name in names if name not in FINDINGS]
-  if unknown:
-    raise ValueError(f'unknown finding(s) {unknown} in Finding Labels {text!r}; '
-                     f'known: {list(FINDINGS) + [NO_FINDING]}')
-  return names
-
-
-def label_features(findings: tuple) -> dict:
-  """Multi-hot `labels` [14] uint8, `no_finding` and the single-label `label` of a row."""
-  labels = np.zeros(len(FINDINGS), np.uint8)
-  for name in findings:
-    labels[FINDINGS.index(name)] = 1
-  if not findings:
-    label = LABEL_NAMES.index(NO_FINDING)
-  elif len(findings) == 1:
-    label = FINDINGS.index(findings[0])
-  else:
-    label = -1
-  return {'labels': labels, 'no_finding': not findings, 'label': label}
-
-
-def read_data_entry_csv(path) -> dict:
-  """Reads the label table (plain or gzip) into {image_index: CsvRow}.
-
-  Raises:
-    ValueError: naming the file (and row) when a column or value is not as expected.
-  """
-  path = pathlib.Path(path)
-  opener = gzip.open if path.suffix == '.gz' else open
-  rows = {}
-  with opener(path, 'rt', newline='') as f:
-    reader = csv.DictReader(f)
-    missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or ())]
-    if missing:
-      raise ValueError(f'{path}: missing column(s) {missing}; found {reader.fieldnames}')
-    for line, record in enumerate(reader, start=2):
-      try:
-        age = re.match(r'\d+', record['Patient Age'].strip())  # '58' or old-style '058Y'
-        rows[record['Image Index'].strip()] = CsvRow(
-            image_index=record['Image Index'].strip(),
-            findings=parse_finding_labels(record['Finding Labels']),
-            patient_id=int(record['Patient ID']),
-            age=int(age.group()) if age else -1,
-            sex=record['Patient Gender'].strip(),
-            view_position=record['View Position'].strip())
-      except (ValueError, TypeError) as e:
-        raise ValueError(f'{path}, line {line}: {e}') from e
-  return rows
 
 
 def find_csv(manual_dir, csv_path=None) -> pathlib.Path:

@@ -1,0 +1,226 @@
+"""The networks an evaluation reads features from, and where they came from.
+
+Three sources, one `Encoder` record:
+  checkpoint     a training run of this project (`checkpointing.load_for_eval`, read-only):
+                 SimCLR ({'encoder', 'head'}) or supervised ({'encoder', 'classifier'});
+                 the model and image size come from the config saved in the workdir.
+  random_init    the same architecture untrained, *torchvision-style*: kaiming-normal
+                 fan-out convolutions and every BatchNorm scale 1 (`zero_init_residual=
+                 False`), i.e. the random ResNet of the seed's torchvision model. (With
+                 google-research/simclr's zero-initialised last BN of each block, every
+                 residual branch of an untrained network outputs 0 and the "random"
+                 baseline measures only the stem and the downsample path.) The conv
+                 kernels are the training run's own step-0 kernels (same init key).
+  torch_weights  a torchvision ResNet state_dict (ImageNet, supervised elsewhere, the
+                 PyTorch baseline), run exactly as torchvision runs it: grey image on
+                 three channels, ImageNet mean/std.
+
+`Encoder.init` says which in words; every report carries it as `encoder_init`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+FEATURE_KINDS = ("encoder", "projection")
+# torchvision weights (ImageNet, the PyTorch baseline) see what torchvision models are fed:
+# the grey image on all three channels, normalised per channel with ImageNet statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_INIT_DESCRIPTION = ("random, torchvision-style: kaiming-normal fan-out convs, every "
+                           "BatchNorm scale 1 (zero_init_residual=False)")
+
+
+@dataclasses.dataclass
+class Encoder:
+  """A network to evaluate and where it came from."""
+  config: ml_collections.ConfigDict   # model, width, stem, dtype, image_size, augment, ...
+  variables: dict                     # {'params', 'batch_stats'}: a whole model or encoder only
+  source: str                         # 'checkpoint' | 'random_init' | 'torch_weights'
+  init: str                           # how the weights were obtained, in words
+  step: Optional[int] = None          # checkpoint step (None when not from a checkpoint)
+  description: str = ""
+  imagenet_rgb_input: bool = False    # torchvision convention: grey -> RGB, ImageNet norm
+
+  @property
+  def has_subtrees(self) -> bool:
+    """The variables hold a whole model ({'encoder', 'head' | 'classifier'})."""
+    return "encoder" in self.variables["params"]
+
+  @property
+  def objective(self) -> str:
+    return str(self.config.get("objective", "simclr"))
+
+  def encoder_variables(self) -> dict:
+    if not self.has_subtrees:
+      return self.variables
+    return {"params": self.variables["params"]["encoder"],
+            "batch_stats": self.variables.get("batch_stats", {}).get("encoder", {})}
+
+
+def _base_config(model: str, image_size: int) -> ml_collections.ConfigDict:
+  """Config for an encoder that has no workdir (torchvision weights, --model)."""
+  from simclr_jax.config import default_config
+  config = default_config()
+  config.model = model
+  config.image_size = int(image_size)
+  config.width = 1.0
+  config.stem = "imagenet"
+  return config
+
+
+def _simclr_network(config: ml_collections.ConfigDict):
+  """The SimCLR module (encoder + projection head) of a config, whatever its objective."""
+  from simclr_jax import models
+  return models.SimCLR(encoder=models.create_encoder(config), head=models.create_head(config))
+
+
+def random_init_variables(config: ml_collections.ConfigDict) -> dict:
+  """Torchvision-style random variables of the config's SimCLR network.
+
+  Initialised with the key `simclr_jax.train` initialises with (first half of
+  split(PRNGKey(config.seed))), so the conv kernels are the run's step-0 kernels, but with
+  `zero_init_residual=False`: every BatchNorm scale is 1, as in torchvision.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.zero_init_residual = False
+  network = _simclr_network(config)
+  dummy = jnp.zeros((1, config.image_size, config.image_size, 1), jnp.float32)
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.get("seed", 0)))
+  variables = jax.jit(lambda rng: network.init(rng, dummy, train=False))(init_rng)
+  return jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(variables))
+
+
+def load_encoder(*, workdir: Optional[str] = None, step: Optional[int] = None,
+                 random_init: bool = False, torch_weights: Optional[str] = None,
+                 model: Optional[str] = None, image_size: Optional[int] = None,
+                 seed: Optional[int] = None) -> Encoder:
+  """Builds the encoder to evaluate.
+
+  Args:
+    workdir: a training run's directory (config.json + checkpoints/), SimCLR or
+      supervised; opened read-only.
+    step: checkpoint step; latest complete one when None.
+    random_init: the workdir's (or --model's) architecture, untrained and initialised
+      torchvision-style (`random_init_variables`); `seed` defaults to config.seed.
+    torch_weights: a torchvision ResNet state_dict file (ImageNet, supervised or the
+      PyTorch baseline's encoder), evaluated as torchvision runs it (the RGB first conv
+      is kept; grey images are repeated on three channels and normalised with the
+      ImageNet mean/std), so features equal torch's (tests/test_baseline.py).
+    model, image_size: architecture and input size when there is no workdir.
+
+  Returns:
+    Encoder.
+
+  Raises:
+    ValueError / FileNotFoundError: conflicting options, no checkpoint, unknown step.
+  """
+  from simclr_jax import checkpointing
+  if random_init and step is not None:
+    raise ValueError("--random_init and --step exclude each other.")
+  if torch_weights and (random_init or step is not None):
+    raise ValueError("--torch_weights excludes --random_init and --step.")
+  config = checkpointing.read_config(workdir) if workdir else None
+  if config is None:
+    if not model:
+      raise ValueError("Without --workdir, give --model (e.g. resnet50) for --torch_weights "
+                       "or --random_init.")
+    config = _base_config(model, image_size or 224)
+  else:
+    config = ml_collections.ConfigDict(config.to_dict())
+    if model and model != config.model:
+      raise ValueError(f"--model={model!r} differs from model={config.model!r} in "
+                       f"{workdir}/config.json; drop --model or --workdir.")
+    if image_size:
+      config.image_size = int(image_size)
+  if seed is not None:
+    config.seed = int(seed)
+
+  if torch_weights:
+    from simclr_jax import convert
+    variables = convert.load_torch_weights(torch_weights, config, in_channels=None)
+    name = os.path.basename(torch_weights)
+    return Encoder(config, dict(variables), source="torch_weights",
+                   init=f"torchvision state_dict {name}",
+                   description=f"torchvision weights {name}", imagenet_rgb_input=True)
+  if random_init:
+    seed_used = config.get("seed", 0)
+    return Encoder(config, random_init_variables(config), source="random_init",
+                   init=f"{RANDOM_INIT_DESCRIPTION}, seed {seed_used}",
+                   description=f"random init (seed {seed_used})")
+  if not workdir:
+    raise ValueError("Give --workdir (a training run), --random_init or --torch_weights.")
+  # Keep `config` (with the --image_size / --seed overrides); take the variables.
+  _, variables, restored_step = checkpointing.load_for_eval(workdir, step)
+  objective = config.get("objective", "simclr")
+  return Encoder(config, dict(variables), source="checkpoint",
+                 init=f"trained ({objective} objective), checkpoint step {restored_step}",
+                 step=restored_step, description=f"{workdir} step {restored_step}")
+
+
+def make_encode_fn(encoder: Encoder, feature_kind: str = "encoder") -> tuple[Callable, dict]:
+  """(encode(variables, images_uint8 [b, H, W, C]) -> [b, F] float32, variables).
+
+  `encode` preprocesses as evaluation does (`augment.preprocess_eval`: centred square,
+  resize, normalisation) and runs the network in eval mode (BatchNorm running averages).
+  """
+  from simclr_jax import augment
+  from simclr_jax import models
+  if feature_kind not in FEATURE_KINDS:
+    raise ValueError(f"--features={feature_kind!r}: accepted values are {FEATURE_KINDS}.")
+  config = encoder.config
+  if feature_kind == "projection":
+    if "head" not in encoder.variables["params"]:
+      raise ValueError(f"--features=projection needs a projection head; {encoder.description}"
+                       f" has none. Use --features=encoder.")
+    network = _simclr_network(config)
+    variables = {"params": {name: encoder.variables["params"][name] for name in ("encoder",
+                                                                                 "head")},
+                 "batch_stats": {name: tree for name, tree in
+                                 encoder.variables.get("batch_stats", {}).items()
+                                 if name in ("encoder", "head")}}
+    input_channels = np.shape(variables["params"]["encoder"]["conv_init"]["kernel"])[2]
+  else:
+    network = models.create_encoder(config)
+    variables = encoder.encoder_variables()
+    input_channels = np.shape(variables["params"]["conv_init"]["kernel"])[2]
+  augment_config = config.get("augment") or augment.default_config()
+  if encoder.imagenet_rgb_input:
+    augment_config = ml_collections.ConfigDict(dict(
+        augment_config.to_dict(), normalize_mean=IMAGENET_MEAN, normalize_std=IMAGENET_STD))
+  image_size = int(config.image_size)
+  return make_network_encode_fn(network, augment_config, image_size, input_channels,
+                                projection=feature_kind == "projection",
+                                imagenet_rgb_input=encoder.imagenet_rgb_input), variables
+
+
+def make_network_encode_fn(network, augment_config, image_size: int, input_channels: int, *,
+                           projection: bool = False, imagenet_rgb_input: bool = False
+                           ) -> Callable:
+  """encode(variables, images uint8 [b, H, W, C]) -> features [b, F] float32 of `network`
+  in eval mode, after the evaluation preprocessing. Shared with the online monitor."""
+  from simclr_jax import augment
+
+  def encode(variables, images):
+    if imagenet_rgb_input and images.shape[-1] == 1:
+      images = jnp.repeat(images, 3, axis=-1)  # uint8 [b, H, W, 3]
+    inputs = augment.preprocess_eval(images, augment_config, image_size)  # [b, S, S, C]
+    if inputs.shape[-1] != input_channels:
+      if inputs.shape[-1] != 1:
+        raise ValueError(f"images have {inputs.shape[-1]} channels; the encoder takes "
+                         f"{input_channels}.")
+      # Grey X-rays into an RGB (ImageNet) stem: the same image on every channel.
+      inputs = jnp.repeat(inputs, input_channels, axis=-1)
+    outputs = network.apply(variables, inputs, train=False)
+    if projection:
+      outputs = outputs[1]
+    return outputs.astype(jnp.float32)
+
+  return encode

@@ -1,0 +1,114 @@
+"""Tests for simclr_jax/evaluation/: the fair random init, evaluators as plug-ins and the
+online monitor (in-process, tiny models, real TFDS data)."""
+import shutil
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simclr_jax import models
+from simclr_jax.config import default_config
+from simclr_jax.evaluation import EVALUATORS
+from simclr_jax.evaluation import encoders
+from simclr_jax.evaluation import from_config
+from simclr_jax.evaluation import online
+from simclr_jax.evaluation import representations
+
+
+def test_random_init_residual_branches_differ_in_every_block():
+  """The random-init baseline is torchvision's random ResNet: in every block the residual
+  branch (output of the last BatchNorm) depends on the image. With zero-initialised BN
+  scales every branch outputs exactly 0 and only the stem and downsample path remain."""
+  config = default_config()
+  config.update(dict(model="resnet18", width=0.25, image_size=32, seed=1))
+  assert config.zero_init_residual  # SimCLR's training default stays google-research's
+  variables = encoders.random_init_variables(config)
+  network = models.create_encoder(config)
+  images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)).astype(np.float32)
+  _, state = network.apply(
+      {"params": variables["params"]["encoder"],
+       "batch_stats": variables["batch_stats"]["encoder"]}, images, train=False,
+      capture_intermediates=lambda module, _: module.name in ("bn2", "bn3"),
+      mutable=["intermediates"])
+  blocks = state["intermediates"]
+  assert len(blocks) == 8  # ResNet-18: 4 stages x 2 blocks
+  for name, block in blocks.items():
+    (branch,) = block["bn2"]["__call__"]  # [2, H, W, C]
+    # Zero-initialised scales give exactly 0 here, for every image.
+    assert float(jnp.max(jnp.abs(branch))) > 1e-2, name
+    assert float(jnp.mean(jnp.abs(branch[0] - branch[1]))) > 1e-3, name
+  encoder = encoders.load_encoder(model="resnet_tiny", image_size=32, random_init=True)
+  assert "zero_init_residual=False" in encoder.init and encoder.source == "random_init"
+
+
+def _blobs(num_per_class, seed, num_classes=3, dim=8):
+  centres = np.random.default_rng(99).normal(size=(num_classes, dim)) * 6
+  rng = np.random.default_rng(seed)
+  label = np.repeat(np.arange(num_classes), num_per_class)
+  return {"features": (centres[label] + rng.normal(size=(label.size, dim))).astype(np.float32),
+          "label": label, "patient_id": np.arange(label.size)}
+
+
+def test_evaluators_are_plugins_configured_by_name():
+  built = from_config({"clustering": {"k": 4, "n_init": 1}, "knn": {"k": 5}, "similarity": {}})
+  assert [name for name, _ in built] == ["clustering", "knn", "similarity"]
+  data = representations.build(_blobs(10, seed=1), _blobs(20, seed=2), class_names=["a", "b", "c"])
+  for name, evaluator in from_config(list(EVALUATORS)) + built:
+    outputs = list(evaluator.run(data))
+    assert outputs and all(isinstance(key, str) for key, _ in outputs), name
+  outputs = dict(built[0][1].run(data))
+  assert outputs["k"] == 4 and outputs["cluster_ids"].shape == (30,)
+  assert dict(built[1][1].run(data))["knn_k"] == 5
+  # The train split is optional: evaluators that need it yield nothing without it.
+  alone = representations.build(_blobs(10, seed=1))
+  for name, evaluator in from_config("linear_probe,knn,label_efficiency"):
+    assert not list(evaluator.run(alone)), name
+  with pytest.raises(ValueError, match="unknown evaluator 'tsne'; accepted: clustering"):
+    from_config(["clustering", "tsne"])
+  with pytest.raises(ValueError, match="evaluator 'knn'.*neighbours"):
+    from_config({"knn": {"neighbours": 3}})
+  with pytest.raises(ValueError, match="--k=1"):
+    list(from_config({"clustering": {"k": 1}})[0][1].run(data))
+
+
+def test_online_monitor(tmp_path, synthetic_data_dir):
+  """kNN accuracy/AUROC and k-means NMI of a tiny encoder, from the trainer's replicated
+  variables: keys prefixed online_, weights untouched, the data read once."""
+  data_dir = tmp_path / "data"
+  shutil.copytree(synthetic_data_dir, data_dir)
+  config = default_config()
+  config.update(dict(dataset="synthetic_cxr/32", data_dir=str(data_dir), image_size=32,
+                     model="resnet_tiny", eval_every_steps=10))
+  config.online_eval.update(dict(evaluators=("knn", "kmeans"), max_train_examples=64,
+                                 max_eval_examples=16, batch_size=24))
+  model = models.create_model(config)
+
+  def replicated_variables(seed):
+    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 1)), train=False)
+    return (flax.jax_utils.replicate(variables["params"]),
+            flax.jax_utils.replicate(variables["batch_stats"]))
+
+  params, batch_stats = replicated_variables(0)
+  before = jax.tree_util.tree_map(np.array, (params, batch_stats))
+  monitor = online.maybe_create(config)
+  first = monitor.run(10, params, batch_stats)
+  assert set(first) == {"online_knn_accuracy", "online_knn_auroc", "online_kmeans_nmi",
+                        "online_eval_seconds"}
+  assert all(isinstance(value, float) for value in first.values())
+  assert 0.0 <= first["online_knn_accuracy"] <= 1.0 and 0.0 <= first["online_knn_auroc"] <= 1.0
+  jax.tree_util.tree_map(np.testing.assert_array_equal, before,
+                         jax.tree_util.tree_map(np.asarray, (params, batch_stats)))
+  shutil.rmtree(data_dir)  # the images were read once and are kept in memory
+  again = monitor.run(20, params, batch_stats)
+  assert {k: v for k, v in again.items() if k != "online_eval_seconds"} == {
+      k: v for k, v in first.items() if k != "online_eval_seconds"}
+  other = monitor.run(30, *replicated_variables(1))
+  assert other["online_knn_auroc"] != first["online_knn_auroc"]
+
+  config.eval_every_steps = 0
+  assert online.maybe_create(config) is None
+  config.online_eval.evaluators = ("knn", "linear_probe")
+  with pytest.raises(ValueError, match="online_eval.evaluators"):
+    online.OnlineMonitor(config)
