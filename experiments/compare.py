@@ -109,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--out", required=True)
   parser.add_argument("--overwrite", action="store_true",
                       help="replace an earlier comparison in --out (all rows and plots)")
+  parser.add_argument("--evaluators", default=",".join(EVALUATORS),
+                      help=f"comma-separated evaluators; known: {', '.join(EVALUATORS)}")
   parser.add_argument("--k", type=int, help="k-means clusters (default: the label mode's "
                       "classes; 14 for NIH)")
   parser.add_argument("--label_mode")
@@ -189,6 +191,7 @@ def main(argv=None) -> dict:
   # orbax/TFDS log every save/restore step through absl at INFO; keep ours only.
   logging.getLogger("absl").setLevel(logging.WARNING)
   fractions = label_efficiency.parse_fractions(args.label_fractions)
+  evaluators = [name.strip() for name in args.evaluators.split(",") if name.strip()]
   rows = _rows(args, parser)
   earlier = earlier_comparison_files(args.out)
   if earlier and not args.overwrite:
@@ -198,7 +201,8 @@ def main(argv=None) -> dict:
         f"and plot) or choose another --out.")
   settings = dict(dataset=args.dataset, data_dir=args.data_dir, split=args.split,
                   train_split=args.train_split or None, k=args.k, label_mode=args.label_mode,
-                  label_fractions=fractions, feature_kind=args.features,
+                  evaluators=evaluators, label_fractions=fractions,
+                  feature_kind=args.features,
                   batch_size=args.batch_size, knn_k=args.knn_k,
                   kmeans_n_init=args.kmeans_n_init, probe_solver=args.probe_solver,
                   max_examples=args.max_examples, labels_csv=args.labels_csv,
@@ -207,7 +211,7 @@ def main(argv=None) -> dict:
   offline.check_settings(
       dataset=args.dataset, data_dir=args.data_dir, split=args.split,
       train_split=args.train_split or None, out_dir=None, overwrite=True,
-      evaluators=EVALUATORS, k=args.k, label_mode=args.label_mode,
+      evaluators=evaluators, k=args.k, label_mode=args.label_mode,
       max_examples=args.max_examples)
   for path in earlier:
     os.remove(path)

@@ -593,7 +593,7 @@ def fit_logistic_regression(features, targets, *, kind: str, regularisation: flo
     output_mask = np.ones(targets.shape[1], np.float32)
   num_outputs = targets.shape[1]
   rows, columns = _bucket(n, 4096, 128), _bucket(dim, 512, 128)
-  outputs = _bucket(num_outputs, 64, 8)
+  outputs = _bucket(num_outputs, 64, 16)
   example_weights = _pad_to(np.ones(n, np.float32), rows, 0)
   inputs = (_pad_to(_pad_to(features, rows, 0), columns, 1),
             _pad_to(_pad_to(targets, rows, 0), outputs, 1), example_weights,

@@ -6,6 +6,7 @@ import csv
 import functools
 import gzip
 import json
+import socket
 import subprocess
 import sys
 
@@ -202,7 +203,7 @@ def test_nih_default_is_the_14_findings_with_k_14():
             "no_finding": multi_hot.sum(1) == 0, "patient_id": np.arange(n) // 3}
 
   evaluated = nih_like(300)
-  report, _ = offline.evaluate_features(evaluated, nih_like(600), label_fractions=(0.5, 1.0),
+  report, _ = offline.evaluate_features(evaluated, nih_like(400), label_fractions=(1.0,),
                                         kmeans_n_init=1)
   assert report["label_mode"] == "single_finding" and report["k"] == 14
   assert report["num_classes"] == 14 and "No Finding" not in report["class_names"]
@@ -321,8 +322,8 @@ def _train(workdir, synthetic_data_dir, *extra):
 @pytest.mark.slow
 def test_cli_restores_a_checkpoint_written_by_train(tmp_path, synthetic_data_dir):
   """simclr_jax.train writes a checkpoint in one process; the evaluator CLI restores it in
-  another (2 fake devices), logs progress lines to a non-TTY stdout, refuses to write over
-  its report and replaces it whole with --overwrite (the random-init baseline)."""
+  another (2 fake devices), logs progress lines to a non-TTY stdout, and with --overwrite
+  replaces that report whole by the random-init baseline's."""
   workdir = tmp_path / "train"
   _train(workdir, synthetic_data_dir)
   common = ["--dataset", "synthetic_cxr/32", "--data_dir", synthetic_data_dir,
@@ -350,17 +351,68 @@ def test_cli_restores_a_checkpoint_written_by_train(tmp_path, synthetic_data_dir
   np.testing.assert_array_equal(features["patient_id"], [r["patient_id"] for r in records])
   np.testing.assert_array_equal(features["labels"], [r["label"] for r in records])
 
+  # The same --out again: refused in-process (test_cli_refuses_bad_settings_in_one_line),
+  # replaced whole with --overwrite here (no plots this time: none may be left).
   random_args = ["simclr_jax.evaluate", "--workdir", workdir, "--random_init", "--out", out,
                  "--plots=false", *common, "--train_split="]
-  refused = run_module(random_args, check=False)
-  assert refused.returncode == 2 and "Traceback" not in refused.stderr
-  assert refused.stderr.strip().splitlines()[-1].startswith(f"error: --out={out} holds an ")
   run_module(random_args + ["--overwrite"])
   assert sorted(p.name for p in out.iterdir()) == ["features.npz", "report.json", "report.md"]
   random_report = json.loads((out / "report.json").read_text())
   assert random_report["checkpoint_step"] is None and "linear_auroc_macro" not in random_report
   assert "zero_init_residual=False" in random_report["encoder_init"]
   assert not np.allclose(features["features"], np.load(out / "features.npz")["features"])
+
+
+def _free_port():
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+def test_two_processes_gather_features_and_process_0_writes(tmp_path, synthetic_data_dir):
+  """2 processes (jax.distributed on 127.0.0.1): each encodes its block of the split, the
+  features are gathered in record order, process 0 alone writes the report; the features
+  equal one process encoding the whole split."""
+  out = tmp_path / "eval"
+  port = _free_port()
+  args = ["-m", "simclr_jax.evaluate", "--model", "resnet_tiny", "--image_size", "32",
+          "--random_init", "--dataset", "synthetic_cxr/32", "--data_dir",
+          str(synthetic_data_dir), "--split", "test", "--train_split=", "--evaluators",
+          "similarity", "--plots=false", "--batch_size",
+          "8", "--out", str(out), f"--coordinator_address=127.0.0.1:{port}",
+          "--num_processes=2"]
+  processes = [subprocess.Popen([sys.executable, *args, f"--process_id={index}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=REPO_ROOT, env=subprocess_env(1))
+               for index in range(2)]
+  outputs = []
+  try:
+    for process in processes:
+      outputs.append(process.communicate(timeout=300))
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  for process, (_, stderr) in zip(processes, outputs):
+    assert process.returncode == 0, stderr[-3000:]
+  assert json.loads(outputs[0][0].splitlines()[-1])["num_examples"] == 40
+  # Process 1 neither logs progress nor a summary (gloo prints its own connection line).
+  assert not [line for line in outputs[1][0].splitlines()
+              if line.startswith(("[features", "[evaluators", "{"))]
+  assert "[features test]" in outputs[0][0]
+  report = json.loads((out / "report.json").read_text())
+  assert report["processes"] == 2 and report["num_examples_total"] == 40
+  saved = np.load(out / "features.npz")
+  from simclr_jax import data
+  from simclr_jax.evaluation import encoders
+  from simclr_jax.evaluation import features as features_lib
+  source = data.data_source("synthetic_cxr/32", str(synthetic_data_dir), "test")
+  np.testing.assert_array_equal(saved["patient_id"],
+                                [source[i]["patient_id"] for i in range(len(source))])
+  encoder = encoders.load_encoder(model="resnet_tiny", image_size=32, random_init=True)
+  single = features_lib.encode_split(*encoders.make_encode_fn(encoder), "synthetic_cxr/32",
+                                     str(synthetic_data_dir), "test", batch_size=16)
+  np.testing.assert_allclose(saved["features"], single["features"], rtol=1e-5, atol=1e-5)
 
 
 def _supervised_workdir(path, synthetic_data_dir):
@@ -427,8 +479,8 @@ def test_compare_writes_the_seed_table(tmp_path, synthetic_data_dir):
 
   with pytest.raises(report_lib.ReportExistsError, match="earlier comparison"):
     compare.main(argv)
-  reports = compare.main(argv[2:] + ["--overwrite", "--model", "resnet_tiny",
-                                    "--image_size", "32"])   # random init only now
+  reports = compare.main(argv[2:] + ["--overwrite", "--model", "resnet_tiny", "--image_size",
+                                    "32", "--evaluators", "similarity"])  # one row now
   assert list(reports) == ["random_init"]
   assert not (out / "supervised").exists()
   # A SimCLR run is not a supervised row; and the file path works as README once said

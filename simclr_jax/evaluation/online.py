@@ -19,8 +19,10 @@ by cosine kNN (k = `online_eval.knn_k`):
                         (k = the number of classes, one restart) on the eval features
   online_eval_seconds   wall time of this call
 
-The images are read once (a fixed-seed random subset of each split, uint8, kept in host
-memory), so each call costs only forward passes on the local devices plus the kNN. The
+The images are read once, when the monitor is made (a fixed-seed random subset of each
+split, uint8, kept in host memory; a missing split or a label mode keeping too few
+examples fails then, before training starts), so each call costs only forward passes on
+the local devices plus the kNN. The
 weights are only read: the parameters are passed in the trainer's pmap layout (leading
 local-device axis) and used as they are. Every process computes the same numbers on its
 own devices (no collective, so no process can wait on another); process 0 logs them.
@@ -95,18 +97,13 @@ class OnlineMonitor:
     self._batch_size = -(-int(online.batch_size) // num_devices) * num_devices
     self._network = models.create_encoder(config)  # eval mode: no cross-device BN needed
     self._encode = {}   # input channels -> pmapped encode function
-    self._examples = None  # (train examples, eval examples), read on the first call
-
-  def _load(self) -> tuple[dict, dict]:
-    if self._examples is None:
-      config, online = self._config, self._online
-      seed = int(config.get("seed", 0))
-      self._examples = (
-          read_examples(config.dataset, config.data_dir, online.train_split,
-                        int(online.max_train_examples), seed),
-          read_examples(config.dataset, config.data_dir, online.eval_split,
-                        int(online.max_eval_examples), seed + 1))
-    return self._examples
+    # Read once, now: a split or label problem stops the run before training starts.
+    seed = int(config.get("seed", 0))
+    self._train_examples = read_examples(config.dataset, config.data_dir, online.train_split,
+                                         int(online.max_train_examples), seed)
+    self._eval_examples = read_examples(config.dataset, config.data_dir, online.eval_split,
+                                        int(online.max_eval_examples), seed + 1)
+    representations_lib.build(self._eval_examples, self._train_examples, seed=seed)
 
   def _p_encode(self, input_channels: int):
     if input_channels not in self._encode:
@@ -140,7 +137,7 @@ class OnlineMonitor:
     """
     del step
     start = time.perf_counter()
-    train_examples, eval_examples = self._load()
+    train_examples, eval_examples = self._train_examples, self._eval_examples
     variables = {"params": params["encoder"], "batch_stats": batch_stats["encoder"]}
     input_channels = int(np.shape(variables["params"]["conv_init"]["kernel"])[-2])
     p_encode = self._p_encode(input_channels)
