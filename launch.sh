@@ -4,12 +4,14 @@
 #   ./launch.sh demo                      set up a venv, then the whole path (synthetic_cxr) on the
 #                                         accelerator setup detected (GPU, TPU, else CPU)
 #   ./launch.sh test [pytest args]        set up (incl. the PyTorch baseline) and run the test suite
-#   ./launch.sh setup [torch]             only create/refresh the venv (JAX build of the accelerator)
+#   ./launch.sh setup [torch|tensorboard] only create/refresh the venv (JAX build of the accelerator)
 #   ./launch.sh doctor [--json]           detected accelerator, JAX requirement, backend, versions
 #   ./launch.sh prepare ARGS...           python -m simclr_jax.prepare ARGS
 #   ./launch.sh train CONFIG WORKDIR [--config.KEY=VALUE ...]    one host, all local GPUs/TPU cores
 #   ./launch.sh evaluate ARGS...          python -m simclr_jax.evaluate ARGS
 #   ./launch.sh compare ARGS...           python -m experiments.compare ARGS (the seed's table)
+#   ./launch.sh tensorboard WORKDIR [ARGS]  install requirements-tensorboard.txt, then
+#                                         tensorboard --logdir WORKDIR/tensorboard ARGS
 #   ./launch.sh slurm CONFIG WORKDIR [--nodes N] [--gpus_per_node G] [--partition P]
 #                     [--time HH:MM:SS] [--dry_run] [-- --config.KEY=VALUE ...]
 #                                         sbatch script: srun, one task per node, jax.distributed
@@ -29,7 +31,12 @@ PYTHON_BIN=${PYTHON:-$(command -v python3.11 || command -v python3)}
 # the last install.
 setup() {
   local files=(requirements.txt)
-  if [[ "${1:-}" == "torch" ]]; then files+=(requirements-torch.txt requirements-dev.txt); fi
+  case "${1:-}" in
+    torch) files+=(requirements-torch.txt requirements-dev.txt);;
+    tensorboard) files+=(requirements-tensorboard.txt);;
+    "") ;;
+    *) echo "setup: unknown extra '$1' (accepted: torch, tensorboard)" >&2; exit 2;;
+  esac
   if [[ ! -x "$VENV/bin/python" ]]; then
     echo "[setup] creating $VENV with $PYTHON_BIN"
     "$PYTHON_BIN" -m venv "$VENV"
@@ -165,11 +172,16 @@ case "$command" in
     py -m simclr_jax.train --config "$config" --workdir "$workdir" "$@";;
   evaluate) setup; py -m simclr_jax.evaluate "$@";;
   compare) setup; py -m experiments.compare "$@";;
+  tensorboard)
+    [[ $# -ge 1 ]] || { echo "usage: ./launch.sh tensorboard WORKDIR [tensorboard args]" >&2; exit 2; }
+    [[ -d "$1/tensorboard" ]] || { echo "tensorboard: $1/tensorboard does not exist (a training workdir holds one)" >&2; exit 2; }
+    setup tensorboard; logdir=$1; shift
+    "$VENV/bin/tensorboard" --logdir "$logdir/tensorboard" "$@";;
   slurm)
     [[ $# -ge 2 ]] || { echo "usage: ./launch.sh slurm CONFIG WORKDIR [options]" >&2; exit 2; }
     slurm "$@";;
   tpu)
     [[ $# -ge 4 ]] || { echo "usage: ./launch.sh tpu TPU_NAME ZONE CONFIG WORKDIR [options]" >&2; exit 2; }
     tpu "$@";;
-  *) sed -n '2,21p' "$0"; exit 2;;
+  *) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 2;;
 esac

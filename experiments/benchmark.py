@@ -28,7 +28,7 @@ XLA_FLAGS and the XLA_*/JAX_* environment), so each is one command to measure:
   --xla_gpu_autotune_level N          cuDNN/cuBLAS/Triton autotuning: 0 off .. 4 (XLA's default)
   --set KEY=VALUE                     any simclr_jax config field (e.g. --set dtype=bfloat16,
                                       --set stem=cifar), repeatable
-  --profile_dir DIR                   a jax.profiler trace (TensorBoard/Perfetto) of
+  --profile_dir DIR                   a jax.profiler trace (xprof / Perfetto) of
                                       --profile_steps steps after the timed ones (torch:
                                       torch.profiler Chrome trace)
   --xla_dump_dir DIR                  HLO of the train step before/after optimisation
@@ -336,7 +336,9 @@ def benchmark_jax(args) -> dict:
   loss = float(np.asarray(holder['metrics']['loss'])[0])
   if args.profile_dir:
     profile_dir = os.path.join(args.profile_dir, 'jax')
-    with jax.profiler.trace(profile_dir):
+    # The .xplane.pb opens in TensorBoard with tensorboard-plugin-profile (xprof); the
+    # perfetto_trace.json.gz in https://ui.perfetto.dev without installing anything.
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
       for _ in range(args.profile_steps):
         run_step()
       synchronize()
@@ -482,6 +484,7 @@ def benchmark_torch(args, mode: str) -> dict:
       'warmup_seconds': warmup_seconds,
       'load_average_1m_at_end': round(os.getloadavg()[0], 2),
       'torch_threads': torch.get_num_threads(),
+      'torch_module': type(model).__name__,  # OptimizedModule when torch.compile wrapped it
   })
   if args.input_pipeline:
     result['input_pipeline'] = torch_input_pipeline(args, dist_info)

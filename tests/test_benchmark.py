@@ -54,6 +54,7 @@ def test_benchmark_reports_jax_torch_eager_and_compiled_in_one_run(tmp_path):
   assert jax_result['levers']['config_overrides'] == ['width=0.5']
   assert jax_result['backend'] == 'cpu'
   assert compiled['levers']['torch_compile_backend'] == 'aot_eager'
+  assert (eager['torch_module'], compiled['torch_module']) == ('SimCLRModel', 'OptimizedModule')
   assert 'jax/torch-eager views_per_second ratio' in proc.stderr
   assert 'jax/torch-compiled views_per_second ratio' in proc.stderr
 
@@ -112,3 +113,30 @@ def test_unknown_config_override_exits_2_naming_the_field(capsys):
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1
   assert "optimizer has no field 'learning_rat'" in err and 'learning_rate' in err
+
+
+def test_loader_extrapolation_takes_the_lower_per_worker_rate_and_the_receive_ceiling():
+  from experiments import benchmark_loader
+  rates = {0: {'images_per_second': 2000.0, 'main_process_cpu_ms_per_batch': 64.0},  # 4000/CPU-s
+           1: {'images_per_second': 2500.0, 'main_process_cpu_ms_per_batch': 4.0},
+           4: {'images_per_second': 2200.0, 'main_process_cpu_ms_per_batch': 3.2}}
+  estimate = benchmark_loader.extrapolate(rates, batch_size=256, local_cores=2, host_cores=16)
+  # Wall rate per worker only from runs with fewer workers than local cores (1 worker here).
+  assert estimate['per_worker_wall_images_per_second'] == 2500.0
+  assert estimate['per_worker_wall_from_worker_counts'] == [1]
+  assert estimate['per_core_images_per_cpu_second'] == 4000.0
+  assert estimate['main_process_receive_ceiling_images_per_second'] == 80000.0
+  assert estimate['host_workers'] == 14
+  assert estimate['images_per_second'] == 2500.0 * 14
+  capped = benchmark_loader.extrapolate(rates, batch_size=256, local_cores=2, host_cores=64)
+  assert capped['images_per_second'] == 80000.0  # the main process cannot receive more
+
+
+def test_gpu_check_never_writes_into_a_non_empty_folder(tmp_path):
+  (tmp_path / 'mine.txt').write_text('a user file')
+  proc = subprocess.run(['bash', 'experiments/gpu_check.sh', str(tmp_path)], capture_output=True,
+                        text=True, cwd=REPO_ROOT, timeout=30)
+  assert proc.returncode == 2 and proc.stdout == ''
+  assert proc.stderr.strip() == (f'gpu_check: {tmp_path} exists and is not empty; give a new '
+                                 'folder (nothing is overwritten)')
+  assert [p.name for p in tmp_path.iterdir()] == ['mine.txt']
