@@ -42,8 +42,11 @@ setup() {
     "$PYTHON_BIN" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
   fi
-  local plan accelerator requirement
-  plan=$(py -m simclr_jax.doctor --setup_plan)  # stdlib only: runs before jax is installed
+  local plan accelerator requirement reasons="$VENV/.simclr_setup_plan"
+  # stdlib only: runs before jax is installed. The reason is shown when installing, warnings
+  # (e.g. a GPU whose driver does not answer) every time.
+  plan=$(py -m simclr_jax.doctor --setup_plan 2> "$reasons") || { cat "$reasons" >&2; exit 2; }
+  grep '^\[setup\] warning' "$reasons" >&2 || true
   read -r accelerator requirement <<< "$plan"
   local stamp="$VENV/.simclr_requirements"
   local want
@@ -56,6 +59,7 @@ setup() {
       # shellcheck disable=SC2086
       "$VENV/bin/python" -m pip uninstall -q -y $stale
     fi
+    grep -v '^\[setup\] warning' "$reasons" || true
     echo "[setup] installing ${files[*]} and $requirement"
     local args=()
     for f in "${files[@]}"; do args+=(-r "$f"); done

@@ -31,7 +31,7 @@ XLA_FLAGS and the XLA_*/JAX_* environment), so each is one command to measure:
   --profile_dir DIR                   a jax.profiler trace (xprof / Perfetto) of
                                       --profile_steps steps after the timed ones (torch:
                                       torch.profiler Chrome trace)
-  --xla_dump_dir DIR                  HLO of the train step before/after optimisation
+  --xla_dump_dir DIR                  HLO (text) of every XLA module before/after optimisation
 
 Prints one JSON line per run (keys: framework, mode, model, image_size, per_device_batch,
 devices, global_batch, views_per_second, step_time_ms {median,p10,p90}, peak_memory_bytes,
@@ -141,8 +141,9 @@ def jax_xla_flags(args) -> str:
   if args.xla_gpu_autotune_level is not None:
     flags.append(f'--xla_gpu_autotune_level={args.xla_gpu_autotune_level}')
   if args.xla_dump_dir:
-    flags.append(f'--xla_dump_to={args.xla_dump_dir} --xla_dump_hlo_as_text '
-                 '--xla_dump_hlo_module_re=.*train_step.*')
+    # Every module: under pmap, JAX 0.10 names the train step's module jit__fun (no filter
+    # by name); the largest module_*.jit__fun.*after_optimizations.txt is the step.
+    flags.append(f'--xla_dump_to={args.xla_dump_dir} --xla_dump_hlo_as_text')
   return ' '.join(flag for flag in flags if flag)
 
 
