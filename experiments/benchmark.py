@@ -18,7 +18,7 @@ shapes, already on the device; the data does not change the cost.
 PyTorch modes (`--torch_modes`, comma-separated; `--compile` = `--torch_modes compiled`):
   eager     the model as the seed runs it (AMP autocast with --dtype bfloat16, channels-last
             with --channels_last);
-  compiled  the same with `torch.compile(model)` (`--torch_compile_mode`, `--torch_compile_backend`):
+  compiled  the same with `torch.compile(model)` (--torch_compile_mode, --torch_compile_backend):
             the fastest PyTorch a careful user runs. Its compilation happens in the warm-up
             steps (`warmup_seconds`); give it --warmup >= 3.
 
@@ -497,8 +497,8 @@ def compile_failure(args, device_type: str, error: Exception) -> BenchmarkError:
   first = next((line.strip() for line in str(error).splitlines() if line.strip()), '')
   return BenchmarkError(
       f'torch.compile (backend {args.torch_compile_backend}, mode {args.torch_compile_mode}) '
-      f'failed on {device_type}: {type(error).__name__}: {first[:300].rstrip(".")}. Inductor on CPU needs '
-      f'a working C++ compiler (gcc/g++); measure eager only with --torch_modes eager')
+      f'failed on {device_type}: {type(error).__name__}: {first[:300].rstrip(".")}. Inductor '
+      'on CPU needs a working C++ compiler (gcc/g++); measure eager only with --torch_modes eager')
 
 
 def torch_input_pipeline(args, dist_info) -> dict:

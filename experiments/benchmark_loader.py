@@ -23,8 +23,9 @@ The 16-core extrapolation (--host_cores) is printed with its assumptions: a per-
 (the lower of: wall-clock images/s per worker with fewer workers than local cores, and images
 per CPU-second of the main process doing everything itself), times the cores left after the
 main process and the training loop (host_cores - 2), capped by the main process's receive
-ceiling (batch_size / its CPU seconds per batch with workers). The step's demand is --step_views_per_second / 2
-images/s (the issue's target: 8,000 views/s on one H100/H200). Prints one JSON object.
+ceiling (batch_size / its CPU seconds per batch with workers). The step's demand is
+--step_views_per_second / 2 images/s (the issue's target: 8,000 views/s on one H100/H200).
+Prints one JSON object.
 """
 import argparse
 import concurrent.futures
@@ -234,7 +235,8 @@ def main(argv=None) -> dict:
       'date_utc': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
       'assumptions': (
           f'extrapolated = per-worker rate x {estimate["host_workers"]} workers (the lower of the '
-          'wall-clock and the CPU-time rates), capped by the main process receive ceiling; assumes the workers scale linearly on free cores, the '
+          'wall-clock and the CPU-time rates), capped by the main process receive ceiling; '
+          'assumes the workers scale linearly on free cores, the '
           'records are page-cached or on fast local storage (the train split is '
           f'{data_bytes / 2**30:.1f} GiB), and the step does not compete for those cores. '
           f'Measured on {local_cores} core(s) shared with other processes (load average '

@@ -117,27 +117,29 @@ def _first_line(text: str) -> str:
   return lines[0] if lines else "(no output)"
 
 
-def parse_gpu_query(text: str, with_compute_capability: bool) -> Tuple[List[NvidiaGpu], Optional[str]]:
+def parse_gpu_query(text: str, with_compute_capability: bool
+                    ) -> Tuple[List[NvidiaGpu], Optional[str]]:
   """Parses `nvidia-smi --query-gpu=index,name,driver_version[,compute_cap],memory.total
-  --format=csv,noheader,nounits`.
+  --format=csv,noheader,nounits` (fields taken from both ends: a name may hold commas).
 
   Returns:
     (GPUs, driver version of the first GPU or None).
   """
   gpus, driver = [], None
+  tail = 3 if with_compute_capability else 2  # driver[, compute_cap], memory after the name
   for line in text.splitlines():
     fields = [field.strip() for field in line.split(",")]
-    expected = 5 if with_compute_capability else 4
-    if len(fields) < expected or not fields[0].isdigit():
+    if len(fields) < 2 + tail or not fields[0].isdigit():
       continue
-    capability = fields[3] if with_compute_capability else None
+    name = ", ".join(fields[1:-tail])
+    capability = fields[-2] if with_compute_capability else None
     memory = fields[-1]
     gpus.append(NvidiaGpu(
-        index=int(fields[0]), name=fields[1],
-        compute_capability=capability if capability and re.fullmatch(r"\d+\.\d+", capability)
-        else None,
+        index=int(fields[0]), name=name,
+        compute_capability=(capability if capability and re.fullmatch(r"\d+\.\d+", capability)
+                            else None),
         memory_mib=int(memory) if memory.isdigit() else None))
-    driver = driver or fields[2]
+    driver = driver or fields[-tail]
   return gpus, driver
 
 
@@ -411,7 +413,8 @@ def format_report(result: dict) -> str:
       lines.append(f"nvidia driver    {nvidia['driver_version']} (CUDA "
                    f"{nvidia['cuda_version'] or '?'})")
   if result["tpu"]["chips"]:
-    lines.append(f"tpu              {result['tpu']['chips']} chip(s) {result['tpu']['version'] or ''}")
+    tpu = result["tpu"]
+    lines.append(f"tpu              {tpu['chips']} chip(s) {tpu['version'] or ''}")
   runtime = result.get("jax_runtime")
   if runtime is not None:
     if runtime.get("importable") and "error" not in runtime:

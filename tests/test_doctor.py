@@ -227,7 +227,8 @@ def test_train_step_runs_on_the_detected_accelerator():
   assert proc.returncode == 0, proc.stderr[-4000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   expected = doctor.JAX_PLATFORM[detection.accelerator]
+  why = doctor.runtime_warnings(detection, {"importable": True, "backend": result["backend"]})
   assert (result["backend"], result["platform"]) == (expected, expected), (
       f"doctor detected {detection.accelerator} ({detection.reason}) but the train step ran "
-      f"on {result['backend']} ({result['device']}): {doctor.runtime_warnings(detection, {'importable': True, 'backend': result['backend']})}")
+      f"on {result['backend']} ({result['device']}): {why}")
   assert result["final_loss"] == result["final_loss"]  # finite, not NaN
