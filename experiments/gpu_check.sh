@@ -14,6 +14,9 @@
 #                  checkpoint every 100): its steady views/s against the bare step's
 #   5. evaluate    python -m simclr_jax.evaluate on the test split
 #   then ONE summary table on stdout, OUT/summary.json and OUT/summary.md; logs in OUT/logs/.
+#   The dataset, checkpoints and evaluation go to GPU_CHECK_SCRATCH (default OUT/work; point it
+#   elsewhere to keep OUT small: ~1.5 GB there at full size); OUT keeps copies of
+#   metrics.jsonl and report.json.
 #
 # A phase that fails is reported (its log's last line) and the others still run (evaluate
 # needs train). Exit status: 0 when every phase passed, else 1; 2 for a bad OUT.
@@ -34,6 +37,12 @@ if [[ -e "$OUT" && -n "$(ls -A "$OUT" 2>/dev/null)" ]]; then
 fi
 mkdir -p "$OUT/logs" || { echo "gpu_check: cannot create $OUT" >&2; exit 2; }
 OUT=$(cd "$OUT" && pwd)
+WORK=${GPU_CHECK_SCRATCH:-$OUT/work}
+if [[ -e "$WORK" && -n "$(ls -A "$WORK" 2>/dev/null)" ]]; then
+  echo "gpu_check: GPU_CHECK_SCRATCH=$WORK exists and is not empty; give a new folder" >&2
+  exit 2
+fi
+mkdir -p "$WORK" || { echo "gpu_check: cannot create $WORK" >&2; exit 2; }
 START=$SECONDS
 
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -92,17 +101,19 @@ phase doctor sh -c "\"$PY\" -m simclr_jax.doctor --json > \"$OUT/doctor.json\""
 devices=$("$PY" -c "import json,sys; r=json.load(open(sys.argv[1])).get('jax_runtime') or {}; print(r.get('device_count') or 1)" "$OUT/doctor.json" 2>/dev/null || echo 1)
 phase benchmark "$PY" experiments/benchmark.py --framework both "${bench[@]}" \
   --output "$OUT/benchmark.jsonl"
-phase prepare "$PY" -m simclr_jax.prepare synthetic_cxr --data_dir "$OUT/data" "${prepare[@]}"
+phase prepare "$PY" -m simclr_jax.prepare synthetic_cxr --data_dir "$WORK/data" "${prepare[@]}"
 if [[ ${STATUS[prepare]} -eq 0 ]]; then
   phase train "$PY" -m simclr_jax.train --config experiments/configs/nih_r50.py \
-    --workdir "$OUT/train" --config.dataset="synthetic_cxr/$size" --config.data_dir="$OUT/data" \
+    --workdir "$WORK/train" --config.dataset="synthetic_cxr/$size" --config.data_dir="$WORK/data" \
     --config.batch_size=$((per_device * devices)) --config.num_train_steps="$steps" \
     --config.input.num_workers="$workers" "${train[@]}"
+  cp "$WORK/train/metrics.jsonl" "$OUT/train_metrics.jsonl" 2>/dev/null
 fi
 if [[ ${STATUS[train]:-1} -eq 0 ]]; then
-  phase evaluate "$PY" -m simclr_jax.evaluate --workdir "$OUT/train" \
-    --dataset "synthetic_cxr/$size" --data_dir "$OUT/data" --split test --train_split train \
-    --out "$OUT/eval"
+  phase evaluate "$PY" -m simclr_jax.evaluate --workdir "$WORK/train" \
+    --dataset "synthetic_cxr/$size" --data_dir "$WORK/data" --split test --train_split train \
+    --out "$WORK/eval"
+  cp "$WORK/eval/report.json" "$OUT/eval_report.json" 2>/dev/null
 fi
 
 "$PY" - "$OUT" "$((SECONDS - START))" "$TINY" <<'SUMMARY'
@@ -140,7 +151,7 @@ bench = read_lines(out / 'benchmark.jsonl')
 by_mode = {(r['framework'], r['mode']): r for r in bench}
 jax_step = by_mode.get(('jax', 'xla'))
 
-metrics = read_lines(out / 'train' / 'metrics.jsonl')
+metrics = read_lines(out / 'train_metrics.jsonl')
 windows = [(m['step'], m['views_per_second']) for m in metrics if 'views_per_second' in m]
 train = {}
 if windows:
@@ -168,7 +179,7 @@ def flatten(tree, prefix=''):
     yield prefix[:-1], tree
 
 
-report = read_json(out / 'eval' / 'report.json') or {}
+report = read_json(out / 'eval_report.json') or {}
 # The report's headline numbers, under the names the evaluator has used (first found wins).
 wanted = (('cluster_accuracy', 'clustering_accuracy'), ('nmi',), ('ari',),
           ('linear_auroc_macro', 'macro_auroc'), ('knn_accuracy',),
