@@ -255,3 +255,25 @@ def test_supervised_batches_carry_the_labels_of_their_images(data_dir):
   with pytest.raises(ValueError, match=r"config.objective='byol'; accepted: 'simclr'"):
     data.create_train_iterator(make_config(data_dir, objective='byol'), process_index=0,
                                process_count=1, local_device_count=1)
+
+
+def test_split_larger_than_the_shuffle_buffer_is_written_without_tensorflow(tmp_path, monkeypatch):
+  """TFDS spills splits over its 1 GB memory buffer through tf.io.gfile; we have no TF.
+
+  The buffer is shrunk to a few records so that the spill path (bucket files on disk) runs.
+  """
+  import importlib.util
+  from tensorflow_datasets.core import shuffle as tfds_shuffle
+  from simclr_jax import data
+  from simclr_jax.data.synthetic_cxr import SyntheticCxr, make_example
+  assert importlib.util.find_spec("tensorflow") is None  # the situation users are in
+  monkeypatch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 8 * 16 * 16)  # ~8 images
+  monkeypatch.setattr(tfds_shuffle, "tf", tfds_shuffle.tf)  # undo the patch afterwards
+  builder = SyntheticCxr(config="16", data_dir=str(tmp_path),
+                         split_sizes={"train": 40, "validation": 1, "test": 1})
+  builder.download_and_prepare()
+  source = data.data_source("synthetic_cxr/16", str(tmp_path), "train")
+  assert len(source) == 40
+  stored = sorted(np.asarray(source[i]["image"]).tobytes() for i in range(len(source)))
+  expected = sorted(make_example("train", i, 16)["image"].tobytes() for i in range(40))
+  assert stored == expected

@@ -390,6 +390,7 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = pathlib.Path(dl_manager.manual_dir)
+    features.allow_large_splits_without_tensorflow()  # splits > 1 GB (NIH at 256 px)
     plan, counts = plan_splits(
         manual_dir, layout=self.builder_config.layout, csv_path=self._csv_path,
         test_fraction=self._test_fraction, validation_fraction=self._validation_fraction)

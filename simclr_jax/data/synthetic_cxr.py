@@ -320,6 +320,7 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
+    features.allow_large_splits_without_tensorflow()  # splits > 1 GB (NIH at 256 px)
     self.info.metadata['prepare_options'] = self.prepare_options()
     return {split: self._generate_examples(split, int(count))
             for split, count in self._split_sizes.items()}
