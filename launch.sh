@@ -1,42 +1,69 @@
 #!/usr/bin/env bash
 # simclr_jax launcher. One entry point for every place the code runs.
 #
-#   ./launch.sh demo                      set up a venv, then the whole path on CPU (synthetic_cxr)
+#   ./launch.sh demo                      set up a venv, then the whole path (synthetic_cxr) on the
+#                                         accelerator setup detected (GPU, TPU, else CPU)
 #   ./launch.sh test [pytest args]        set up (incl. the PyTorch baseline) and run the test suite
-#   ./launch.sh setup [torch]             only create/refresh the venv
+#   ./launch.sh setup [torch|tensorboard] only create/refresh the venv (JAX build of the accelerator)
+#   ./launch.sh doctor [--json]           detected accelerator, JAX requirement, backend, versions
 #   ./launch.sh prepare ARGS...           python -m simclr_jax.prepare ARGS
 #   ./launch.sh train CONFIG WORKDIR [--config.KEY=VALUE ...]    one host, all local GPUs/TPU cores
 #   ./launch.sh evaluate ARGS...          python -m simclr_jax.evaluate ARGS
+#   ./launch.sh compare ARGS...           python -m experiments.compare ARGS (the seed's table)
+#   ./launch.sh tensorboard WORKDIR [ARGS]  install requirements-tensorboard.txt, then
+#                                         tensorboard --logdir WORKDIR/tensorboard ARGS
 #   ./launch.sh slurm CONFIG WORKDIR [--nodes N] [--gpus_per_node G] [--partition P]
 #                     [--time HH:MM:SS] [--dry_run] [-- --config.KEY=VALUE ...]
 #                                         sbatch script: srun, one task per node, jax.distributed
 #   ./launch.sh tpu TPU_NAME ZONE CONFIG WORKDIR [--project P] [--dry_run] [-- --config.KEY=VALUE ...]
 #                                         the same train command on every worker of a TPU VM
 #
-# Environment: SIMCLR_VENV (default .venv), PYTHON (default python3.11, else python3).
+# Environment: SIMCLR_VENV (default .venv), PYTHON (default python3.11, else python3),
+# SIMCLR_ACCELERATOR=cpu|cuda12|cuda13|tpu (default: detected by python -m simclr_jax.doctor).
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV=${SIMCLR_VENV:-$ROOT/.venv}
 PYTHON_BIN=${PYTHON:-$(command -v python3.11 || command -v python3)}
 
-# Creates the venv and installs requirements*.txt when they changed since the last install.
+# Creates the venv and installs requirements*.txt plus the JAX build of the accelerator
+# (simclr_jax/doctor.py decides: cpu, cuda12, cuda13 or tpu) when any of them changed since
+# the last install.
 setup() {
   local files=(requirements.txt)
-  if [[ "${1:-}" == "torch" ]]; then files+=(requirements-torch.txt requirements-dev.txt); fi
+  case "${1:-}" in
+    torch) files+=(requirements-torch.txt requirements-dev.txt);;
+    tensorboard) files+=(requirements-tensorboard.txt);;
+    "") ;;
+    *) echo "setup: unknown extra '$1' (accepted: torch, tensorboard)" >&2; exit 2;;
+  esac
   if [[ ! -x "$VENV/bin/python" ]]; then
     echo "[setup] creating $VENV with $PYTHON_BIN"
     "$PYTHON_BIN" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
   fi
+  local plan accelerator requirement reasons="$VENV/.simclr_setup_plan"
+  # stdlib only: runs before jax is installed. The reason is shown when installing, warnings
+  # (e.g. a GPU whose driver does not answer) every time.
+  plan=$(py -m simclr_jax.doctor --setup_plan 2> "$reasons") || { cat "$reasons" >&2; exit 2; }
+  grep '^\[setup\] warning' "$reasons" >&2 || true
+  read -r accelerator requirement <<< "$plan"
   local stamp="$VENV/.simclr_requirements"
   local want
-  want=$(cat "${files[@]}" | sha256sum | cut -d' ' -f1)
+  want=$( (cat "${files[@]}"; echo "$accelerator $requirement") | sha256sum | cut -d' ' -f1)
   if [[ ! -f "$stamp" ]] || ! grep -qx "$want" "$stamp"; then
-    echo "[setup] installing ${files[*]}"
+    local stale
+    stale=$(py -m simclr_jax.doctor --stale_packages "$accelerator")
+    if [[ -n "$stale" ]]; then
+      echo "[setup] removing the JAX plugins of another accelerator: $stale"
+      # shellcheck disable=SC2086
+      "$VENV/bin/python" -m pip uninstall -q -y $stale
+    fi
+    grep -v '^\[setup\] warning' "$reasons" || true
+    echo "[setup] installing ${files[*]} and $requirement"
     local args=()
     for f in "${files[@]}"; do args+=(-r "$f"); done
-    "$VENV/bin/python" -m pip install -q "${args[@]}"
+    "$VENV/bin/python" -m pip install -q "${args[@]}" "$requirement"
     echo "$want" >> "$stamp"
   fi
 }
@@ -46,13 +73,13 @@ py() { PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/python" "$@"; }
 demo() {
   local start=$SECONDS out=runs/demo
   setup
-  export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+  py -m simclr_jax.doctor --brief  # which backend the demo runs on (warns if not the detected one)
   echo "[demo] 1/4 building synthetic_cxr/64 (TFDS, ArrayRecord) in runs/data"
   py -m simclr_jax.prepare synthetic_cxr --data_dir runs/data --image_size 64
   echo "[demo] 2/4 SimCLR pretraining (experiments/configs/demo.py) -> $out/train"
   py -m simclr_jax.train --config experiments/configs/demo.py --workdir "$out/train" "$@"
   echo "[demo] 3/4 evaluating the SimCLR encoder and the random-init encoder on the test split"
-  py experiments/compare.py --simclr_workdir "$out/train" --random_init \
+  py -m experiments.compare --simclr_workdir "$out/train" --random_init \
       --dataset synthetic_cxr/64 --data_dir runs/data --split test --train_split train \
       --out "$out"
   echo "[demo] 4/4 done in $((SECONDS - start)) s: $out/report.json, $out/report.md"
@@ -116,7 +143,7 @@ tpu() {
     esac
   done
   local remote
-  remote=$(printf 'cd ~/simclr_jax && ./launch.sh setup && .venv/bin/pip install -q -U "jax[tpu]>=0.10,<0.11" && SIMCLR_TPU_POD=1 .venv/bin/python -m simclr_jax.train --config %q --workdir %q' "$config" "$workdir")
+  remote=$(printf 'cd ~/simclr_jax && SIMCLR_ACCELERATOR=tpu ./launch.sh setup && SIMCLR_TPU_POD=1 .venv/bin/python -m simclr_jax.train --config %q --workdir %q' "$config" "$workdir")
   for a in "${extra[@]+"${extra[@]}"}"; do remote+=$(printf ' %q' "$a"); done
   local cmd=(gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all)
   [[ -n "$project" ]] && cmd+=(--project "$project")
@@ -135,18 +162,30 @@ command=${1:-}
 case "$command" in
   setup) setup "${1:-}";;
   demo) demo "$@";;
-  test) setup torch; export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}; py -m pytest -q tests "$@";;
+  # In-process and multi-device tests pin JAX to (fake) CPU devices themselves (tests/conftest.py);
+  # tests/test_doctor.py runs a real train step on the detected accelerator.
+  test) setup torch; py -m pytest -q tests "$@";;
+  doctor)
+    # Before any setup too: the venv's Python when there is one, else the system's.
+    if [[ -x "$VENV/bin/python" ]]; then py -m simclr_jax.doctor "$@"
+    else PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m simclr_jax.doctor "$@"; fi;;
   prepare) setup; py -m simclr_jax.prepare "$@";;
   train)
     [[ $# -ge 2 ]] || { echo "usage: ./launch.sh train CONFIG WORKDIR [--config.KEY=VALUE ...]" >&2; exit 2; }
     setup; config=$1 workdir=$2; shift 2
     py -m simclr_jax.train --config "$config" --workdir "$workdir" "$@";;
   evaluate) setup; py -m simclr_jax.evaluate "$@";;
+  compare) setup; py -m experiments.compare "$@";;
+  tensorboard)
+    [[ $# -ge 1 ]] || { echo "usage: ./launch.sh tensorboard WORKDIR [tensorboard args]" >&2; exit 2; }
+    [[ -d "$1/tensorboard" ]] || { echo "tensorboard: $1/tensorboard does not exist (a training workdir holds one)" >&2; exit 2; }
+    setup tensorboard; logdir=$1; shift
+    "$VENV/bin/tensorboard" --logdir "$logdir/tensorboard" "$@";;
   slurm)
     [[ $# -ge 2 ]] || { echo "usage: ./launch.sh slurm CONFIG WORKDIR [options]" >&2; exit 2; }
     slurm "$@";;
   tpu)
     [[ $# -ge 4 ]] || { echo "usage: ./launch.sh tpu TPU_NAME ZONE CONFIG WORKDIR [options]" >&2; exit 2; }
     tpu "$@";;
-  *) sed -n '2,17p' "$0"; exit 2;;
+  *) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 2;;
 esac

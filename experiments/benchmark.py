@@ -1,7 +1,8 @@
 """Side-by-side throughput of the full SimCLR train step: simclr_jax vs the PyTorch baseline.
 
   python experiments/benchmark.py --framework both --model resnet50 --image_size 224 \
-      --per_device_batch 128 --steps 50 --warmup 5 --dtype bfloat16 --channels_last
+      --per_device_batch 256 --steps 30 --warmup 5 --dtype bfloat16 --channels_last \
+      --torch_modes eager,compiled
 
 One step is everything a training step does on the device:
   jax:   simclr_jax.train.train_step under pmap (on-device augmentation of both views,
@@ -14,18 +15,38 @@ Both use Adam (the seed's optimiser) without weight decay; the schedule does not
 cost. Inputs are random uint8 images (jax) / random normalised views (torch) of the same
 shapes, already on the device; the data does not change the cost.
 
-Prints one JSON line per framework (keys: framework, model, image_size, per_device_batch,
+PyTorch modes (`--torch_modes`, comma-separated; `--compile` = `--torch_modes compiled`):
+  eager     the model as the seed runs it (AMP autocast with --dtype bfloat16, channels-last
+            with --channels_last);
+  compiled  the same with `torch.compile(model)` (--torch_compile_mode, --torch_compile_backend):
+            the fastest PyTorch a careful user runs. Its compilation happens in the warm-up
+            steps (`warmup_seconds`); give it --warmup >= 3.
+
+Levers for the JAX step (recorded in every JSON line under `levers`, with the effective
+XLA_FLAGS and the XLA_*/JAX_* environment), so each is one command to measure:
+  --xla_flags="--flag=value ..."      appended to XLA_FLAGS before jax starts
+  --xla_gpu_autotune_level N          cuDNN/cuBLAS/Triton autotuning: 0 off .. 4 (XLA's default)
+  --set KEY=VALUE                     any simclr_jax config field (e.g. --set dtype=bfloat16,
+                                      --set stem=cifar), repeatable
+  --profile_dir DIR                   a jax.profiler trace (xprof / Perfetto) of
+                                      --profile_steps steps after the timed ones (torch:
+                                      torch.profiler Chrome trace)
+  --xla_dump_dir DIR                  HLO (text) of every XLA module before/after optimisation
+
+Prints one JSON line per run (keys: framework, mode, model, image_size, per_device_batch,
 devices, global_batch, views_per_second, step_time_ms {median,p10,p90}, peak_memory_bytes,
 peak_memory_source, device, platform, versions, dtype, channels_last, steps, warmup,
-[input_pipeline]). `--framework both` runs each framework in its own subprocess so that
-threads, memory peaks and imports do not interfere. `--output FILE` also appends the lines.
+first_step_seconds, warmup_seconds, levers, xla_flags, environment, [input_pipeline]).
+Several runs (`--framework both`, several --torch_modes) each run in their own subprocess so
+that threads, memory peaks and imports do not interfere; a run that fails prints one line to
+stderr, the others still report, and the exit code is 1. `--output FILE` also appends the lines.
 
 For several GPUs: jax uses every local device (per-device batch fixed); for torch launch
   torchrun --nproc_per_node G experiments/benchmark.py --framework torch ...
 (DDP, one process per GPU; rank 0 prints).
 """
 import argparse
-import importlib.metadata
+import ast
 import json
 import os
 import pathlib
@@ -40,10 +61,21 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))  # run as a script: make simclr_jax / experiments importable
 
-RESULT_KEYS = ('framework', 'model', 'image_size', 'per_device_batch', 'devices', 'global_batch',
-               'views_per_second', 'step_time_ms', 'peak_memory_bytes', 'peak_memory_source',
-               'device', 'platform', 'versions', 'dtype', 'channels_last', 'steps', 'warmup')
-VERSION_PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'torch', 'torchvision', 'numpy')
+from simclr_jax import doctor  # standard library only: imports no framework
+
+RESULT_KEYS = ('framework', 'mode', 'model', 'image_size', 'per_device_batch', 'devices',
+               'global_batch', 'views_per_second', 'step_time_ms', 'peak_memory_bytes',
+               'peak_memory_source', 'device', 'platform', 'versions', 'dtype', 'channels_last',
+               'steps', 'warmup', 'first_step_seconds', 'warmup_seconds', 'levers', 'xla_flags',
+               'environment')
+TORCH_MODES = ('eager', 'compiled')
+JAX_MODE = 'xla'  # pmap-compiled by XLA; the only JAX mode
+# Environment variables that change what XLA, JAX or TorchInductor do; recorded per run.
+RECORDED_ENV_PREFIXES = ('XLA_', 'JAX_', 'TF_GPU_', 'NCCL_', 'TORCHINDUCTOR_', 'CUDA_VISIBLE')
+
+
+class BenchmarkError(RuntimeError):
+  """A run that cannot be measured; main prints it as one line and exits 1."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,17 +99,99 @@ def parse_args(argv=None) -> argparse.Namespace:
   add('--pipeline_batches', type=int, default=20, help='for --input_pipeline: batches timed')
   add('--output', default='', help='also append the JSON lines to this file')
   add('--seed', type=int, default=0)
-  return parser.parse_args(argv)
+  # PyTorch modes.
+  add('--torch_modes', default=None,
+      help=f'comma-separated PyTorch modes of {", ".join(TORCH_MODES)} (default eager)')
+  add('--compile', action='store_true', help='= --torch_modes compiled (torch.compile(model))')
+  add('--torch_compile_mode', default='default',
+      choices=('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'))
+  add('--torch_compile_backend', default='inductor',
+      help='torch.compile backend (inductor; aot_eager compiles no kernels: tests)')
+  # JAX / XLA levers.
+  add('--xla_flags', default='',
+      help='appended to XLA_FLAGS for the JAX run; write --xla_flags="--flag=value ..."')
+  add('--xla_gpu_autotune_level', type=int, default=None, choices=range(0, 5),
+      help='adds --xla_gpu_autotune_level=N (0: no autotuning; 4: XLA default)')
+  add('--set', action='append', default=[], metavar='KEY=VALUE', dest='overrides',
+      help='simclr_jax config override for the JAX run (repeatable), e.g. dtype=bfloat16')
+  add('--profile_dir', default='', help='write a profiler trace of --profile_steps steps here')
+  add('--profile_steps', type=int, default=5)
+  add('--xla_dump_dir', default='', help='dump the HLO of the JAX train step here')
+  args = parser.parse_args(argv)
+  if args.compile and args.torch_modes not in (None, 'compiled'):
+    parser.error(f'--compile means --torch_modes compiled; got also --torch_modes '
+                 f'{args.torch_modes}: give one of them')
+  modes = [m.strip() for m in (args.torch_modes or ('compiled' if args.compile else 'eager')
+                               ).split(',') if m.strip()]
+  unknown = [m for m in modes if m not in TORCH_MODES]
+  if unknown or not modes:
+    parser.error(f'--torch_modes {args.torch_modes!r}: accepted modes are '
+                 f'{", ".join(TORCH_MODES)} (comma-separated)')
+  args.torch_modes = ','.join(dict.fromkeys(modes))
+  args.compile = False
+  for override in args.overrides:
+    if '=' not in override:
+      parser.error(f'--set {override!r}: expected KEY=VALUE, e.g. --set dtype=bfloat16')
+  return args
+
+
+def jax_xla_flags(args) -> str:
+  """XLA_FLAGS for the JAX run: the environment's, then the benchmark's levers."""
+  flags = [os.environ.get('XLA_FLAGS', '').strip(), args.xla_flags.strip()]
+  if args.xla_gpu_autotune_level is not None:
+    flags.append(f'--xla_gpu_autotune_level={args.xla_gpu_autotune_level}')
+  if args.xla_dump_dir:
+    # Every module: under pmap, JAX 0.10 names the train step's module jit__fun (no filter
+    # by name); the largest module_*.jit__fun.*after_optimizations.txt is the step.
+    flags.append(f'--xla_dump_to={args.xla_dump_dir} --xla_dump_hlo_as_text')
+  return ' '.join(flag for flag in flags if flag)
+
+
+def levers(args, framework: str) -> dict:
+  """The switches of this run that can change its speed (JSON-ready)."""
+  if framework == 'jax':
+    return {'xla_flags_added': args.xla_flags or None,
+            'xla_gpu_autotune_level': args.xla_gpu_autotune_level,
+            'config_overrides': list(args.overrides), 'xla_dump_dir': args.xla_dump_dir or None}
+  return {'torch_compile_mode': args.torch_compile_mode,
+          'torch_compile_backend': args.torch_compile_backend,
+          'channels_last': bool(args.channels_last)}
+
+
+def recorded_environment() -> dict:
+  return {k: v for k, v in sorted(os.environ.items()) if k.startswith(RECORDED_ENV_PREFIXES)}
+
+
+def parse_override_value(text: str):
+  """'3' -> 3, '1e-3' -> 0.001, 'True' -> True, '(1, 2)' -> (1, 2), anything else -> str."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config, overrides) -> None:
+  """Applies KEY=VALUE (dotted keys) to the ml_collections config; BenchmarkError if invalid."""
+  for override in overrides:
+    key, text = override.split('=', 1)
+    node, parts = config, key.split('.')
+    for index, part in enumerate(parts):
+      if part not in node:
+        where = '.'.join(parts[:index]) or 'config'
+        raise BenchmarkError(f'--set {override}: {where} has no field {part!r} (fields: '
+                             f'{", ".join(sorted(node.keys()))})')
+      if index < len(parts) - 1:
+        node = node[part]
+    try:
+      setattr(node, parts[-1], parse_override_value(text))
+    except TypeError as error:
+      raise BenchmarkError(f'--set {override}: {error}') from None
 
 
 def versions() -> dict:
-  found = {'python': platform.python_version()}
-  for package in VERSION_PACKAGES:
-    try:
-      found[package] = importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-      found[package] = None
-  return found
+  """Installed versions of the frameworks, their plugins (CUDA/TPU builds) and Python."""
+  return {k: v for k, v in doctor.package_versions().items()
+          if v or k in ('jax', 'jaxlib', 'flax', 'optax', 'torch', 'torchvision', 'numpy')}
 
 
 def cpu_name() -> str:
@@ -108,10 +222,11 @@ def timed_loop(run_step, synchronize, steps: int, warmup: int) -> tuple:
   """Runs warmup + steps calls of run_step().
 
   Returns:
-    (timed, first): wall seconds of each timed step, and of the first call (which includes
-    compilation / autotuning), or None without warm-up.
+    (timed, first, warmup_total): wall seconds of each timed step, of the first call (which
+    includes compilation / autotuning) and of all warm-up calls, or None without warm-up.
   """
-  first = None
+  first = warmup_total = None
+  warmup_start = time.perf_counter()
   for index in range(warmup):
     start = time.perf_counter()
     run_step()
@@ -119,18 +234,20 @@ def timed_loop(run_step, synchronize, steps: int, warmup: int) -> tuple:
       synchronize()
       first = time.perf_counter() - start
   synchronize()
+  if warmup:
+    warmup_total = time.perf_counter() - warmup_start
   times = []
   for _ in range(steps):
     start = time.perf_counter()
     run_step()
     synchronize()
     times.append(time.perf_counter() - start)
-  return times, first
+  return times, first, warmup_total
 
 
-def base_result(args, framework: str, devices: int) -> dict:
+def base_result(args, framework: str, mode: str, devices: int) -> dict:
   return {
-      'framework': framework, 'model': args.model, 'image_size': args.image_size,
+      'framework': framework, 'mode': mode, 'model': args.model, 'image_size': args.image_size,
       'per_device_batch': args.per_device_batch, 'devices': devices,
       'global_batch': args.per_device_batch * devices, 'dtype': args.dtype,
       'channels_last': bool(args.channels_last) if framework == 'torch' else None,
@@ -138,6 +255,8 @@ def base_result(args, framework: str, devices: int) -> dict:
       # Other processes on a shared machine slow both frameworks; recorded, not corrected.
       'load_average_1m_at_start': round(os.getloadavg()[0], 2), 'cpu_count': os.cpu_count(),
       'date_utc': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+      'levers': levers(args, framework), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'environment': recorded_environment(),
   }
 
 
@@ -161,10 +280,13 @@ def jax_config(args, global_batch: int):
   config.optimizer.lr_scaling = 'none'
   config.optimizer.warmup_steps = 0
   config.optimizer.weight_decay = 0.0
+  apply_overrides(config, args.overrides)
   return config
 
 
 def benchmark_jax(args) -> dict:
+  # Before jax starts: XLA reads XLA_FLAGS once, when the first backend is created.
+  os.environ['XLA_FLAGS'] = jax_xla_flags(args)
   import functools
   import flax
   import jax
@@ -176,8 +298,9 @@ def benchmark_jax(args) -> dict:
   from simclr_jax import train
 
   devices = jax.local_device_count()
-  result = base_result(args, 'jax', devices)
   config = jax_config(args, args.per_device_batch * devices)
+  result = base_result(args, 'jax', JAX_MODE, devices)
+  result['dtype'] = config.dtype  # --set dtype=... wins over --dtype
   total_steps = args.steps + args.warmup
   # The real train step of simclr_jax.train, pmapped as train_and_evaluate does.
   model = models.create_model(config, axis_name=train.AXIS_NAME)
@@ -209,8 +332,18 @@ def benchmark_jax(args) -> dict:
   def synchronize():
     jax.block_until_ready((holder['state'], holder['metrics']))
 
-  times, first_step_seconds = timed_loop(run_step, synchronize, args.steps, args.warmup)
+  times, first_step_seconds, warmup_seconds = timed_loop(run_step, synchronize, args.steps,
+                                                         args.warmup)
   loss = float(np.asarray(holder['metrics']['loss'])[0])
+  if args.profile_dir:
+    profile_dir = os.path.join(args.profile_dir, 'jax')
+    # The .xplane.pb opens in TensorBoard with tensorboard-plugin-profile (xprof); the
+    # perfetto_trace.json.gz in https://ui.perfetto.dev without installing anything.
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      for _ in range(args.profile_steps):
+        run_step()
+      synchronize()
+    result['profile_dir'] = profile_dir
   if not np.isfinite(loss):
     raise FloatingPointError(f'jax benchmark: non-finite loss {loss}')
 
@@ -224,8 +357,10 @@ def benchmark_jax(args) -> dict:
       'views_per_second': 2 * result['global_batch'] / statistics.median(times),
       'step_time_ms': summarise_times(times), 'peak_memory_bytes': peak,
       'peak_memory_source': source, 'platform': device.platform,
+      'backend': jax.default_backend(),
       'device': cpu_name() if device.platform == 'cpu' else device.device_kind,
       'final_loss': loss, 'first_step_seconds': first_step_seconds,
+      'warmup_seconds': warmup_seconds,
       'load_average_1m_at_end': round(os.getloadavg()[0], 2),
   })
   if args.input_pipeline:
@@ -263,7 +398,7 @@ def jax_input_pipeline(args, config, augment) -> dict:
 
   rng = jax.random.PRNGKey(0)
   jax.block_until_ready(make_views(rng, images))
-  augment_times, _ = timed_loop(lambda: jax.block_until_ready(make_views(rng, images)),
+  augment_times, _, _ = timed_loop(lambda: jax.block_until_ready(make_views(rng, images)),
                                 lambda: None, args.pipeline_batches, 1)
   return {'loader_ms_per_batch': 1000 * batch_seconds,
           'augment_ms_per_device_batch': summarise_times(augment_times),
@@ -274,19 +409,28 @@ def jax_input_pipeline(args, config, augment) -> dict:
 # --------------------------------------------------------------------------- torch
 
 
-def benchmark_torch(args) -> dict:
+def benchmark_torch(args, mode: str) -> dict:
+  """One PyTorch run; mode 'eager' or 'compiled' (torch.compile of the model)."""
   import torch
   from experiments.pytorch_baseline import loss as loss_lib
   from experiments.pytorch_baseline import train as baseline
 
   dist_info = baseline.setup_distributed()
-  result = base_result(args, 'torch', dist_info.world_size)
+  result = base_result(args, 'torch', mode, dist_info.world_size)
   amp = 'bf16' if args.dtype == 'bfloat16' else 'none'
   model_args = argparse.Namespace(
       model=args.model, head_hidden_dim=-1, head_output_dim=128, sync_bn=False,
       channels_last=args.channels_last, seed=args.seed)
   model = baseline.create_model(model_args, dist_info)
   model.train()
+  if mode == 'compiled':
+    # The whole model (forward + backward through AOTAutograd); AMP and channels-last as in
+    # eager mode. The loss and the optimizer step stay eager, as a user would write it.
+    try:
+      model = torch.compile(model, mode=None if args.torch_compile_mode == 'default'
+                            else args.torch_compile_mode, backend=args.torch_compile_backend)
+    except Exception as error:  # pylint: disable=broad-except  # e.g. an unknown backend
+      raise compile_failure(args, dist_info.device.type, error) from None
   loss_fn = loss_lib.NTXentLoss(0.07)
   optimizer = baseline.create_optimizer(model.parameters(), 'adam', args.learning_rate)
   scaler = torch.amp.GradScaler(dist_info.device.type, enabled=False)
@@ -308,8 +452,26 @@ def benchmark_torch(args) -> dict:
 
   if is_cuda:
     torch.cuda.reset_peak_memory_stats()
-  times, first_step_seconds = timed_loop(run_step, synchronize, args.steps, args.warmup)
+  try:
+    times, first_step_seconds, warmup_seconds = timed_loop(run_step, synchronize, args.steps,
+                                                           args.warmup)
+  except Exception as error:  # pylint: disable=broad-except
+    if mode != 'compiled':
+      raise
+    raise compile_failure(args, dist_info.device.type, error) from None
   loss = holder['loss'].item()
+  if args.profile_dir:
+    from torch import profiler
+    activities = [profiler.ProfilerActivity.CPU] + (
+        [profiler.ProfilerActivity.CUDA] if is_cuda else [])
+    os.makedirs(args.profile_dir, exist_ok=True)
+    trace = os.path.join(args.profile_dir, f'torch_{mode}.json')
+    with profiler.profile(activities=activities) as prof:
+      for _ in range(args.profile_steps):
+        run_step()
+      synchronize()
+    prof.export_chrome_trace(trace)
+    result['profile_trace'] = trace
   if is_cuda:
     peak, source = torch.cuda.max_memory_allocated(), 'torch.cuda.max_memory_allocated()'
     device_name = torch.cuda.get_device_name(dist_info.device)
@@ -320,12 +482,23 @@ def benchmark_torch(args) -> dict:
       'step_time_ms': summarise_times(times), 'peak_memory_bytes': peak,
       'peak_memory_source': source, 'platform': dist_info.device.type, 'device': device_name,
       'final_loss': loss, 'first_step_seconds': first_step_seconds,
+      'warmup_seconds': warmup_seconds,
       'load_average_1m_at_end': round(os.getloadavg()[0], 2),
       'torch_threads': torch.get_num_threads(),
+      'torch_module': type(model).__name__,  # OptimizedModule when torch.compile wrapped it
   })
   if args.input_pipeline:
     result['input_pipeline'] = torch_input_pipeline(args, dist_info)
   return result
+
+
+def compile_failure(args, device_type: str, error: Exception) -> BenchmarkError:
+  """torch.compile's (often very long) error as one line saying what to do."""
+  first = next((line.strip() for line in str(error).splitlines() if line.strip()), '')
+  return BenchmarkError(
+      f'torch.compile (backend {args.torch_compile_backend}, mode {args.torch_compile_mode}) '
+      f'failed on {device_type}: {type(error).__name__}: {first[:300].rstrip(".")}. Inductor '
+      'on CPU needs a working C++ compiler (gcc/g++); measure eager only with --torch_modes eager')
 
 
 def torch_input_pipeline(args, dist_info) -> dict:
@@ -360,35 +533,74 @@ def torch_input_pipeline(args, dist_info) -> dict:
 # ---------------------------------------------------------------------------- main
 
 
-def run_in_subprocess(args, framework: str) -> dict:
-  """Runs this script for one framework in a fresh interpreter; returns its JSON line."""
+def planned_runs(args) -> list:
+  """(framework, mode) of every run this invocation makes."""
+  runs = [('jax', JAX_MODE)] if args.framework in ('jax', 'both') else []
+  if args.framework in ('torch', 'both'):
+    runs += [('torch', mode) for mode in args.torch_modes.split(',')]
+  return runs
+
+
+def subprocess_command(args, framework: str, mode: str) -> list:
+  """This script's command line for one run (all other options forwarded)."""
   command = [sys.executable, __file__, '--framework', framework]
+  if framework == 'torch':
+    command += ['--torch_modes', mode]
   for name, value in vars(args).items():
-    if name in ('framework', 'output'):
+    if name in ('framework', 'output', 'torch_modes', 'compile') or value is None:
       continue
     if isinstance(value, bool):
       command += [f'--{name}'] if value else []
+    elif name == 'overrides':
+      for override in value:
+        command += ['--set', override]
     else:
-      command += [f'--{name}', str(value)]
-  proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+      command.append(f'--{name}={value}')  # '=' form: values may start with '--'
+  return command
+
+
+def run_in_subprocess(args, framework: str, mode: str) -> dict:
+  """Runs one (framework, mode) in a fresh interpreter; returns its JSON line.
+
+  Raises:
+    BenchmarkError: the run failed; the message is one line (the run's last error line).
+  """
+  proc = subprocess.run(subprocess_command(args, framework, mode), capture_output=True,
+                        text=True, cwd=REPO_ROOT)
   if proc.returncode != 0:
-    raise RuntimeError(f'benchmark for {framework} failed (rc={proc.returncode}):\n'
-                       f'{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}')
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith('error:')]
+    last = (errors or lines or ['(no output)'])[-1].removeprefix('error: ')
+    raise BenchmarkError(f'{framework} {mode} run failed (exit {proc.returncode}): {last}')
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_here(args, framework: str, mode: str) -> dict:
+  return benchmark_jax(args) if framework == 'jax' else benchmark_torch(args, mode)
 
 
 def main(argv=None) -> list:
   args = parse_args(argv)
-  if args.framework == 'both':
-    results = [run_in_subprocess(args, 'jax'), run_in_subprocess(args, 'torch')]
-  elif args.framework == 'jax':
-    results = [benchmark_jax(args)]
-  else:
-    results = [benchmark_torch(args)]
-  for result in results:
+  runs = planned_runs(args)
+  if args.overrides and runs[0][0] == 'jax':
+    try:  # bad input fails here, before any run starts
+      jax_config(args, args.per_device_batch)
+    except BenchmarkError as error:
+      print(f'error: {error}', file=sys.stderr)
+      sys.exit(2)
+  results, failures = [], []
+  for framework, mode in runs:
+    try:
+      result = (run_here(args, framework, mode) if len(runs) == 1
+                else run_in_subprocess(args, framework, mode))
+    except BenchmarkError as error:
+      print(f'error: {error}', file=sys.stderr, flush=True)
+      failures.append(f'{framework}/{mode}')
+      continue
     missing = set(RESULT_KEYS) - set(result)
     if missing:
-      raise RuntimeError(f'benchmark result for {result.get("framework")} lacks {sorted(missing)}')
+      raise RuntimeError(f'benchmark result for {framework}/{mode} lacks {sorted(missing)}')
+    results.append(result)
   if int(os.environ.get('RANK', '0')) != 0:
     return results
   for result in results:
@@ -397,9 +609,16 @@ def main(argv=None) -> list:
     with open(args.output, 'a') as output:
       for result in results:
         output.write(json.dumps(result) + '\n')
-  if len(results) == 2:
-    ratio = results[0]['views_per_second'] / results[1]['views_per_second']
-    print(f'# jax/torch views_per_second ratio: {ratio:.3f}', file=sys.stderr)
+  jax_results = [r for r in results if r['framework'] == 'jax']
+  for result in results:
+    if jax_results and result['framework'] == 'torch':
+      ratio = jax_results[0]['views_per_second'] / result['views_per_second']
+      print(f'# jax/torch-{result["mode"]} views_per_second ratio: {ratio:.3f}', file=sys.stderr)
+  if failures:
+    if len(runs) > 1:
+      print(f'error: {len(failures)} of {len(runs)} runs failed: {", ".join(failures)}',
+            file=sys.stderr)
+    sys.exit(1)
   return results
 
 

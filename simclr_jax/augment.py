@@ -23,8 +23,13 @@ Pipeline of `augment_image`, in this order:
      8-bit levels, without PIL's floored step that saturates small images), then CLAHE
      with `clahe_prob` (contrast-limited local equalisation on a `clahe_grid_size` x
      `clahe_grid_size` tile grid, bilinear between the tile mappings).
-  4. With `jitter_prob`: brightness (multiply by U(1 - b, 1 + b)) then contrast (blend with
+  4. With `jitter_prob`: brightness (multiply by U(1 - b, 1 + b)) and contrast (blend with
      the image mean by U(1 - c, 1 + c)), each clipped to [0, 1] as torchvision ColorJitter.
+     `jitter_order` 'random' (torchvision: ColorJitter draws a random permutation of its
+     ops for every call; saturation and hue do nothing to grey images) applies brightness
+     first in half of the views and contrast first in the others; 'fixed' always applies
+     brightness first (this project's behaviour before the order was drawn). The two ops
+     commute but for the clipping, so the order matters where an image saturates.
   5. With `blur_prob`: separable Gaussian blur, sigma ~ U(blur_sigma); the kernel size is
      static: int(blur_kernel_fraction * S), made odd; reflect padding (torchvision).
   6. Additive Gaussian noise with std `noise_std` (in [0, 1] intensity units), clipped.
@@ -34,9 +39,12 @@ Pipeline of `augment_image`, in this order:
 
 All random scalars of a view come from one uniform draw, each augmentation at its own
 fixed positions, so switching one augmentation on or off does not change the draws of
-the others (noise_std > 0 is the exception: it splits the key first). Steps whose
-probability / strength is 0 are skipped at trace time (no compute). The config is read at
-trace time: bind it statically (functools.partial), it is not a traced argument.
+the others (noise_std > 0 is the exception: it splits the key first). New draws go at
+the end of _DRAW_LAYOUT: with JAX's counter-based (partitionable) threefry the first k
+uniforms of a longer draw are the same numbers, so adding a draw changes no existing
+one. Steps whose probability / strength is 0 are skipped at trace time (no compute). The
+config is read at trace time: bind it statically (functools.partial), it is not a traced
+argument.
 """
 import functools
 import math
@@ -66,6 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
       brightness=0.4,  # multiplicative factor ~ U(1 - brightness, 1 + brightness)
       contrast=0.4,  # contrast factor ~ U(1 - contrast, 1 + contrast)
       jitter_prob=0.8,  # probability of applying brightness + contrast
+      jitter_order="random",  # 'random' (per view, as torchvision) | 'fixed' (brightness first)
       blur_prob=0.5,
       blur_sigma=(0.1, 2.0),  # in output pixels
       blur_kernel_fraction=0.1,  # kernel size = int(fraction * image_size), made odd
@@ -87,7 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
 _DRAW_LAYOUT = (
     ("crop", 2 * _CROP_ATTEMPTS + 2), ("flip", 1), ("rotation", 1), ("equalize", 1),
     ("clahe", 1), ("jitter", 1), ("brightness", 1), ("contrast", 1), ("blur", 1),
-    ("blur_sigma", 1))
+    ("blur_sigma", 1), ("jitter_order", 1))
+
+JITTER_ORDERS = ("random", "fixed")
 
 
 def _draw_uniforms(key: jax.Array) -> dict:
@@ -135,6 +146,8 @@ def _settings(config: Any) -> dict:
       fail(field, "a value >= 0")
   if not 0.0 <= settings["blur_kernel_fraction"] <= 1.0:
     fail("blur_kernel_fraction", "a fraction of image_size in [0, 1]")
+  if settings["jitter_order"] not in JITTER_ORDERS:
+    fail("jitter_order", f"one of {list(JITTER_ORDERS)}")
   if settings["clahe_clip_limit"] < 1.0:
     fail("clahe_clip_limit", "a value >= 1 (multiples of the mean bin count)")
   if int(settings["clahe_grid_size"]) != settings["clahe_grid_size"] or (
@@ -319,13 +332,30 @@ def clahe(image: jax.Array, clip_limit: float = 2.0, grid_size: int = 8) -> jax.
   return jax.vmap(channel_fn, in_axes=2, out_axes=2)(_to_levels(image))
 
 
-def _brightness_contrast(draws, image, brightness: float, contrast: float):
+def _brightness_contrast(draws, image, brightness: float, contrast: float, order: str):
+  """torchvision ColorJitter's brightness and contrast, in the order `order` asks for.
+
+  Both ops are a clipped blend, clip(factor * x + (1 - factor) * reference): brightness
+  blends with black (reference 0), contrast with the image mean. Writing them that way
+  lets the random order pick each step's factor and reference instead of computing both
+  orders.
+  """
   brightness_factor = _scale_uniform(
       draws["brightness"], max(0.0, 1.0 - brightness), 1.0 + brightness)
-  image = jnp.clip(image * brightness_factor, 0.0, 1.0)
   contrast_factor = _scale_uniform(draws["contrast"], max(0.0, 1.0 - contrast), 1.0 + contrast)
-  mean = jnp.mean(image)
-  return jnp.clip((image - mean) * contrast_factor + mean, 0.0, 1.0)
+  if order == "fixed":
+    brightness_first = True
+  else:  # torchvision's randperm of (brightness, contrast, saturation, hue): 1/2 each order
+    brightness_first = draws["jitter_order"] < 0.5
+
+  def blend(x, factor, with_mean):
+    reference = jnp.where(with_mean, jnp.mean(x), 0.0)
+    return jnp.clip(factor * x + (1.0 - factor) * reference, 0.0, 1.0)
+
+  first_factor = jnp.where(brightness_first, brightness_factor, contrast_factor)
+  second_factor = jnp.where(brightness_first, contrast_factor, brightness_factor)
+  image = blend(image, first_factor, with_mean=jnp.logical_not(brightness_first))
+  return blend(image, second_factor, with_mean=brightness_first)
 
 
 def blur_kernel_size(image_size: int, fraction: float) -> int:
@@ -402,7 +432,8 @@ def augment_image(key: jax.Array, image: jax.Array, config: Any,
     view = jnp.where(draws["clahe"] < settings["clahe_prob"],
                      clahe(view, settings["clahe_clip_limit"], grid_size), view)
   if settings["jitter_prob"] > 0 and (settings["brightness"] > 0 or settings["contrast"] > 0):
-    jittered = _brightness_contrast(draws, view, settings["brightness"], settings["contrast"])
+    jittered = _brightness_contrast(draws, view, settings["brightness"], settings["contrast"],
+                                    settings["jitter_order"])
     view = jnp.where(draws["jitter"] < settings["jitter_prob"], jittered, view)
   kernel_size = blur_kernel_size(image_size, settings["blur_kernel_fraction"])
   if settings["blur_prob"] > 0 and kernel_size > 1:
@@ -413,6 +444,20 @@ def augment_image(key: jax.Array, image: jax.Array, config: Any,
     noise = settings["noise_std"] * jax.random.normal(noise_key, view.shape)
     view = jnp.clip(view + noise, 0.0, 1.0)
   return _normalize(view, settings).astype(jnp.float32)
+
+
+def _check_example_ids(images: jax.Array, example_ids: jax.Array, name: str) -> None:
+  _check_uint8(images, 4, name)
+  if example_ids.shape != images.shape[:1]:
+    raise ValueError(
+        f"augment.{name}: example_ids must be [n] = ({images.shape[0]},); got shape "
+        f"{example_ids.shape}.")
+
+
+def _view_keys(rng: jax.Array, example_ids: jax.Array) -> jax.Array:
+  """[n, 2] keys: view v of example i uses split(fold_in(rng, example_ids[i]))[v]."""
+  example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, example_ids)
+  return jax.vmap(jax.random.split)(example_keys)
 
 
 def make_views(rng: jax.Array, images: jax.Array, example_ids: jax.Array, config: Any,
@@ -434,19 +479,38 @@ def make_views(rng: jax.Array, images: jax.Array, example_ids: jax.Array, config
   Returns:
     (views1, views2), each float32 [n, S, S, C].
   """
-  _check_uint8(images, 4, "make_views")
-  if example_ids.shape != images.shape[:1]:
-    raise ValueError(
-        f"augment.make_views: example_ids must be [n] = ({images.shape[0]},); got shape "
-        f"{example_ids.shape}.")
-  example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, example_ids)
-  view_keys = jax.vmap(jax.random.split)(example_keys)  # [n, 2, ...]
+  _check_example_ids(images, example_ids, "make_views")
+  view_keys = _view_keys(rng, example_ids)  # [n, 2, ...]
   augment = functools.partial(augment_image, config=config, image_size=image_size)
   # Inner vmap over the two views of one image (image broadcast, not copied), outer over
   # images: one traced copy of the pipeline instead of two.
   augment_both = jax.vmap(jax.vmap(augment, in_axes=(0, None)), in_axes=(0, 0))
   views = augment_both(view_keys, images)  # [n, 2, S, S, C]
   return views[:, 0], views[:, 1]
+
+
+def make_view(rng: jax.Array, images: jax.Array, example_ids: jax.Array, config: Any,
+              image_size: int) -> jax.Array:
+  """One augmented view of every image (supervised training): `make_views`' first view.
+
+  Same keys as `make_views` (view 1 of example i uses split(fold_in(rng, id_i))[0]), so
+  the view is independent of how the global batch is split over devices, and the
+  supervised objective sees exactly the first view SimCLR would see.
+
+  Args:
+    rng: PRNG key shared by the whole global batch for this step.
+    images: uint8 [n, H, W, C].
+    example_ids: int32 [n] unique ids of the examples within the global batch.
+    config: config.augment (see `augment_image`).
+    image_size: S, the static output side length.
+
+  Returns:
+    float32 [n, S, S, C].
+  """
+  _check_example_ids(images, example_ids, "make_view")
+  first_view_keys = _view_keys(rng, example_ids)[:, 0]  # [n, ...]
+  augment = functools.partial(augment_image, config=config, image_size=image_size)
+  return jax.vmap(augment)(first_view_keys, images)
 
 
 def preprocess_eval(images: jax.Array, config: Any, image_size: int) -> jax.Array:

@@ -45,8 +45,15 @@ def default_config() -> ml_collections.ConfigDict:
       scale=1.0,                        # multiplies the loss (2.0 = google-research/simclr's sum
                                         # of the two directions; matters under LARS)
   ))
+  # objective = "supervised": one view per image, a linear classifier on the encoder's
+  # pooled features; sigmoid BCE when batches hold 'labels' [n, C] (multi-label, NIH
+  # findings), softmax cross-entropy when they hold 'label' [n] (single-label).
   config.supervised = ml_collections.ConfigDict(dict(
       class_weights="none",             # none | inverse_frequency (per-class loss weights)
+      num_classes=-1,                   # -1: from the dataset (resolved by the trainer)
+      class_frequencies=(),             # (): from the training split (resolved by the trainer);
+                                        # single-label: share of each class; multi-label:
+                                        # fraction of images positive for each finding
   ))
   config.augment = augment.default_config()
   # Optimisation.

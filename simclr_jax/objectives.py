@@ -12,18 +12,30 @@ row of the batch, so augmentation does not depend on how devices split the batch
 
   simclr      two augmented views per image -> encoder -> projection head -> NT-Xent
               with negatives from every device (losses.nt_xent_with_metrics).
+  supervised  ONE augmented view per image (`augment.make_view`: SimCLR's first view,
+              same keys) -> encoder -> linear classifier -> sigmoid binary cross-entropy
+              over the findings when the batch holds 'labels' float32 [per_device, C]
+              (multi-label, NIH), softmax cross-entropy when it holds 'label' int32
+              [per_device] (single-label); optional inverse-frequency class weights
+              (config.supervised.class_weights).
+
+`loss.scale` multiplies the loss that is differentiated, never the logged 'loss'.
 """
 import functools
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import optax
 
 from simclr_jax import augment
 from simclr_jax import losses
 
-OBJECTIVES = ("simclr",)
+OBJECTIVES = ("simclr", "supervised")
+CLASS_WEIGHTS = ("none", "inverse_frequency")
 
 Objective = Callable[..., Tuple[jax.Array, Tuple[Any, Dict[str, jax.Array]]]]
 
@@ -63,13 +75,210 @@ def simclr_objective(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
   return loss_scale * loss, (new_model_state["batch_stats"], metrics)
 
 
-def create_objective(config: ml_collections.ConfigDict, model: Any, axis_name: str
-                     ) -> Objective:
-  """The objective named by `config.objective`, with its static settings bound."""
+def inverse_frequency_weights(class_frequencies: np.ndarray, multi_label: bool
+                              ) -> np.ndarray:
+  """Per-class loss weights that are 1 on average over the training distribution.
+
+  Single-label (scikit-learn's 'balanced'): class c weighs 1 / (C * f_c), f normalised to
+  sum to 1. Multi-label (Wang et al. 2017's weighted cross-entropy for ChestX-ray8, halved
+  so the mean weight is 1): for finding c a positive weighs 1 / (2 f_c) and a negative
+  1 / (2 (1 - f_c)), so positives and negatives of every finding weigh the same in total.
+
+  Args:
+    class_frequencies: [C]; single-label: share (or count) of each class; multi-label:
+      fraction of examples positive for each finding, in (0, 1).
+    multi_label: which of the two cases.
+
+  Returns:
+    float32 [C] (single-label) or [2, C] (multi-label: row 0 negatives, row 1 positives).
+
+  Raises:
+    ValueError: frequencies outside the accepted range, naming
+      config.supervised.class_frequencies.
+  """
+  frequencies = np.asarray(class_frequencies, np.float64)
+  if multi_label:
+    if np.any(frequencies <= 0) or np.any(frequencies >= 1):
+      raise ValueError(
+          f"config.supervised.class_frequencies={tuple(frequencies.tolist())}: multi-label "
+          "data needs the fraction of images positive for each finding, each in (0, 1).")
+    return np.stack([0.5 / (1.0 - frequencies), 0.5 / frequencies]).astype(np.float32)
+  if np.any(frequencies <= 0):
+    raise ValueError(
+        f"config.supervised.class_frequencies={tuple(frequencies.tolist())}: single-label "
+        "data needs a positive share (or count) for every class.")
+  frequencies = frequencies / frequencies.sum()
+  return (1.0 / (len(frequencies) * frequencies)).astype(np.float32)
+
+
+def _global_mean(total: jax.Array, count: jax.Array, axis_name: Optional[str]) -> jax.Array:
+  """sum / count over every device (0 when the count is 0)."""
+  if axis_name is not None:
+    total, count = lax.psum((total, count), axis_name)
+  return total / jnp.maximum(count, 1.0)
+
+
+def _multi_label_loss(logits, labels, class_frequencies, axis_name):
+  """Mean sigmoid BCE over this device's (image, finding) pairs, and its metrics."""
+  if labels.shape != logits.shape:
+    raise ValueError(
+        f"objectives.supervised: batch['labels'] must be [per_device, num_classes] = "
+        f"{tuple(logits.shape)} (multi-hot findings); got {tuple(labels.shape)}.")
+  labels = labels.astype(jnp.float32)
+  per_pair = optax.sigmoid_binary_cross_entropy(logits, labels)  # [n, C]
+  if class_frequencies is not None:
+    negative_weight, positive_weight = inverse_frequency_weights(class_frequencies, True)
+    per_pair = per_pair * (labels * positive_weight + (1.0 - labels) * negative_weight)
+  loss = jnp.mean(per_pair)
+  probabilities = lax.stop_gradient(jax.nn.sigmoid(logits))
+  is_positive = labels > 0.5
+  metrics = {
+      # Fraction of (image, finding) decisions right at probability 0.5.
+      "label_accuracy": jnp.mean(((probabilities > 0.5) == is_positive).astype(jnp.float32)),
+      # Their gap says whether the classifier separates the findings at all (accuracy
+      # alone is high for a network that says "no finding" everywhere).
+      "positive_probability": _global_mean(
+          jnp.sum(jnp.where(is_positive, probabilities, 0.0)),
+          jnp.sum(is_positive.astype(jnp.float32)), axis_name),
+      "negative_probability": _global_mean(
+          jnp.sum(jnp.where(is_positive, 0.0, probabilities)),
+          jnp.sum((~is_positive).astype(jnp.float32)), axis_name),
+  }
+  return loss, metrics
+
+
+def _single_label_loss(logits, label, class_frequencies):
+  """Mean softmax cross-entropy over this device's images, and its accuracy."""
+  if label.shape != logits.shape[:1]:
+    raise ValueError(
+        f"objectives.supervised: batch['label'] must be [per_device] = "
+        f"({logits.shape[0]},) class ids; got {tuple(label.shape)}.")
+  label = label.astype(jnp.int32)
+  per_image = optax.softmax_cross_entropy_with_integer_labels(logits, label)  # [n]
+  if class_frequencies is not None:
+    per_image = per_image * jnp.asarray(inverse_frequency_weights(class_frequencies, False))[label]
+  accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == label).astype(jnp.float32))
+  return jnp.mean(per_image), {"accuracy": accuracy}
+
+
+def supervised_objective(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
+                         rng: jax.Array, example_ids: jax.Array, *, model: Any,
+                         augment_config: ml_collections.ConfigDict, image_size: int,
+                         class_frequencies: Optional[np.ndarray], loss_scale: float,
+                         axis_name: Optional[str]
+                         ) -> Tuple[jax.Array, Tuple[Any, Dict[str, jax.Array]]]:
+  """Classification loss of one augmented view of every image of this device's batch.
+
+  The loss is a plain mean over this device's images (and findings), class weights
+  included, so the mean of the per-device losses is the global batch's loss and the
+  update does not depend on how the batch is split over devices.
+
+  Args:
+    params, batch_stats: the `Supervised` module's variables.
+    batch: 'image' uint8 [per_device, H, W, 1] and the target: either 'labels' float32
+      [per_device, C] multi-hot findings (sigmoid binary cross-entropy per finding, mean
+      over images and findings) or 'label' int32 [per_device] class ids (softmax
+      cross-entropy).
+    rng: the step's key; example_ids: [per_device] global row indices.
+    model: `Supervised` module built with `axis_name` (global BatchNorm).
+    augment_config, image_size: on-device augmentation of the view.
+    class_frequencies: None (unweighted) or [C] frequencies for inverse-frequency class
+      weights (see `inverse_frequency_weights`).
+    loss_scale: multiplies the optimised loss (not the logged 'loss' metric).
+    axis_name: the pmap axis (for the global multi-label metrics); None outside pmap.
+
+  Returns:
+    (loss_scale * loss, (new batch_stats, metrics)): metrics hold 'loss' and
+    'accuracy' (single-label), or 'label_accuracy', 'positive_probability' (mean
+    predicted probability of the present findings, over the global batch) and
+    'negative_probability' (of the absent ones) (multi-label).
+  """
+  if "labels" in batch and "label" in batch:
+    raise ValueError(
+        "objectives.supervised: the batch holds both 'labels' (multi-label) and 'label' "
+        "(single-label); give the objective exactly one target.")
+  if "labels" not in batch and "label" not in batch:
+    raise ValueError(
+        f"objectives.supervised: the batch holds no target ('labels' float32 [n, C] or "
+        f"'label' int32 [n]); its keys are {sorted(batch)}.")
+  views = augment.make_view(rng, batch["image"], example_ids, augment_config,
+                            image_size)  # [per_device, S, S, 1]
+  (_, logits), new_model_state = model.apply(
+      {"params": params, "batch_stats": batch_stats}, views, train=True,
+      mutable=["batch_stats"])
+  logits = logits.astype(jnp.float32)  # [per_device, C]
+  if "labels" in batch:
+    loss, metrics = _multi_label_loss(logits, batch["labels"], class_frequencies, axis_name)
+  else:
+    loss, metrics = _single_label_loss(logits, batch["label"], class_frequencies)
+  metrics = dict(metrics, loss=loss)
+  return loss_scale * loss, (new_model_state["batch_stats"], metrics)
+
+
+def _class_frequencies(config: ml_collections.ConfigDict, model: Any,
+                       class_frequencies: Optional[Sequence[float]]) -> Optional[np.ndarray]:
+  """The frequencies for inverse-frequency weights, or None when weights are off."""
+  supervised = config.get("supervised", None) or ml_collections.ConfigDict()
+  class_weights = supervised.get("class_weights", "none")
+  if class_weights not in CLASS_WEIGHTS:
+    raise ValueError(f"config.supervised.class_weights={class_weights!r}: accepted values "
+                     f"are {list(CLASS_WEIGHTS)}.")
+  if class_weights == "none":
+    return None
+  if class_frequencies is None:
+    class_frequencies = supervised.get("class_frequencies", ())
+  frequencies = np.asarray(class_frequencies, np.float64).reshape(-1)
+  num_classes = getattr(model, "num_classes", None)
+  if frequencies.size == 0 or (num_classes is not None and frequencies.size != num_classes):
+    raise ValueError(
+        f"config.supervised.class_frequencies={tuple(frequencies.tolist())}: "
+        f"class_weights='inverse_frequency' needs one frequency per class "
+        f"({num_classes} classes), computed on the training split (pass "
+        "class_frequencies= to objectives.create_objective or set the config field).")
+  inverse_frequency_weights(frequencies, multi_label=False)  # every frequency > 0
+  return frequencies
+
+
+def create_objective(config: ml_collections.ConfigDict, model: Any, axis_name: str,
+                     class_frequencies: Optional[Sequence[float]] = None) -> Objective:
+  """The objective named by `config.objective`, with its static settings bound.
+
+  Args:
+    config: the experiment config: objective, augment, image_size, loss.temperature,
+      loss.scale, and for 'supervised' supervised.class_weights and
+      supervised.class_frequencies.
+    model: the module of `models.create_model(config, axis_name, ...)`.
+    axis_name: the pmap axis of the train step.
+    class_frequencies: supervised with class_weights 'inverse_frequency': [C] class
+      frequencies of the training split (overrides config.supervised.class_frequencies);
+      single-label: share or count of each class, multi-label: fraction of images
+      positive for each finding.
+
+  Returns:
+    objective(params, batch_stats, batch, rng, example_ids) -> (loss, (batch_stats, metrics)).
+
+  Raises:
+    ValueError: an unknown objective or class weighting, missing or wrong class
+      frequencies, or per-example loss weights with the supervised objective; the
+      message names the config field.
+  """
   name = config.get("objective", "simclr")
+  loss_scale = float(config.loss.get("scale", 1.0))
   if name == "simclr":
     return functools.partial(
         simclr_objective, model=model, augment_config=config.augment,
         image_size=int(config.image_size), temperature=float(config.loss.temperature),
-        loss_scale=float(config.loss.get("scale", 1.0)), axis_name=axis_name)
+        loss_scale=loss_scale, axis_name=axis_name)
+  if name == "supervised":
+    example_weights = config.loss.get("example_weights", "none")
+    if example_weights != "none":
+      raise ValueError(
+          f"config.loss.example_weights={example_weights!r} weighs SimCLR's images; with "
+          "objective='supervised' leave it 'none' and use config.supervised.class_weights="
+          "'inverse_frequency'.")
+    return functools.partial(
+        supervised_objective, model=model, augment_config=config.augment,
+        image_size=int(config.image_size),
+        class_frequencies=_class_frequencies(config, model, class_frequencies),
+        loss_scale=loss_scale, axis_name=axis_name)
   raise ValueError(f"config.objective={name!r}: accepted values are {list(OBJECTIVES)}.")

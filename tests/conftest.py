@@ -15,6 +15,9 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+# What the user asked for (e.g. JAX_PLATFORMS=cpu ./launch.sh test), before the default below:
+# test_doctor's accelerator test runs on the default backend unless the user pinned one.
+USER_JAX_PLATFORMS = os.environ.get("JAX_PLATFORMS")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 

@@ -1,5 +1,7 @@
 """Tests for simclr_jax/augment.py (on-device per-example augmentations)."""
 import functools
+import importlib.util
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -136,6 +138,9 @@ def test_make_views_is_vmap_of_augment_image_with_fold_in_keys():
   rng = jax.random.key(9)
   make_views = jax.jit(functools.partial(augment.make_views, config=config, image_size=SIZE))
   views1, views2 = make_views(rng, images, example_ids)
+  # One view per image (supervised objective): exactly SimCLR's first view.
+  make_view = jax.jit(functools.partial(augment.make_view, config=config, image_size=SIZE))
+  np.testing.assert_allclose(make_view(rng, images, example_ids), views1, atol=1e-5)
   assert views1.shape == views2.shape == (3, SIZE, SIZE, 1)
   assert views1.dtype == views2.dtype == jnp.float32
   # A view depends only on (rng, example id, image), not on the batch it is in: this is
@@ -146,6 +151,83 @@ def test_make_views_is_vmap_of_augment_image_with_fold_in_keys():
     np.testing.assert_allclose(views1[i], augment_one(key1, images[i]), atol=1e-4)
     np.testing.assert_allclose(views2[i], augment_one(key2, images[i]), atol=1e-4)
     assert not np.allclose(views1[i], views2[i])  # two views of one image differ
+
+
+def _jitter_reference(image, brightness_factor, contrast_factor, brightness_first):
+  """torchvision ColorJitter's brightness / contrast on a [0, 1] float image (float64)."""
+  brightness = lambda x: np.clip(x * brightness_factor, 0, 1)
+  contrast = lambda x: np.clip((x - x.mean()) * contrast_factor + x.mean(), 0, 1)
+  return contrast(brightness(image)) if brightness_first else brightness(contrast(image))
+
+
+@pytest.mark.parametrize("order", ["random", "fixed"])
+def test_jitter_order_is_drawn_per_view_and_each_order_composes_correctly(order):
+  strength = 0.4
+  config = identity_config(jitter_prob=1.0, brightness=strength, contrast=strength,
+                           jitter_order=order, normalize_mean=0.0, normalize_std=1.0)
+  image = random_image(4)  # full 0..255 range: brightening saturates, so the order matters
+  keys = jax.random.split(jax.random.key(21), 64)
+  views = np.asarray(jax.jit(jax.vmap(
+      functools.partial(augment.augment_image, image=image, config=config,
+                        image_size=SIZE)))(keys))
+  all_draws = jax.device_get(jax.vmap(augment._draw_uniforms)(keys))
+  source = image.astype(np.float64) / 255
+  brightness_first = []
+  for index, view in enumerate(views):
+    draws = {name: float(all_draws[name][index])
+             for name in ("brightness", "contrast", "jitter_order")}
+    brightness_factor = 1 - strength + 2 * strength * draws["brightness"]
+    contrast_factor = 1 - strength + 2 * strength * draws["contrast"]
+    expected_first = order == "fixed" or draws["jitter_order"] < 0.5
+    expected = _jitter_reference(source, brightness_factor, contrast_factor, expected_first)
+    other = _jitter_reference(source, brightness_factor, contrast_factor, not expected_first)
+    np.testing.assert_allclose(view, expected, atol=1e-5)
+    if np.abs(expected - other).max() > 1e-2:  # the order is visible in this view
+      brightness_first.append(expected_first)
+  assert len(brightness_first) >= 24
+  if order == "fixed":
+    assert all(brightness_first)
+  else:  # torchvision: each order in half of the views
+    assert 0.25 < np.mean(brightness_first) < 0.75
+
+
+def test_draws_added_at_the_end_leave_the_earlier_draws_unchanged():
+  """jitter_order was appended to _DRAW_LAYOUT: every earlier draw keeps its value."""
+  key = jax.random.key(22)
+  draws = augment._draw_uniforms(key)
+  earlier = [name for name, _ in augment._DRAW_LAYOUT][:-1]
+  assert [name for name, _ in augment._DRAW_LAYOUT][-1] == "jitter_order"
+  earlier_total = sum(size for name, size in augment._DRAW_LAYOUT if name in earlier)
+  np.testing.assert_array_equal(
+      np.concatenate([np.atleast_1d(draws[name]) for name in earlier]),
+      jax.random.uniform(key, (earlier_total,)))
+
+
+def _experiment_config(name):
+  spec = importlib.util.spec_from_file_location(
+      name, pathlib.Path(__file__).resolve().parents[1] / "experiments/configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_seed_config_jitters_and_blurs_every_view_as_the_seed():
+  seed = _experiment_config("nih_r50")
+  # experiments/pytorch_baseline/augment.py: ColorJitter and GaussianBlur(23) without
+  # RandomApply, i.e. on every view; ColorJitter shuffles its ops per call.
+  assert seed.augment.jitter_prob == 1.0 and seed.augment.blur_prob == 1.0
+  assert seed.augment.jitter_order == "random"
+  assert augment.blur_kernel_size(seed.image_size, seed.augment.blur_kernel_fraction) == 23
+  assert (seed.augment.brightness, seed.augment.contrast) == (0.4, 0.4)
+  assert tuple(seed.augment.blur_sigma) == (0.1, 2.0)
+  assert tuple(seed.augment.crop_scale) == (0.8, 1.0)
+  assert (seed.augment.flip_prob, seed.augment.rotation_degrees) == (0.5, 10.0)
+  assert seed.zero_init_residual is False  # torchvision's random ResNet-50
+  augment._settings(seed.augment)  # every field valid
+  # The SimCLR-paper recipe keeps the paper's RandomApply probabilities.
+  paper = _experiment_config("nih_r50_simclr")
+  assert (paper.augment.jitter_prob, paper.augment.blur_prob) == (0.8, 0.5)
+  assert paper.augment.jitter_order == "random" and paper.zero_init_residual is True
 
 
 def test_large_source_downscale_and_antialiasing():
@@ -188,3 +270,7 @@ def test_config_and_input_errors_name_the_field():
     augment.augment_image(jax.random.key(0), image.astype(np.float32), None, SIZE)
   with pytest.raises(ValueError, match="example_ids"):
     augment.make_views(jax.random.key(0), image[None], np.arange(2), None, SIZE)
+  with pytest.raises(ValueError, match=r"make_view: example_ids"):
+    augment.make_view(jax.random.key(0), image[None], np.arange(2), None, SIZE)
+  with pytest.raises(ValueError, match=r"config.augment.jitter_order.*'random', 'fixed'"):
+    augment.augment_image(jax.random.key(0), image, dict(jitter_order="shuffled"), SIZE)

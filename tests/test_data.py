@@ -28,6 +28,7 @@ def data_dir(tmp_path_factory):
 def make_config(data_dir, **overrides):
   config = ml_collections.ConfigDict(dict(
       dataset=DATASET, data_dir=data_dir, train_split='train', batch_size=8, seed=0,
+      objective='simclr',
       input=dict(num_workers=0, prefetch_buffer_size=2, class_balanced=False),
       loss=dict(temperature=0.1, example_weights='none')))
   config.update_from_flattened_dict(overrides)
@@ -221,3 +222,58 @@ def test_class_balanced_sampling_moves_toward_balance(data_dir):
   resumed.set_state({'global_batches_consumed': 2, 'global_batch_size': 8, 'seed': 0,
                      'class_balanced': 1})
   np.testing.assert_array_equal(next(resumed)['image'], batches[2]['image'])
+
+
+def test_supervised_batches_carry_the_labels_of_their_images(data_dir):
+  assert data.supervised_target_spec(DATASET, data_dir) == ('label', 5, False)
+  np.testing.assert_allclose(data.class_frequencies(DATASET, data_dir, 'train'), [0.2] * 5)
+  source = data.data_source(DATASET, data_dir, 'train')
+  label_of_image = {source[i]['image'].tobytes(): int(source[i]['label'])
+                    for i in range(len(source))}
+  config = make_config(data_dir, objective='supervised')
+  iterator = data.create_train_iterator(
+      config, process_index=0, process_count=1, local_device_count=2)
+  batches = take(iterator, 9)  # crosses the epoch boundary
+  assert set(batches[0]) == {'image', 'label'}
+  assert batches[0]['label'].shape == (2, 4) and batches[0]['label'].dtype == np.int32
+  for batch in batches:
+    images = batch['image'].reshape(-1, 16, 16, 1)
+    expected = [label_of_image[image.tobytes()] for image in images]
+    np.testing.assert_array_equal(batch['label'].reshape(-1), expected)
+  # The target changes neither the images, their order, nor the iterator state.
+  simclr = take(data.create_train_iterator(
+      make_config(data_dir), process_index=0, process_count=1, local_device_count=2), 9)
+  for a, b in zip(batches, simclr):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  state = iterator.get_state()
+  assert state == {'global_batches_consumed': 9, 'global_batch_size': 8, 'seed': 0,
+                   'class_balanced': 0}
+  resumed = data.create_train_iterator(
+      config, process_index=0, process_count=1, local_device_count=2)
+  resumed.set_state({**state, 'global_batches_consumed': 4})
+  np.testing.assert_array_equal(next(resumed)['label'], batches[4]['label'])
+  with pytest.raises(ValueError, match=r"config.objective='byol'; accepted: 'simclr'"):
+    data.create_train_iterator(make_config(data_dir, objective='byol'), process_index=0,
+                               process_count=1, local_device_count=1)
+
+
+def test_split_larger_than_the_shuffle_buffer_is_written_without_tensorflow(tmp_path, monkeypatch):
+  """TFDS spills splits over its 1 GB memory buffer through tf.io.gfile; we have no TF.
+
+  The buffer is shrunk to a few records so that the spill path (bucket files on disk) runs.
+  """
+  import importlib.util
+  from tensorflow_datasets.core import shuffle as tfds_shuffle
+  from simclr_jax import data
+  from simclr_jax.data.synthetic_cxr import SyntheticCxr, make_example
+  assert importlib.util.find_spec("tensorflow") is None  # the situation users are in
+  monkeypatch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 8 * 16 * 16)  # ~8 images
+  monkeypatch.setattr(tfds_shuffle, "tf", tfds_shuffle.tf)  # undo the patch afterwards
+  builder = SyntheticCxr(config="16", data_dir=str(tmp_path),
+                         split_sizes={"train": 40, "validation": 1, "test": 1})
+  builder.download_and_prepare()
+  source = data.data_source("synthetic_cxr/16", str(tmp_path), "train")
+  assert len(source) == 40
+  stored = sorted(np.asarray(source[i]["image"]).tobytes() for i in range(len(source)))
+  expected = sorted(make_example("train", i, 16)["image"].tobytes() for i in range(40))
+  assert stored == expected

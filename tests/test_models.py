@@ -39,7 +39,8 @@ def _count(tree) -> int:
 def _config(**overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
       model='resnet_tiny', width=0.125, stem='cifar', dtype='float32',
-      head=dict(kind='mlp', hidden_dim=-1, output_dim=8, num_layers=2)))
+      head=dict(kind='mlp', hidden_dim=-1, output_dim=8, num_layers=2),
+      supervised=dict(num_classes=-1)))
   config.update_from_flattened_dict(overrides)
   return config
 
@@ -114,20 +115,6 @@ def test_bfloat16_compute_keeps_float32_params_and_features():
   # Same params, different compute precision: close but not identical.
   assert not np.array_equal(outputs[jnp.bfloat16], outputs[jnp.float32])
   np.testing.assert_allclose(outputs[jnp.bfloat16], outputs[jnp.float32], rtol=0.1, atol=0.05)
-
-
-def test_zero_init_residual_sets_last_block_bn_scale():
-  images = jnp.zeros((1, 16, 16, 1))
-
-  def init(zero_init_residual):
-    # Eager: the second init reuses the per-op compilations of the first.
-    encoder = models.ResNetTiny(width=0.125, zero_init_residual=zero_init_residual)
-    return encoder.init(jax.random.key(0), images, train=False)
-
-  zero, ones = init(True), init(False)
-  assert not np.any(zero['params']['stage1_block0']['bn2']['scale'])
-  assert np.all(zero['params']['stage1_block0']['bn1']['scale'] == 1)
-  assert np.all(ones['params']['stage1_block0']['bn2']['scale'] == 1)
 
 
 def test_stems_and_bad_stem():
@@ -247,3 +234,93 @@ def test_global_batchnorm_under_pmap_matches_single_device():
   assert errors['batch']['features'] <= 1e-4
   # ... and without it they are per-device (the check above is not vacuous).
   assert errors['None']['stats'] > 1e-3
+
+
+def _block_outputs_and_residual_branches(encoder, last_bn_name, images):
+  """Per block: (input, output, residual branch = its last BN's output), eval mode."""
+  is_block = lambda module: isinstance(module, (models.BasicBlock, models.Bottleneck))
+  capture = lambda module, method: method == '__call__' and (
+      is_block(module) or (module.name == last_bn_name and is_block(module.parent)))
+
+  @jax.jit
+  def init_and_apply(images):  # the real initialisers (kaiming fan-out convs)
+    variables = encoder.init(jax.random.key(0), images[:1], train=False)
+    _, state = encoder.apply(variables, images, train=False, capture_intermediates=capture,
+                             mutable=['intermediates'])
+    return variables['params'], state['intermediates']
+
+  params, intermediates = init_and_apply(images)
+  blocks = sorted(name for name in intermediates if name.startswith('stage'))
+  previous = None
+  result = {}
+  for name in blocks:
+    output = np.asarray(intermediates[name]['__call__'][0])
+    branch = np.asarray(intermediates[name][last_bn_name]['__call__'][0])
+    has_downsample = 'downsample_conv' in params[name]
+    result[name] = (previous if not has_downsample else None, output, branch)
+    previous = output
+  return result
+
+
+@pytest.mark.parametrize('block', ['basic', 'bottleneck'])
+def test_zero_init_residual_false_gives_every_block_a_working_residual_branch(block):
+  """torchvision's random network vs google-research/simclr's identity-start blocks."""
+  images = np.random.RandomState(2).normal(size=(4, 16, 16, 1)).astype(np.float32)
+  for zero_init_residual in (False, True):
+    if block == 'basic':  # through the config field, as train/evaluate build it
+      encoder = models.create_encoder(_config(zero_init_residual=zero_init_residual,
+                                              width=0.25))
+      last_bn = 'bn2'
+    else:
+      encoder = models.ResNet(stage_sizes=[2], block_cls=models.Bottleneck, width=0.125,
+                              stem='cifar', zero_init_residual=zero_init_residual)
+      last_bn = 'bn3'
+    blocks = _block_outputs_and_residual_branches(encoder, last_bn, images)
+    assert len(blocks) == 2
+    for name, (block_input, output, branch) in blocks.items():
+      if zero_init_residual:
+        # The residual branch is exactly 0: each block starts as the identity (or, with a
+        # downsample, as its shortcut alone).
+        assert not np.any(branch), name
+        if block_input is not None:
+          np.testing.assert_array_equal(output, block_input, err_msg=name)
+      else:
+        # Every residual branch contributes, and differently for different images.
+        scale = np.abs(output).mean()
+        assert np.abs(branch).mean() > 0.1 * scale, name
+        assert np.abs(branch[0] - branch[1:]).mean() > 0.1 * np.abs(branch).mean(), name
+        if block_input is not None:
+          assert np.abs(output - block_input).mean() > 0.1 * scale, name
+
+
+def test_supervised_model_has_encoder_and_classifier():
+  config = _config(objective='supervised', **{'supervised.num_classes': 7})
+  model = models.create_model(config, axis_name='batch', num_classes=3)  # argument wins
+  assert isinstance(model, models.Supervised) and model.encoder.axis_name == 'batch'
+  variables = _shapes(models.create_model(config, num_classes=3), (2, 16, 16, 1))
+  assert set(variables['params']) == {'encoder', 'classifier'}
+  assert set(variables['batch_stats']) == {'encoder'}
+  assert jax.tree.map(lambda leaf: leaf.shape, variables['params']['classifier']) == {
+      'kernel': (16, 3), 'bias': (3,)}
+  # Same encoder names as SimCLR's: evaluation reads params['encoder'] of both.
+  simclr_variables = _shapes(models.create_model(_config()), (2, 16, 16, 1))
+  assert (jax.tree.structure(variables['params']['encoder'])
+          == jax.tree.structure(simclr_variables['params']['encoder']))
+  features, logits = jax.eval_shape(
+      lambda v, x: models.create_model(config, num_classes=3).apply(v, x, train=False),
+      variables, jax.ShapeDtypeStruct((2, 16, 16, 1), jnp.float32))
+  assert features.shape == (2, 16) and logits.shape == (2, 3)
+  assert features.dtype == logits.dtype == jnp.float32
+  # Without the argument, the config's resolved count.
+  assert models.create_model(config).num_classes == 7
+
+
+@pytest.mark.parametrize('overrides, num_classes, message', [
+    ({'objective': 'supervised'}, None, r'config.supervised.num_classes=-1'),
+    ({'objective': 'supervised'}, 0, r'config.supervised.num_classes=0'),
+    ({'objective': 'byol'}, None, r"config.objective='byol'.*simclr.*supervised"),
+])
+def test_create_model_errors_name_the_field(overrides, num_classes, message):
+  config = _config(**overrides)
+  with pytest.raises(ValueError, match=message):
+    models.create_model(config, num_classes=num_classes)

@@ -218,3 +218,50 @@ def test_class_balanced_nih_batches_see_rare_findings_more(prepared):
   assert in_batches[-1] < in_data[-1] - 0.1  # "No Finding" (the largest group) less often
   coefficient_of_variation = lambda f: f.std() / f.mean()
   assert coefficient_of_variation(in_batches) < coefficient_of_variation(in_data) - 0.15
+
+
+def test_supervised_nih_batches_carry_the_14_findings(prepared):
+  data_dir, _, _ = prepared
+  assert data.supervised_target_spec(DATASET, data_dir) == ('labels', 14, True)
+  records = [record for record in records_by_name(data_dir).values()
+             if record['split'] == 'train']
+  multi_hot = np.stack([record['labels'] for record in records])
+  np.testing.assert_allclose(data.class_frequencies(DATASET, data_dir, 'train'),
+                             multi_hot.mean(0))
+  labels_of_image = {record['image'].tobytes(): record['labels'] for record in records}
+  config = ml_collections.ConfigDict(dict(
+      dataset=DATASET, data_dir=data_dir, train_split='train', batch_size=8, seed=0,
+      objective='supervised', input=dict(num_workers=0, prefetch_buffer_size=2)))
+  iterator = data.create_train_iterator(
+      config, process_index=0, process_count=1, local_device_count=2)
+  for _ in range(4):  # 32 of the 28 training images: crosses an epoch
+    batch = next(iterator)
+    assert batch['labels'].shape == (2, 4, 14) and batch['labels'].dtype == np.float32
+    expected = [labels_of_image[image.tobytes()] for image in batch['image'].reshape(-1, 64, 64, 1)]
+    np.testing.assert_array_equal(batch['labels'].reshape(-1, 14), expected)
+  assert set(batch) == {'image', 'labels'}
+
+
+def test_prepare_again_with_other_options_is_refused(prepared, shared_data, tmp_path, capsys):
+  data_dir, manual_dir, _ = prepared
+  from simclr_jax import prepare  # pylint: disable=g-import-not-at-top
+  base = ['nih', '--data_dir', data_dir, '--manual_dir', str(manual_dir), '--image_size', '64']
+  version_folder = data.get_builder(DATASET, data_dir).data_path
+  # Prepared with --validation_fraction 0.3 and the sample's CSV: the same is a no-op.
+  same_csv = tmp_path / 'copy_of_the_labels.csv.gz'
+  shutil.copy(shared_data / 'nih_sample' / CSV_NAME, same_csv)
+  assert prepare.run(base + ['--validation_fraction', '0.3', '--csv', str(same_csv)]) == 0
+  assert 'already prepared' in capsys.readouterr().out
+  other_csv = tmp_path / 'Data_Entry_2017.csv'
+  other_csv.write_text(','.join(nih.CSV_COLUMNS) + '\n')
+  for flags, was, asked in (
+      (['--validation_fraction', '0.1'], 'validation_fraction 0.3', 'validation_fraction 0.1'),
+      (['--test_fraction', '0.25'], 'test_fraction 0.2', 'test_fraction 0.25'),
+      (['--csv', str(other_csv)], f'csv {manual_dir / CSV_NAME} (sha256 ',
+       'another --csv (sha256 ')):
+    assert prepare.run(base + flags) == 2, flags
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {DATASET} in --data_dir {data_dir} was prepared with {was}')
+    assert f'; asked for {asked}' in err and err.count('\n') == 1
+    assert err.endswith(f'prepare into a new --data_dir, or delete {version_folder} and run '
+                        f'again\n')

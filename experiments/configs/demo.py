@@ -18,6 +18,7 @@ def get_config():
   config.model = "resnet18"
   config.width = 0.25
   config.stem = "imagenet"
+  config.zero_init_residual = True      # google-research/simclr (each block starts as identity)
   config.head.hidden_dim = 512
   config.head.output_dim = 64
   config.loss.temperature = 0.1

@@ -6,6 +6,9 @@ r"""The SimCLR-paper recipe on NIH ChestX-ray14: LARS, global batch 4096, T=0.1,
 Meant for a TPU pod slice or a multi-node GPU cluster (see ./launch.sh tpu|slurm).
 Learning rate 0.3 * B / 256 (linear rule), 10 warm-up epochs, weight decay 1e-6,
 BN and biases excluded from weight decay and LARS adaptation (Chen et al., 2020).
+As google-research/simclr: every block's last BN scale starts at 0
+(zero_init_residual), colour jitter with p = 0.8 in a random order, blur with p = 0.5,
+and the loss summed over the two directions (loss.scale = 2, see below).
 """
 from simclr_jax.config import default_config
 
@@ -19,11 +22,24 @@ def get_config():
   config.num_epochs = 100
   config.model = "resnet50"
   config.dtype = "bfloat16"
+  config.zero_init_residual = True      # google-research/simclr: each block starts as identity
   config.head.kind = "simclr_v2"
   config.head.hidden_dim = 2048
   config.head.output_dim = 128
   config.head.num_layers = 3
   config.loss.temperature = 0.1
+  # google-research/simclr's loss is the SUM of the two directions' mean cross-entropies
+  # (view 1 -> view 2 and view 2 -> view 1), i.e. 2x our mean over the 2N anchors. LARS is
+  # not invariant to that factor: the BN/bias parameters (excluded from the trust ratio)
+  # take plain momentum-SGD steps proportional to the gradient, and weight decay is added
+  # to the gradient before the trust ratio, so halving the loss would halve the BN/bias
+  # steps and double weight decay relative to the gradient. With scale 2 the reference's
+  # learning rate 0.3 * B / 256 takes the reference's steps; the logged 'loss' stays the mean.
+  config.loss.scale = 2.0
+  # The SimCLR paper's RandomApply probabilities.
+  config.augment.jitter_prob = 0.8
+  config.augment.jitter_order = "random"
+  config.augment.blur_prob = 0.5
   config.optimizer.name = "lars"
   config.optimizer.learning_rate = 0.3
   config.optimizer.lr_scaling = "linear"

@@ -7,13 +7,18 @@ pipelines in pipeline.py.
 """
 from simclr_jax.data.nih import NihChestXray14
 from simclr_jax.data.pipeline import balance_labels
+from simclr_jax.data.pipeline import check_dataset_name
+from simclr_jax.data.pipeline import class_frequencies
 from simclr_jax.data.pipeline import class_names
 from simclr_jax.data.pipeline import create_train_iterator
 from simclr_jax.data.pipeline import data_source
 from simclr_jax.data.pipeline import example_weights
 from simclr_jax.data.pipeline import get_builder
 from simclr_jax.data.pipeline import iterate_eval
+from simclr_jax.data.pipeline import known_datasets
 from simclr_jax.data.pipeline import num_examples
+from simclr_jax.data.pipeline import prepare_command
 from simclr_jax.data.pipeline import steps_per_epoch
+from simclr_jax.data.pipeline import supervised_target_spec
 from simclr_jax.data.pipeline import WeightedIndexSampler
 from simclr_jax.data.synthetic_cxr import SyntheticCxr

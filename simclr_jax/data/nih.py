@@ -26,8 +26,9 @@ Per split the builder counts CSV rows, images found, rows whose image is missing
 disk (normal when only some archives were downloaded: the sample has 41 of 112,120),
 images written, corrupt images (logged and skipped); images on disk without a CSV row
 are counted and logged. The counts are in `builder.prepare_counts` and, once prepared,
-in `builder.info.metadata['prepare_counts']`. No usable image is an error naming the
-manual dir.
+in `builder.info.metadata['prepare_counts']`; what the split depends on (manual dir,
+label table and its SHA-256, fractions) in `builder.info.metadata['prepare_options']`.
+No usable image is an error naming the manual dir.
 
 Pixels: converted to 8-bit grayscale:
   * L: as is. LA: the gray channel (alpha ignored).
@@ -62,7 +63,6 @@ from etils import epath
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
-import tqdm
 
 from simclr_jax.data import features
 # The findings, the CSV and the `label` feature are defined once, in labels.py.
@@ -73,6 +73,7 @@ from simclr_jax.data.labels import NO_FINDING  # pylint: disable=unused-import
 from simclr_jax.data.labels import label_features
 from simclr_jax.data.labels import parse_finding_labels  # pylint: disable=unused-import
 from simclr_jax.data.labels import read_data_entry_csv
+from simclr_jax.progress import Progress
 
 IMAGE_SIZES = (64, 224, 256, 512)
 THUMBS_CONFIG = 'thumbs64'
@@ -106,6 +107,15 @@ def find_csv(manual_dir, csv_path=None) -> pathlib.Path:
   raise FileNotFoundError(
       f'no label table {" or ".join(CSV_GLOBS)} in manual_dir {manual_dir}, its parent or '
       f'a sibling folder; pass it with --csv PATH (csv_path=)')
+
+
+def file_sha256(path) -> str:
+  """Hex SHA-256 of a file's bytes (identifies a label table wherever it is stored)."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def is_thumbs_layout(manual_dir) -> bool:
@@ -239,7 +249,7 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
       for size in IMAGE_SIZES] + [
           NihConfig(name=THUMBS_CONFIG, image_size=64, layout='thumbs',
                     description='nih_thumbs: 64x64, splits from the folders')]
-  DEFAULT_CONFIG_NAME = '256'
+  DEFAULT_BUILDER_CONFIG_NAME = '256'
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -286,14 +296,40 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
         metadata=tfds.core.MetadataDict(),
     )
 
+  def prepare_options(self, manual_dir, csv_file) -> dict:
+    """The options that decide the content (recorded in info.metadata when prepared).
+
+    Args:
+      manual_dir: the folder the images are read from.
+      csv_file: the label table used (see find_csv).
+
+    Returns:
+      {'manual_dir', 'csv', 'csv_sha256', 'test_fraction', 'validation_fraction'}; a
+      fraction is None where it does not apply (the thumbs layout's folders decide the
+      splits; test_list.txt decides the test split).
+    """
+    manual_dir = pathlib.Path(manual_dir)
+    thumbs = self.builder_config.layout == 'thumbs'
+    official_test = (manual_dir / 'test_list.txt').is_file()
+    return {
+        'manual_dir': str(manual_dir.absolute()),
+        'csv': str(pathlib.Path(csv_file).absolute()),
+        'csv_sha256': file_sha256(csv_file),
+        'test_fraction': None if thumbs or official_test else float(self._test_fraction),
+        'validation_fraction': None if thumbs else float(self._validation_fraction),
+    }
+
   def _split_generators(self, dl_manager):
     manual_dir = pathlib.Path(dl_manager.manual_dir)
+    features.allow_large_splits_without_tensorflow()  # splits > 1 GB (NIH at 256 px)
     plan, counts = plan_splits(
         manual_dir, layout=self.builder_config.layout, csv_path=self._csv_path,
         test_fraction=self._test_fraction, validation_fraction=self._validation_fraction)
     self.prepare_counts = counts
     self.info.metadata['prepare_counts'] = counts
     self.info.metadata['manual_dir'] = str(manual_dir)
+    self.info.metadata['prepare_options'] = self.prepare_options(
+        manual_dir, counts['total']['csv'])
     return {split: self._generate_examples(split, items, manual_dir)
             for split, items in plan.items() if items}
 
@@ -307,13 +343,14 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
     results = _ordered_parallel_map(
         functools.partial(_decode_chunk, image_size=size), chunks, self._num_workers,
         max_in_flight=4 * self._num_workers)
-    progress = tqdm.tqdm(total=len(items), desc=f'nih_chest_xray14 {split}', unit=' images')
+    progress = Progress(len(items), desc=f'prepare {self.name}/{self.builder_config.name} '
+                        f'{split}', unit='image', every=features.progress_every(len(items)))
     position = 0
     for chunk_results in results:
       for image, error in chunk_results:
         path, row = items[position]
         position += 1
-        progress.update(1)
+        progress.update(1, **{'images/s': int(position / max(progress.elapsed(), 1e-9))})
         if image is None:
           counts['corrupt'] += 1
           self.prepare_counts['total']['corrupt'] += 1
@@ -325,7 +362,12 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
             'image': image, **label_features(row.findings),
             'patient_id': row.patient_id, 'view_position': row.view_position,
             'age': row.age, 'sex': row.sex, 'image_index': row.image_index}
-    progress.close()
+    seconds = progress.elapsed()
+    missing = (f", {counts['missing_from_disk']} CSV rows without an image"
+               if self.builder_config.layout == 'archives' else '')
+    progress.close(
+        f"{counts['written']} images written, {counts['corrupt']} corrupt (skipped){missing}, "
+        f"in {seconds:.1f} s ({len(items) / max(seconds, 1e-9):.0f} images/s)")
     self.info.metadata['prepare_counts'] = self.prepare_counts
     logging.info('nih_chest_xray14 %s: %s', split, counts)
     if counts['written'] == 0:

@@ -1,9 +1,14 @@
 """Grain input pipelines over prepared TFDS ArrayRecord datasets (no TensorFlow).
 
+Every function that opens a dataset goes through get_builder: an unknown name is a
+one-line ValueError listing the known ones (known_datasets()), a known one that is not
+prepared a one-line FileNotFoundError with the prepare command that makes it.
+
 Training stream (`create_train_iterator`):
 
   record indices: range(N).shuffle(seed).repeat()          (or a class-balanced sampler)
     -> read record (TFDS data source, random access) -> {'image': uint8 [H, W, 1]}
+       (objective 'supervised': + the target, 'labels' float32 [C] or 'label' int32)
     -> batch(per_process_batch)                             a global batch is P such batches
     -> [process_index::process_count]                       process p keeps the p-th of them
     -> reshape to [local_devices, per_device, H, W, 1]
@@ -22,6 +27,7 @@ The iterator (TrainIterator, a grain DatasetIterator) has a small JSON state,
 `get_state()` -> {'global_batches_consumed': k, ...}; `set_state()` restores the exact
 position, also with a different number of Grain workers, processes or devices.
 """
+import contextlib
 import functools
 import logging
 import os
@@ -38,23 +44,80 @@ from simclr_jax.data import nih  # pylint: disable=unused-import
 from simclr_jax.data import synthetic_cxr  # pylint: disable=unused-import
 
 
+def known_datasets() -> dict:
+  """{TFDS name: [builder config names]} of the datasets this package registers."""
+  return {builder_class.name: [config.name for config in builder_class.BUILDER_CONFIGS]
+          for builder_class in (synthetic_cxr.SyntheticCxr, nih.NihChestXray14)}
+
+
+def check_dataset_name(name: str) -> None:
+  """Raises ValueError (one line, listing the known names) unless `name` is a known dataset.
+
+  Accepted: 'family' (its default config) or 'family/config', e.g. 'synthetic_cxr/64'.
+  """
+  known = known_datasets()
+  family, _, config = str(name).partition('/')
+  if family in known and (not config or config in known[family]):
+    return
+  listing = ', '.join(f"{family}/{'|'.join(configs)}" for family, configs in known.items())
+  raise ValueError(f'unknown dataset {name!r}; known datasets: {listing}')
+
+
 def get_builder(name: str, data_dir: str, **builder_kwargs) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of `name` ('name' or 'name/config', e.g. 'synthetic_cxr/64')."""
+  """The TFDS builder of `name` ('name' or 'name/config', e.g. 'synthetic_cxr/64').
+
+  Raises:
+    ValueError: `name` is not one of known_datasets() (one line listing them).
+  """
+  check_dataset_name(name)
   data_dir = os.path.expanduser(data_dir) if isinstance(data_dir, str) else data_dir
-  return tfds.builder(name, data_dir=data_dir, **builder_kwargs)
+  with _without_unprepared_warning():
+    return tfds.builder(name, data_dir=data_dir, **builder_kwargs)
+
+
+def _drop_missing_variant_warning(record: logging.LogRecord) -> bool:
+  """False for TFDS's 'Variant folder ... has no dataset_info.json' (not prepared yet)."""
+  return not str(record.msg).startswith('Variant folder')
+
+
+@contextlib.contextmanager
+def _without_unprepared_warning():
+  """Silences TFDS's warning about an unprepared dataset: callers report it in one line."""
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addFilter(_drop_missing_variant_warning)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(_drop_missing_variant_warning)
+
+
+def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+  """builder.is_prepared(), without TFDS's warning when it is not."""
+  with _without_unprepared_warning():
+    return builder.is_prepared()
+
+
+def prepare_command(name: str, data_dir) -> str:
+  """The `python -m simclr_jax.prepare ...` command that prepares dataset `name`."""
+  builder_class = nih.NihChestXray14 if name.startswith(nih.NihChestXray14.name) else (
+      synthetic_cxr.SyntheticCxr)
+  config = name.partition('/')[2] or builder_class.DEFAULT_BUILDER_CONFIG_NAME
+  if builder_class is synthetic_cxr.SyntheticCxr:
+    arguments = f'synthetic_cxr --image_size {config}'
+  elif config == nih.THUMBS_CONFIG:
+    arguments = 'nih --manual_dir NIH_THUMBS_DIR --csv Data_Entry_2017_v2020.csv.gz'
+  else:
+    arguments = f'nih --manual_dir DIR --image_size {config}'
+  return f'python -m simclr_jax.prepare {arguments} --data_dir {data_dir}'
 
 
 @functools.lru_cache(maxsize=32)
 def _prepared_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   builder = get_builder(name, data_dir)
-  if not builder.is_prepared():
-    family = name.split('/')[0]
-    size = name.split('/')[1] if '/' in name else '...'
-    command = 'nih --manual_dir DIR' if family.startswith('nih') else family
+  if not is_prepared(builder):
     raise FileNotFoundError(
         f'dataset {name!r} is not prepared in data_dir {data_dir!r} (looked for '
-        f'{builder.data_path}); run: python -m simclr_jax.prepare {command} '
-        f'--data_dir {data_dir} --image_size {size}')
+        f'{builder.data_path}); run: {prepare_command(name, data_dir)}')
   return builder
 
 
@@ -155,9 +218,11 @@ class _RecordReader:
   mp_prefetch re-open the ArrayRecord files themselves.
   """
 
-  def __init__(self, dataset, data_dir, split, features=('image',), weights=None):
+  def __init__(self, dataset, data_dir, split, features=('image',), weights=None,
+               dtypes=None):
     self._location = (dataset, str(data_dir), split)
     self._features = tuple(features)
+    self._dtypes = dict(dtypes or {})  # feature -> numpy dtype it is converted to
     self._weights = None if weights is None else np.asarray(weights, np.float32)
     self._source = None
 
@@ -168,7 +233,8 @@ class _RecordReader:
     if self._source is None:
       self._source = data_source(*self._location)
     record = self._source[int(index)]
-    example = {name: record[name] for name in self._features}
+    example = {name: np.asarray(record[name], self._dtypes.get(name))
+               for name in self._features}
     if self._weights is not None:
       example['weight'] = self._weights[int(index)]
     return example
@@ -220,6 +286,44 @@ def balance_labels(dataset: str, data_dir: str, split: str) -> np.ndarray:
   return labels
 
 
+def supervised_target_spec(dataset: str, data_dir: str) -> tuple:
+  """What the supervised objective learns to predict.
+
+  Returns:
+    (feature_name, num_classes, multi_label): ('labels', 14, True) for a dataset with a
+    multi-hot 'labels' feature (NIH: the 14 findings), else ('label', num_classes, False)
+    for its single-label ClassLabel 'label' (synthetic_cxr: 5 classes).
+  """
+  features = _prepared_builder(dataset, str(data_dir)).info.features
+  if 'labels' in features:
+    return 'labels', int(features['labels'].shape[-1]), True
+  if 'label' in features:
+    return 'label', int(features['label'].num_classes), False
+  raise ValueError(f'dataset {dataset!r} has neither a multi-hot \'labels\' nor a '
+                   f'\'label\' feature; features: {sorted(features.keys())}')
+
+
+def class_frequencies(dataset: str, data_dir: str, split: str) -> np.ndarray:
+  """Fraction of the examples of `split` in each class of the supervised target.
+
+  Multi-label ('labels'): the fraction of examples positive for each class (a row may
+  count for several classes, or none). Single-label ('label'): the fraction of the
+  examples with a defined label (>= 0) that are of each class; these sum to 1. A class
+  absent from the split has frequency 0: inverse-frequency weights must guard it.
+
+  Returns:
+    float64 [num_classes], in the class order of supervised_target_spec.
+  """
+  _, num_classes, multi_label = supervised_target_spec(dataset, data_dir)
+  labels = balance_labels(dataset, data_dir, split)  # same feature, cached beside the data
+  if multi_label:
+    return labels.astype(bool).mean(axis=0).astype(np.float64) if len(labels) else (
+        np.zeros(num_classes))
+  defined = labels[labels >= 0]
+  counts = np.bincount(defined, minlength=num_classes).astype(np.float64)
+  return counts / max(1, len(defined))
+
+
 def create_train_iterator(config, *, process_index=None, process_count=None,
                           local_device_count=None):
   """Infinite, deterministic, checkpointable training iterator of this process's batches.
@@ -227,14 +331,19 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
   Args:
     config: reads dataset, data_dir, train_split, batch_size (GLOBAL), seed,
       input.num_workers, input.prefetch_buffer_size, input.class_balanced and
-      loss.example_weights ('none' or 'inverse_frequency': adds a 'weight' feature).
+      loss.example_weights ('none' or 'inverse_frequency': adds a 'weight' feature),
+      objective ('simclr', default, or 'supervised': adds the target, see
+      supervised_target_spec).
     process_index, process_count, local_device_count: default jax.process_index(),
       jax.process_count(), jax.local_device_count().
 
   Returns:
     TrainIterator (a grain DatasetIterator) yielding {'image': uint8
     [local_devices, per_device, H, W, 1]}
-    (+ 'weight' float32 [local_devices, per_device] when loss weights are requested).
+    (+ 'weight' float32 [local_devices, per_device] when loss weights are requested;
+    + for objective 'supervised' the target: 'labels' float32 multi-hot
+    [local_devices, per_device, num_classes] or 'label' int32 [local_devices, per_device]).
+    The target does not change the iterator's state or which images a batch holds.
 
   Raises:
     ValueError: batch_size not divisible by the total device count.
@@ -258,7 +367,16 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
     raise ValueError(f"config.loss.example_weights={loss_weights!r}; accepted: 'none', "
                      f"'inverse_frequency'")
 
+  objective = str(config.get('objective', 'simclr') or 'simclr')
+  if objective not in ('simclr', 'supervised'):
+    raise ValueError(f"config.objective={objective!r}; accepted: 'simclr', 'supervised'")
+
   count = num_examples(config.dataset, config.data_dir, config.train_split)
+  features, dtypes = ('image',), {}
+  if objective == 'supervised':
+    target, _, multi_label = supervised_target_spec(config.dataset, config.data_dir)
+    features += (target,)
+    dtypes[target] = np.float32 if multi_label else np.int32
   labels = None
   if class_balanced or loss_weights != 'none':
     labels = balance_labels(config.dataset, config.data_dir, config.train_split)
@@ -267,8 +385,8 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
   else:
     indices = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat()
   reader = _RecordReader(
-      config.dataset, config.data_dir, config.train_split,
-      weights=example_weights(labels) if loss_weights != 'none' else None)
+      config.dataset, config.data_dir, config.train_split, features=features,
+      weights=example_weights(labels) if loss_weights != 'none' else None, dtypes=dtypes)
   batches = (indices.map(reader)
              .batch(per_process_batch, drop_remainder=True)
              [process_index::process_count]

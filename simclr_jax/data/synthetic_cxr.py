@@ -45,7 +45,8 @@ model on the pixels is not (tests/test_data.py).
 
 Builder configs by image size: 'synthetic_cxr/16', /32, /64 (default), /96, /128, /224,
 /256 (the same patients at every size). Split sizes: DEFAULT_SPLIT_SIZES (train 4000,
-validation 500, test 1000), or `split_sizes=` / the prepare flags.
+validation 500, test 1000), or `split_sizes=` / the prepare flags; recorded in
+`info.metadata['prepare_options']` when prepared.
 Labels are balanced (`label = index % 5`); every example is its own patient
 (`patient_id` unique over all splits). Features: `image` uint8 [S, S, 1]
 (`tfds.features.Tensor`, no TensorFlow needed), `label` ClassLabel, `patient_id` int64.
@@ -61,9 +62,9 @@ import zlib
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
-import tqdm
 
 from simclr_jax.data import features
+from simclr_jax.progress import Progress
 
 CLASS_NAMES = ('normal', 'cardiomegaly', 'effusion', 'mass', 'pneumothorax')
 IMAGE_SIZES = (16, 32, 64, 96, 128, 224, 256)
@@ -278,7 +279,7 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
       SyntheticCxrConfig(name=str(size), image_size=size,
                          description=f'{size}x{size} uint8 phantoms')
       for size in IMAGE_SIZES]
-  DEFAULT_CONFIG_NAME = '64'
+  DEFAULT_BUILDER_CONFIG_NAME = '64'
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -310,10 +311,17 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
             'patient_id': tfds.features.Scalar(dtype=np.int64),
         }),
         supervised_keys=('image', 'label'),
+        metadata=tfds.core.MetadataDict(),
     )
+
+  def prepare_options(self) -> dict:
+    """The options that decide the content (recorded in info.metadata when prepared)."""
+    return {'split_sizes': {split: int(count) for split, count in self._split_sizes.items()}}
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
+    features.allow_large_splits_without_tensorflow()  # splits > 1 GB (NIH at 256 px)
+    self.info.metadata['prepare_options'] = self.prepare_options()
     return {split: self._generate_examples(split, int(count))
             for split, count in self._split_sizes.items()}
 
@@ -322,7 +330,8 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
     chunk = 128
     chunks = [range(start, min(start + chunk, num_examples))
               for start in range(0, num_examples, chunk)]
-    progress = tqdm.tqdm(total=num_examples, desc=f'synthetic_cxr {split}', unit=' images')
+    progress = Progress(num_examples, desc=f'prepare {self.name}/{self.builder_config.name} '
+                        f'{split}', unit='image', every=features.progress_every(num_examples))
     if self._num_workers <= 1 or num_examples < 512:  # small jobs: in this process
       results = (_make_examples(split, indices, size) for indices in chunks)
       yield from self._yield_with_progress(chunks, results, progress)
@@ -331,11 +340,14 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
           self._num_workers, mp_context=multiprocessing.get_context('fork')) as pool:
         results = pool.map(_make_examples, [split] * len(chunks), chunks, [size] * len(chunks))
         yield from self._yield_with_progress(chunks, results, progress)
-    progress.close()
+    seconds = progress.elapsed()
+    progress.close(f'generated {num_examples} images in {seconds:.1f} s '
+                   f'({num_examples / max(seconds, 1e-9):.0f} images/s)')
 
   @staticmethod
   def _yield_with_progress(chunks, results, progress):
     for indices, examples in zip(chunks, results):
       for index, example in zip(indices, examples):
         yield index, example
-      progress.update(len(indices))
+      done = progress.count + len(indices)
+      progress.update(len(indices), **{'images/s': int(done / max(progress.elapsed(), 1e-9))})

@@ -1,4 +1,6 @@
-"""Models: ResNet encoders, projection heads and the SimCLR wrapper."""
+"""Models: ResNet encoders, projection heads, the SimCLR and supervised networks."""
+from simclr_jax.models.factory import create_model
+from simclr_jax.models.factory import MODEL_OBJECTIVES
 from simclr_jax.models.heads import HEAD_KINDS
 from simclr_jax.models.heads import ProjectionHead
 from simclr_jax.models.resnet import BasicBlock
@@ -13,7 +15,9 @@ from simclr_jax.models.resnet import ResNet50
 from simclr_jax.models.resnet import ResNetTiny
 from simclr_jax.models.simclr import create_encoder
 from simclr_jax.models.simclr import create_head
-from simclr_jax.models.simclr import create_model
+from simclr_jax.models.simclr import create_simclr
 from simclr_jax.models.simclr import DTYPES
 from simclr_jax.models.simclr import feature_dim
 from simclr_jax.models.simclr import SimCLR
+from simclr_jax.models.supervised import create_supervised
+from simclr_jax.models.supervised import Supervised

@@ -109,8 +109,10 @@ def create_head(config: ml_collections.ConfigDict, axis_name: str | None = None
                               axis_name=axis_name)
 
 
-def create_model(config: ml_collections.ConfigDict, axis_name: str | None = None) -> SimCLR:
+def create_simclr(config: ml_collections.ConfigDict, axis_name: str | None = None) -> SimCLR:
   """Builds `SimCLR(create_encoder(config), create_head(config))`.
+
+  `models.create_model` calls this for objective 'simclr'.
 
   Args:
     config: see `create_encoder` and `create_head` for the fields read.

@@ -1,0 +1,66 @@
+"""The supervised baseline network: the SimCLR encoder followed by a linear classifier."""
+from typing import Any
+
+from flax import linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from simclr_jax.models import simclr
+
+
+class Supervised(nn.Module):
+  """Encoder followed by one Dense layer on its pooled features.
+
+  Variables: {'params': {'encoder': ..., 'classifier': {'kernel': [F, C], 'bias': [C]}},
+              'batch_stats': {'encoder': ...}}: the encoder's names are SimCLR's, so
+  evaluation reads `params['encoder']` of either kind of checkpoint the same way.
+
+  Attributes:
+    encoder: the ResNet encoder (`simclr.create_encoder`).
+    num_classes: C, the number of logits (classes, or findings for multi-label data).
+  """
+  encoder: nn.Module
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    """Returns (features [N, F] float32, logits [N, num_classes] float32)."""
+    features = self.encoder(x, train=train)
+    # float32 on purpose: the classifier is tiny and the sigmoid / softmax losses want it.
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+                      name='classifier')(features)
+    return features, logits
+
+
+def resolve_num_classes(config: ml_collections.ConfigDict, num_classes: Any = None) -> int:
+  """`num_classes` when given, else `config.supervised.num_classes`; must be >= 1.
+
+  Raises:
+    ValueError: naming `config.supervised.num_classes` when neither gives a positive count.
+  """
+  if num_classes is None:
+    supervised = simclr._field(config, 'supervised', None) or ml_collections.ConfigDict()
+    num_classes = simclr._field(supervised, 'num_classes', -1)
+  if int(num_classes) != num_classes or num_classes < 1:
+    raise ValueError(
+        f"config.supervised.num_classes={num_classes!r}: objective='supervised' needs the "
+        "number of classes (findings); pass num_classes= to models.create_model or set "
+        "config.supervised.num_classes to a positive integer.")
+  return int(num_classes)
+
+
+def create_supervised(config: ml_collections.ConfigDict, axis_name: str | None = None,
+                      num_classes: int | None = None) -> Supervised:
+  """Builds `Supervised(create_encoder(config), num_classes)`.
+
+  Args:
+    config: the encoder fields (see `simclr.create_encoder`) and, when `num_classes` is
+      None, `supervised.num_classes`.
+    axis_name: pmap axis name for global BatchNorm (None outside pmap).
+    num_classes: number of logits; overrides `config.supervised.num_classes`.
+
+  Returns:
+    An unbound `Supervised` module; `apply(variables, x, train)` -> (features, logits).
+  """
+  return Supervised(encoder=simclr.create_encoder(config, axis_name),
+                    num_classes=resolve_num_classes(config, num_classes))
