@@ -81,7 +81,7 @@ demo() {
   echo "[demo] 3/4 evaluating the SimCLR encoder and the random-init encoder on the test split"
   py -m experiments.compare --simclr_workdir "$out/train" --random_init \
       --dataset synthetic_cxr/64 --data_dir runs/data --split test --train_split train \
-      --out "$out"
+      --out "$out" --overwrite
   echo "[demo] 4/4 done in $((SECONDS - start)) s: $out/report.json, $out/report.md"
   cat "$out/report.md"
 }

@@ -416,8 +416,10 @@ def test_two_processes_gather_features_and_process_0_writes(tmp_path, synthetic_
 
 
 def _supervised_workdir(path, synthetic_data_dir):
-  """A run of this project with objective "supervised", written through checkpointing:
-  params {'encoder', 'classifier'} (no projection head), as the supervised trainer saves."""
+  """A run of this project with objective "supervised" as the trainer saves it (config.json,
+  orbax checkpoint of the Supervised model: params {'encoder', 'classifier'}, no projection
+  head). `python -m simclr_jax.train --config.objective=supervised` writes the same; the
+  checkpoint is written directly here to keep the test cheap."""
   import jax
   import jax.numpy as jnp
   from simclr_jax import checkpointing
@@ -426,19 +428,18 @@ def _supervised_workdir(path, synthetic_data_dir):
   config = default_config()
   config.update(dict(objective="supervised", model="resnet_tiny", image_size=32, seed=3,
                      dataset="synthetic_cxr/32", data_dir=str(synthetic_data_dir)))
-  encoder = models.create_encoder(config)
-  variables = encoder.init(jax.random.PRNGKey(7), jnp.zeros((1, 32, 32, 1)), train=False)
-  feature_dim = models.feature_dim(config)
-  params = {"encoder": variables["params"],
-            "classifier": {"kernel": np.full((feature_dim, 5), 0.01, np.float32),
-                           "bias": np.zeros(5, np.float32)}}
-  state = {"step": np.int32(4), "params": params,
-           "batch_stats": {"encoder": variables["batch_stats"]}, "opt_state": {}}
+  config.supervised.num_classes = 5
+  model = models.create_model(config)
+  variables = model.init(jax.random.PRNGKey(7), jnp.zeros((1, 32, 32, 1)), train=False)
+  assert set(variables["params"]) == {"encoder", "classifier"}
+  state = {"step": np.int32(4), "params": variables["params"],
+           "batch_stats": variables["batch_stats"], "opt_state": {}}
   checkpointing.write_config(str(path), config)
   manager = checkpointing.create_manager(str(path), with_data_iterator=False)
   checkpointing.save(manager, 4, jax.device_get(state), np.asarray(jax.random.PRNGKey(0)))
   manager.close()
-  return variables
+  return {"params": variables["params"]["encoder"],
+          "batch_stats": variables["batch_stats"]["encoder"]}
 
 
 def test_compare_writes_the_seed_table(tmp_path, synthetic_data_dir):
@@ -471,11 +472,10 @@ def test_compare_writes_the_seed_table(tmp_path, synthetic_data_dir):
   assert set(loaded.variables["params"]) == {"encoder", "classifier"}
   encode, variables = encoders.make_encode_fn(loaded)
   images = np.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)), np.uint8)
-  direct, _ = encoders.make_encode_fn(encoders.Encoder(
-      loaded.config, {"params": supervised_variables["params"],
-                      "batch_stats": supervised_variables["batch_stats"]},
-      source="test", init="test"))
-  np.testing.assert_allclose(encode(variables, images), direct(variables, images), rtol=1e-6)
+  direct, direct_variables = encoders.make_encode_fn(encoders.Encoder(
+      loaded.config, supervised_variables, source="test", init="test"))
+  np.testing.assert_allclose(encode(variables, images), direct(direct_variables, images),
+                             rtol=1e-6)
 
   with pytest.raises(report_lib.ReportExistsError, match="earlier comparison"):
     compare.main(argv)

@@ -66,6 +66,7 @@ import tensorflow_datasets as tfds
 
 from simclr_jax.data import features
 # The findings, the CSV and the `label` feature are defined once, in labels.py.
+from simclr_jax.data.labels import CSV_COLUMNS  # pylint: disable=unused-import
 from simclr_jax.data.labels import CsvRow  # pylint: disable=unused-import
 from simclr_jax.data.labels import FINDINGS
 from simclr_jax.data.labels import LABEL_NAMES
