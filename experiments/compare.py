@@ -24,7 +24,6 @@ linear AUROC at every label fraction, labels used. An OUT holding an earlier com
 is refused unless --overwrite, which replaces all of it (rows and plots).
 """
 import argparse
-import json
 import logging
 import math
 import os
@@ -212,7 +211,9 @@ def main(argv=None) -> dict:
       dataset=args.dataset, data_dir=args.data_dir, split=args.split,
       train_split=args.train_split or None, out_dir=None, overwrite=True,
       evaluators=evaluators, k=args.k, label_mode=args.label_mode,
-      max_examples=args.max_examples)
+      max_examples=args.max_examples, feature_kind=args.features,
+      evaluator_options=dict(kmeans_n_init=args.kmeans_n_init, knn_k=args.knn_k,
+                             label_fractions=fractions, probe_solver=args.probe_solver))
   for path in earlier:
     os.remove(path)
   for row in ROWS:  # row folders the earlier comparison left empty

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Sequence
 
 from simclr_jax.data import labels as labels_lib
 from simclr_jax.evaluation import EVALUATORS
@@ -129,7 +129,10 @@ def main(argv: Sequence[str]) -> int:
         dataset=options.dataset, data_dir=options.data_dir, split=options.split,
         train_split=options.train_split, out_dir=options.out, overwrite=options.overwrite,
         evaluators=evaluators, k=options.k, label_mode=options.label_mode,
-        max_examples=options.max_examples)
+        max_examples=options.max_examples, feature_kind=options.features,
+        evaluator_options=dict(kmeans_n_init=options.kmeans_n_init, knn_k=options.knn_k,
+                               label_fractions=label_fractions,
+                               probe_solver=options.probe_solver))
     encoder = load_encoder(workdir=options.workdir, step=options.step,
                            random_init=options.random_init,
                            torch_weights=options.torch_weights, model=options.model,

@@ -238,6 +238,10 @@ def test_cli_refuses_bad_settings_in_one_line(tmp_path, synthetic_data_dir, caps
                     "--evaluators"),
       "label mode": (["--dataset", "synthetic_cxr/32", "--label_mode", "binary:x"],
                      "binary:mass"),
+      "probe solver": (["--dataset", "synthetic_cxr/32", "--probe_solver", "cuml"],
+                       "--probe_solver='cuml'"),
+      "features": (["--dataset", "synthetic_cxr/32", "--features", "logits"],
+                   "--features='logits'"),
       "earlier report": (["--dataset", "synthetic_cxr/32", "--out", tmp_path / "earlier"],
                          "holds an earlier report (cluster_confusion.png)"),
   }

@@ -145,8 +145,14 @@ def evaluate_features(eval_examples: dict, train_examples: Optional[dict] = None
 def check_settings(*, dataset: str, data_dir: str, split: str, train_split: Optional[str],
                    out_dir: Optional[str], overwrite: bool, evaluators: Sequence[str],
                    k: Optional[int], label_mode: Optional[str],
-                   max_examples: Optional[int]) -> tuple[Optional[list], Optional[str]]:
+                   max_examples: Optional[int], feature_kind: str = "encoder",
+                   evaluator_options: Optional[dict] = None
+                   ) -> tuple[Optional[list], Optional[str]]:
   """Everything that can be checked before an encoder is built or a feature extracted.
+
+  `evaluator_options` are `evaluator_settings`'s keyword arguments (knn_k, kmeans_n_init,
+  label_fractions, probe_solver): the evaluators are built once here so a bad setting
+  fails now.
 
   Returns:
     (the dataset's 'label' class names or None, the train split to encode or None when
@@ -166,6 +172,11 @@ def check_settings(*, dataset: str, data_dir: str, split: str, train_split: Opti
   if unknown or not evaluators:
     raise ValueError(f"--evaluators: unknown or no evaluator(s) {unknown}; accepted: "
                      f"{', '.join(EVALUATORS)}.")
+  if feature_kind not in encoders.FEATURE_KINDS:
+    raise ValueError(f"--features={feature_kind!r}: accepted values are "
+                     f"{', '.join(encoders.FEATURE_KINDS)}.")
+  settings = evaluator_settings(k=k, **(evaluator_options or {}))
+  from_config({name: settings[name] for name in evaluators})
   count = data.num_examples(dataset, data_dir, split)  # unknown dataset / split raise here
   if max_examples:
     count = min(count, int(max_examples))
@@ -221,7 +232,9 @@ def evaluate_encoder(encoder: encoders.Encoder, *, dataset: str, data_dir: str, 
   class_names, train_split = check_settings(
       dataset=dataset, data_dir=data_dir, split=split, train_split=train_split,
       out_dir=out_dir, overwrite=overwrite, evaluators=evaluators, k=k,
-      label_mode=label_mode, max_examples=max_examples)
+      label_mode=label_mode, max_examples=max_examples, feature_kind=feature_kind,
+      evaluator_options=dict(kmeans_n_init=kmeans_n_init, knn_k=knn_k,
+                             label_fractions=label_fractions, probe_solver=probe_solver))
   if labels_csv and not (label_mode or "").startswith("primary"):
     logging.info("--labels_csv is only used by --label_mode=primary; ignoring it.")
 
