@@ -4,11 +4,14 @@ The pytest process itself sees one CPU device. Tests that need several devices r
 code in a subprocess with ``--xla_force_host_platform_device_count`` set before jax is
 imported (see ``run_python``).
 """
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -16,6 +19,15 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# The persistent XLA compilation cache (simclr_jax/compilation_cache.py) of this test
+# session, inherited by every subprocess: a process compiling a program compiled before in
+# the session loads it instead, and nothing is written into the user's ~/.cache. Set
+# SIMCLR_COMPILATION_CACHE (a path, or off) to choose otherwise.
+if "SIMCLR_COMPILATION_CACHE" not in os.environ:
+  _SESSION_XLA_CACHE = tempfile.mkdtemp(prefix="simclr_jax_xla_cache_")
+  atexit.register(shutil.rmtree, _SESSION_XLA_CACHE, ignore_errors=True)
+  os.environ["SIMCLR_COMPILATION_CACHE"] = _SESSION_XLA_CACHE
 
 
 def subprocess_env(num_devices: int = 1, **extra) -> dict:
