@@ -2,20 +2,26 @@
 
 `check_run(config)` turns the config and the prepared dataset into a `RunPlan` (batch per
 device, steps) or raises `ConfigError` with one line naming the field, the value and what
-is accepted. `check_resume(stored, config, allowed)` compares a workdir's config.json with
-the config a resumed run was started with. `unknown_key_message` explains a mistyped
-`--config.KEY`.
+is accepted. `check_workdir_config` compares a workdir's config.json with the config a
+resumed run was started with (`check_resume`: what may change); `record_config` writes
+config.json and keeps the config it replaces in config_history.jsonl.
+`unknown_key_message` explains a mistyped `--config.KEY`.
 """
 import dataclasses
 import difflib
 import json
-import math
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+import logging
+import os
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
 
+from simclr_jax import checkpointing
 from simclr_jax import lifecycle
+
+CONFIG_HISTORY_FILE = "config_history.jsonl"   # the configs a resumed run replaced
 
 
 class ConfigError(lifecycle.RunError, ValueError):
@@ -260,3 +266,66 @@ def check_resume(stored: Dict[str, Any], config: ml_collections.ConfigDict, *,
         f"{listing}. Resume with the config in its config.json, start a new --workdir, or "
         f"accept the change with --allow_config_changes={','.join(refused)}.")
   return changes
+
+
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict,
+                         allowed: Sequence[str]) -> Dict[str, Tuple[Any, Any]]:
+  """Compares WORKDIR/config.json with this run's config (reads only).
+
+  Args:
+    workdir: the run's directory (the caller holds its lock).
+    config: this run's config.
+    allowed: --allow_config_changes.
+
+  Returns:
+    All changes {field: (old, new)}; {} for a new workdir.
+
+  Raises:
+    ConfigError: resuming (the workdir has checkpoints) with a change outside
+      RESUMABLE_FIELDS and `allowed`, naming the fields; an unknown field in `allowed`.
+  """
+  for field in allowed:
+    message = unknown_key_message(config, field)
+    if message:
+      raise ConfigError(message.replace("--config.", "--allow_config_changes="))
+  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except ValueError as error:
+    raise ConfigError(f"{path} is not valid JSON ({error}); move it away to resume with "
+                      f"this config.") from None
+  steps = checkpointing.complete_steps(workdir)
+  if not steps:   # nothing trained with it yet: it is replaced (and kept in the history)
+    return config_changes(stored, config)
+  return check_resume(stored, config, workdir=workdir, step=steps[-1], allowed=allowed)
+
+
+def record_config(workdir: str, config: ml_collections.ConfigDict,
+                   changes: Dict[str, Tuple[Any, Any]], start_step: int) -> None:
+  """Writes WORKDIR/config.json; the config it replaces goes to config_history.jsonl.
+
+  Args:
+    workdir: the run's directory (the caller holds its lock).
+    config: this run's config.
+    changes: from check_workdir_config.
+    start_step: the step this start resumed from (recorded with the old config).
+  """
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  if changes and os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    record = {"replaced_at_step": start_step,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "changes": {name: [old, new] for name, (old, new) in changes.items()},
+              "previous_config": previous}
+    with open(os.path.join(workdir, CONFIG_HISTORY_FILE), "a") as f:
+      f.write(json.dumps(record, default=str) + "\n")
+    logging.warning("Config changed since the last start (%s); the previous one is kept in "
+                    "%s.", ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in changes.items()),
+                    CONFIG_HISTORY_FILE)
+  checkpointing.write_config(workdir, config)

@@ -10,9 +10,7 @@ or preempted (SIGTERM), 2 bad settings / workdir in use / no restorable checkpoi
 non-finite step, 130 Ctrl-C.
 """
 import functools
-import json
 import logging
-import os
 import sys
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -37,7 +35,6 @@ from simclr_jax.progress import Progress
 from simclr_jax.progress import format_duration
 
 AXIS_NAME = "batch"
-CONFIG_HISTORY_FILE = "config_history.jsonl"   # configs a resumed run replaced
 
 
 @flax.struct.dataclass
@@ -136,9 +133,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   return new_state, metrics
 
 
-# The errors a run ends with (one line, an exit code); kept here for existing imports.
-ConfigError = config_checks.ConfigError
-validate_config = config_checks.check_settings
+ConfigError = config_checks.ConfigError   # bad settings: one line, exit 2
 
 
 def _host_scalars(metrics: Dict[str, jax.Array]) -> Dict[str, float]:
@@ -148,61 +143,15 @@ def _host_scalars(metrics: Dict[str, jax.Array]) -> Dict[str, float]:
 def _host_copy(tree: Any) -> Any:
   """Host numpy copies that share no memory with device buffers.
 
-  The saved state must not alias the buffers the next step donates (donate_argnums):
-  on CPU, device_get can hand out zero-copy views of them, and an asynchronous save
-  reads the arrays after the next step has started.
+  On CPU, device_get returns zero-copy views of the device buffers; an asynchronous save
+  holds them until they are written, while the next step donates those buffers
+  (donate_argnums). JAX 0.10 then quietly skips the donation rather than overwrite a
+  viewed buffer; copying keeps the donation and does not rely on that. On GPU/TPU
+  device_get already returns fresh host arrays.
   """
   copy = jax.default_backend() == "cpu"
   return jax.tree_util.tree_map(lambda x: np.array(x, copy=True) if copy else x,
                                 jax.device_get(tree))
-
-
-def _read_workdir_config(workdir: str, config: ml_collections.ConfigDict,
-                         allowed: Sequence[str]) -> Dict[str, Tuple[Any, Any]]:
-  """Compares WORKDIR/config.json with this run's config; returns the changes.
-
-  Resuming (the workdir has checkpoints) with a change outside
-  config_checks.RESUMABLE_FIELDS and `allowed` raises ConfigError naming the fields.
-  """
-  for field in allowed:
-    message = config_checks.unknown_key_message(config, field)
-    if message:
-      raise ConfigError(message.replace("--config.", "--allow_config_changes=", 1))
-  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
-  if not os.path.exists(path):
-    return {}
-  try:
-    with open(path) as f:
-      stored = json.load(f)
-  except ValueError as error:
-    raise ConfigError(f"{path} is not valid JSON ({error}); move it away to resume with "
-                      f"this config.") from None
-  steps = checkpointing.complete_steps(workdir)
-  if not steps:   # nothing trained with it yet: it is replaced (and kept in the history)
-    return config_checks.config_changes(stored, config)
-  return config_checks.check_resume(stored, config, workdir=workdir, step=steps[-1],
-                                    allowed=allowed)
-
-
-def _record_config(workdir: str, config: ml_collections.ConfigDict,
-                   changes: Dict[str, Tuple[Any, Any]], start_step: int) -> None:
-  """Writes config.json; the config it replaces goes to config_history.jsonl first."""
-  if jax.process_index() != 0:
-    return
-  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
-  if changes and os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    record = {"replaced_at_step": start_step,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "changes": {name: [old, new] for name, (old, new) in changes.items()},
-              "previous_config": previous}
-    with open(os.path.join(workdir, CONFIG_HISTORY_FILE), "a") as f:
-      f.write(json.dumps(record, default=str) + "\n")
-    logging.warning("Config changed since the last start (%s); the previous one is kept in "
-                    "%s.", ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in changes.items()),
-                    CONFIG_HISTORY_FILE)
-  checkpointing.write_config(workdir, config)
 
 
 class _PlainLines:
@@ -240,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     cache_dir = compilation_cache.enable(config)
     plan = config_checks.check_run(config)          # reads the data, writes nothing
     lock = lifecycle.lock_workdir(workdir)
-    changes = _read_workdir_config(workdir, config, allow_config_changes)
+    changes = config_checks.check_workdir_config(workdir, config, allow_config_changes)
     return _train(config, workdir, plan, stop, changes, cache_dir)
   finally:
     stop.close()
@@ -344,7 +293,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
           break
         lifecycle.check_finite(step, metrics)
         writer = lifecycle.MetricsWriter(workdir, start_step)
-        _record_config(workdir, config, config_changes, start_step)
+        config_checks.record_config(workdir, config, config_changes, start_step)
         manager = checkpointing.create_manager(
             workdir, max_to_keep=config.keep_checkpoints,
             async_saves=config.get("async_checkpointing", True))

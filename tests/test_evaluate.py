@@ -248,7 +248,8 @@ def test_cli_restores_a_checkpoint_written_by_train(tmp_path, synthetic_data_dir
               "--config.dataset=synthetic_cxr/32", f"--config.data_dir={synthetic_data_dir}",
               "--config.model=resnet_tiny", "--config.image_size=32",
               "--config.batch_size=16", "--config.checkpoint_every_steps=2",
-              "--config.optimizer.learning_rate=0.05", "--config.progress_bar=False"])
+              "--config.optimizer.learning_rate=0.05", "--config.progress_bar=False",
+              "--config.optimizer.warmup_steps=0"])   # no warm-up longer than the run
   common = ["--dataset", "synthetic_cxr/32", "--data_dir", synthetic_data_dir,
             "--split", "test", "--train_split", "train", "--batch_size", "12",
             "--label_fractions", "0.5,1.0", "--kmeans_n_init", "2"]

@@ -239,7 +239,6 @@ def test_no_restorable_checkpoint_names_each_and_moves_nothing(tmp_path):
 
 def test_resume_refuses_config_changes_that_alter_training_and_keeps_the_old_config(
     tmp_path, synthetic_data_dir):
-  from simclr_jax import train
   workdir = tmp_path / "w"
   _save_steps(workdir, [3])
   stored = json.loads((workdir / "config.json").read_text())
@@ -247,19 +246,19 @@ def test_resume_refuses_config_changes_that_alter_training_and_keeps_the_old_con
   changed = _tiny_config("unused", **{"optimizer.learning_rate": 0.01, "num_train_steps": 40,
                                       "input.num_workers": 2, "data_dir": "elsewhere"})
   with pytest.raises(config_checks.ConfigError) as raised:
-    train._read_workdir_config(str(workdir), changed, ())
+    config_checks.check_workdir_config(str(workdir), changed, ())
   message = str(raised.value)
   assert "at step 3" in message and "optimizer.learning_rate 0.002 -> 0.01" in message
   assert "--allow_config_changes=optimizer.learning_rate." in message
   assert "num_train_steps" not in message and "num_workers" not in message
-  assert train._read_workdir_config(str(workdir), config, ()) == {}
+  assert config_checks.check_workdir_config(str(workdir), config, ()) == {}
   with pytest.raises(config_checks.ConfigError, match="did you mean"):
-    train._read_workdir_config(str(workdir), changed, ["optimizer.learning_rat"])
+    config_checks.check_workdir_config(str(workdir), changed, ["optimizer.learning_rat"])
 
-  changes = train._read_workdir_config(str(workdir), changed, ["optimizer.learning_rate"])
+  changes = config_checks.check_workdir_config(str(workdir), changed, ["optimizer.learning_rate"])
   assert set(changes) == {"optimizer.learning_rate", "num_train_steps", "input.num_workers",
                           "data_dir"}
-  train._record_config(str(workdir), changed, changes, start_step=3)
+  config_checks.record_config(str(workdir), changed, changes, start_step=3)
   assert json.loads((workdir / "config.json").read_text())["optimizer"]["learning_rate"] == 0.01
   [record] = [json.loads(line) for line in
               (workdir / "config_history.jsonl").read_text().splitlines()]
