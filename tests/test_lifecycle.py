@@ -376,6 +376,10 @@ def test_one_trainer_per_workdir_ctrl_c_saves_and_the_restart_skips_compiling(
   restart = next(r for r in records if r["step"] == saved + 1)
   assert restart["compilation_cache_hit"] is True and restart["first_step_seconds"] > 0
   assert _checkpoint_steps(workdir)[-1] == saved + 2
+  print(json.dumps({"second_trainer_exit_code": second.returncode,
+                    "ctrl_c_exit_code": trainer.returncode, "saved_at_ctrl_c": saved,
+                    "first_step_seconds_cold": first["first_step_seconds"],
+                    "first_step_seconds_from_cache": restart["first_step_seconds"]}))
 
 
 def test_ctrl_c_during_compilation_writes_nothing_and_a_second_one_aborts(tmp_path,
@@ -459,3 +463,7 @@ def test_evaluation_while_training_never_disturbs_the_trainer(tmp_path, syntheti
   assert checkpointing.incomplete_checkpoints(str(workdir)) == []   # no save left unfinished
   _, _, step = checkpointing.load_for_eval(str(workdir))
   assert step == last
+  print(json.dumps({"live_evaluation": {
+      "trainer_exit_code": trainer.returncode, "checkpoints": len(_checkpoint_steps(workdir)),
+      "metrics_lines": len(_metrics_steps(workdir)), "last_step": last,
+      "evaluations_ok": len(evaluated), "evaluated_steps": evaluated}}))
