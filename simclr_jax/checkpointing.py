@@ -1,4 +1,4 @@
-"""Orbax checkpoints: save, resume and load-for-evaluation.
+"""Orbax checkpoints: save (the trainer), restore one step, load for evaluation.
 
 Layout of a workdir:
 
@@ -6,16 +6,24 @@ Layout of a workdir:
   WORKDIR/checkpoints/<step>/state    params, batch_stats, opt_state, step (PyTree)
   WORKDIR/checkpoints/<step>/rng      the run's base PRNG key
   WORKDIR/checkpoints/<step>/data_iter  Grain iterator state, one JSON file per process
+  WORKDIR/checkpoints/damaged-<step>/ a checkpoint that could not be restored, moved aside
+                                      by the trainer (lifecycle.restore_newest_good)
 
-Orbax writes every checkpoint into a temporary directory and renames it into place only
-when all items are complete (and, on several processes, after all of them finished), so a
-run killed mid-save leaves the previous checkpoint as the latest complete one; the
-half-written directory is not a step the manager will ever restore.
+Orbax writes every checkpoint into a temporary directory (`<step>.orbax-checkpoint-tmp-*`)
+and renames it into place only when all items are complete (and, on several processes,
+after all of them finished), so a run killed mid-save leaves the previous checkpoint as
+the latest complete one; the half-written directory is never a step anyone restores.
+
+Only the trainer (holding the workdir lock) creates a CheckpointManager: a manager may
+create, delete (keep_checkpoints), finalize and clean up temporary directories. Everything
+that reads — `complete_steps`, `restore`, `load_for_eval` — goes through orbax's handlers
+directly and never writes, so an evaluator can read the checkpoints of a running trainer.
 """
 import json
 import logging
 import os
-from typing import Any, Optional, Tuple
+import time
+from typing import Any, List, Optional, Tuple
 
 import grain
 import jax
@@ -26,95 +34,187 @@ from etils import epath
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_PREFIX = "damaged-"   # never '_<digits>': orbax would take 'damaged_10' for step 10
 
 
-def create_manager(workdir: str, *, max_to_keep: int = 3,
-                   with_data_iterator: bool = True) -> ocp.CheckpointManager:
-  """A CheckpointManager for WORKDIR/checkpoints.
+class DamagedCheckpoint(Exception):
+  """A complete-looking checkpoint that cannot be restored (missing or unreadable files)."""
 
-  Saving policy (every N steps, at the end, on preemption) is decided by the training
-  loop, which calls `save` with the steps it wants kept; the manager keeps the newest
-  `max_to_keep`.
+  def __init__(self, step: int, reason: str):
+    super().__init__(f"checkpoint {step}: {reason}")
+    self.step, self.reason = step, reason
+
+
+class IncompatibleCheckpoint(ValueError):
+  """An intact checkpoint whose state tree differs from this config's (model/optimizer)."""
+
+
+def checkpoint_directory(workdir: str) -> epath.Path:
+  return epath.Path(workdir).absolute() / CHECKPOINT_DIR
+
+
+def complete_steps(workdir: str) -> List[int]:
+  """Steps of the finalized checkpoints in WORKDIR/checkpoints, ascending (read-only).
+
+  A save in progress or interrupted (orbax's temporary directory) and checkpoints moved
+  aside as damaged are not steps.
   """
-  handlers = {"state": ocp.StandardCheckpointHandler(),
-              "rng": ocp.StandardCheckpointHandler()}
-  if with_data_iterator:
-    handlers["data_iter"] = grain.checkpoint.CheckpointHandler()
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-      # Saving synchronously keeps "the checkpoint at step N exists" true as soon as
-      # save() returns, which the preemption path relies on before exiting.
-      enable_async_checkpointing=False)
-  directory = epath.Path(workdir).absolute() / CHECKPOINT_DIR
-  leftovers = _incomplete_checkpoints(directory)
-  if leftovers:
-    # The manager deletes these on start-up; they are never restored.
-    logging.warning("Ignoring incomplete checkpoint directories in %s (a save was "
-                    "interrupted): %s", directory, ", ".join(leftovers))
-  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  return sorted(ocp.path.step.checkpoint_steps(checkpoint_directory(workdir)))
 
 
-def _incomplete_checkpoints(directory: epath.Path) -> list:
-  """Orbax's temporary directories: a save that never finished (e.g. `kill -9`)."""
+def incomplete_checkpoints(workdir: str) -> List[str]:
+  """Orbax's temporary directories: a save in flight, or one that never finished."""
+  directory = checkpoint_directory(workdir)
   if not directory.exists():
     return []
   return sorted(p.name for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, rng: jax.Array,
-         data_iterator: Optional[Any] = None) -> None:
-  """Saves host-local (unreplicated) `state` and `rng` (+ iterator state) at `step`."""
+def create_manager(workdir: str, *, max_to_keep: int = 3,
+                   async_saves: bool = True) -> ocp.CheckpointManager:
+  """The trainer's CheckpointManager for WORKDIR/checkpoints (saving only).
+
+  Only a trainer holding the workdir lock may create one: on creation it deletes the
+  temporary directories of interrupted saves, and it deletes checkpoints beyond the
+  newest `max_to_keep`. The training loop decides when to save (every N steps, at the
+  end, on a stop signal).
+
+  Args:
+    workdir: the training run's directory.
+    max_to_keep: checkpoints kept (the newest).
+    async_saves: write in a background thread, so training continues during the save
+      (`save` returns once the arrays are handed over; `wait_until_finished` /
+      `close` block until the checkpoint is complete).
+  """
+  handlers = {"state": ocp.StandardCheckpointHandler(),
+              "rng": ocp.StandardCheckpointHandler(),
+              "data_iter": grain.checkpoint.CheckpointHandler()}
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+      enable_async_checkpointing=async_saves)
+  return ocp.CheckpointManager(checkpoint_directory(workdir), options=options,
+                               item_handlers=handlers)
+
+
+class _IteratorStateAtSave:
+  """The data iterator's state when `save` was called.
+
+  With asynchronous saves orbax may serialise the items after `save` returned, while the
+  loop already draws the next batches; the checkpoint of step N must hold the position
+  after step N's batch. Grain's handler accepts any object with `get_state()`; bytes are
+  decoded and written as the JSON text restored by `set_state(json.loads(...))`.
+  """
+
+  def __init__(self, data_iterator: Any):
+    self._state = json.dumps(data_iterator.get_state(), indent=2).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, rng: np.ndarray,
+         data_iterator: Any) -> None:
+  """Starts saving `state` and `rng` (host numpy copies) + the iterator state at `step`.
+
+  The arrays must not alias buffers the next train step donates (the caller passes host
+  copies). With an asynchronous manager the write completes in the background; the
+  checkpoint only becomes a step (renamed from its temporary directory) once complete.
+  """
   # StandardSave takes PyTrees, not single arrays: the key goes in a one-entry dict.
   items = {"state": ocp.args.StandardSave(state),
-           "rng": ocp.args.StandardSave({"key": rng})}
-  if data_iterator is not None:
-    items["data_iter"] = grain.checkpoint.CheckpointSave(data_iterator)
+           "rng": ocp.args.StandardSave({"key": rng}),
+           "data_iter": grain.checkpoint.CheckpointSave(_IteratorStateAtSave(data_iterator))}
   manager.save(step, args=ocp.args.Composite(**items), force=True)
-  manager.wait_until_finished()
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array,
-                   data_iterator: Optional[Any] = None) -> Tuple[Any, jax.Array, int]:
-  """Restores the latest complete checkpoint into the structures given.
+def _first_line(error: BaseException) -> str:
+  """The gist of an orbax/TensorStore error, on one line."""
+  text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
+  if len(text) > 240:
+    text = text[:237] + "..."
+  return f"{type(error).__name__}: {text}"
+
+
+def restore(workdir: str, step: int, state: Any, rng: jax.Array,
+            data_iterator: Optional[Any] = None) -> Tuple[Any, jax.Array]:
+  """Restores checkpoint `step` into the structures given (read-only).
+
+  Args:
+    workdir: the training run's directory.
+    step: a step of `complete_steps(workdir)`.
+    state: target tree (host arrays) with the structure, shapes and dtypes to restore.
+    rng: target key.
+    data_iterator: when given, its position is set to the one saved at `step`.
 
   Returns:
-    (state, rng, step); step is 0 and the inputs come back unchanged when there is no
-    checkpoint yet.
+    (state, rng).
+
+  Raises:
+    DamagedCheckpoint: a file is missing or cannot be read.
+    IncompatibleCheckpoint: the checkpoint is intact but holds another model/optimizer.
   """
-  step = manager.latest_step()
-  if step is None:
-    return state, rng, 0
-  items = {"state": ocp.args.StandardRestore(state),
-           "rng": ocp.args.StandardRestore({"key": rng})}
-  iterator_state_file = None
+  path = checkpoint_directory(workdir) / str(step)
+  required = ["state/_METADATA", "rng/_METADATA"]
+  missing = [name for name in required if not (path / name).exists()]
+  iterator_file = None
   if data_iterator is not None:
-    saved_by = epath.Path(manager.directory) / str(step) / "data_iter"
-    own_file = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    if (saved_by / own_file).exists():
-      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    else:
-      # Saved by a different number of processes. Our iterator's state is the number
-      # of global batches consumed, the same on every process, so any file will do.
-      candidates = sorted(saved_by.glob("process_*-of-*.json")) if saved_by.exists() else []
-      if not candidates:
-        raise FileNotFoundError(f"{saved_by}: no data-iterator state in checkpoint {step}.")
-      iterator_state_file = candidates[0]
+    iterator_dir = path / "data_iter"
+    own_file = iterator_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    saved = sorted(iterator_dir.glob("process_*-of-*.json")) if iterator_dir.exists() else []
+    if own_file.exists():
+      iterator_file = own_file
+    elif saved:
+      # Saved by a different number of processes. Our iterator's state is the number of
+      # global batches consumed, the same on every process, so any file will do.
+      iterator_file = saved[0]
       logging.warning("Checkpoint %d was written by another number of processes; restoring "
-                      "the data iterator from %s.", step, iterator_state_file.name)
+                      "the data iterator from %s.", step, iterator_file.name)
+    else:
+      missing.append("data_iter/process_*.json (the data-iterator state)")
+  if missing:
+    raise DamagedCheckpoint(step, f"missing {', '.join(missing)}")
+
+  checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    restored_state = checkpointer.restore(path / "state", args=ocp.args.StandardRestore(state))
   except ValueError as error:
-    if "do not match" not in str(error):
-      raise
-    raise ValueError(
-        f"Checkpoint {step} in {manager.directory} was written by a run with a different "
-        f"model or optimizer (its parameter/optimizer-state tree differs from this "
-        f"config's). Resume with the config in {epath.Path(manager.directory).parent / CONFIG_FILE} "
-        f"or start a new --workdir.") from error
-  if iterator_state_file is not None:
-    data_iterator.set_state(json.loads(iterator_state_file.read_text()))
-  logging.info("Resumed from checkpoint step %d in %s", step, manager.directory)
-  return restored["state"], restored["rng"]["key"], step
+    # _METADATA is there (checked above): a tree that differs is another config's run.
+    if "do not match" in str(error):
+      raise IncompatibleCheckpoint(
+          f"Checkpoint {step} in {path.parent} was written by a run with a different "
+          f"model or optimizer (its parameter/optimizer-state tree differs from this "
+          f"config's). Resume with the config in "
+          f"{epath.Path(workdir).absolute() / CONFIG_FILE} or start a new --workdir."
+      ) from error
+    raise DamagedCheckpoint(step, f"state unreadable ({_first_line(error)})") from error
+  except Exception as error:  # pylint: disable=broad-except  (tensorstore, OSError, ...)
+    raise DamagedCheckpoint(step, f"state unreadable ({_first_line(error)})") from error
+  try:
+    restored_rng = checkpointer.restore(path / "rng",
+                                        args=ocp.args.StandardRestore({"key": rng}))["key"]
+  except Exception as error:  # pylint: disable=broad-except
+    raise DamagedCheckpoint(step, f"rng unreadable ({_first_line(error)})") from error
+  if data_iterator is not None:
+    try:
+      iterator_state = json.loads(iterator_file.read_text())
+      data_iterator.set_state(iterator_state)
+    except Exception as error:  # pylint: disable=broad-except
+      raise DamagedCheckpoint(
+          step, f"data-iterator state {iterator_file.name} unreadable "
+          f"({_first_line(error)})") from error
+  return restored_state, restored_rng
+
+
+def move_aside(workdir: str, step: int) -> epath.Path:
+  """Renames checkpoint `step` to checkpoints/damaged-<step> (never deletes it)."""
+  directory = checkpoint_directory(workdir)
+  target = directory / f"{DAMAGED_PREFIX}{step}"
+  suffix = 1
+  while target.exists():
+    suffix += 1
+    target = directory / f"{DAMAGED_PREFIX}{step}-{suffix}"
+  os.rename(directory / str(step), target)
+  return target
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -140,6 +240,11 @@ def load_for_eval(workdir: str, step: Optional[int] = None
                   ) -> Tuple[ml_collections.ConfigDict, dict, int]:
   """Loads the config and the model variables of a training run, for evaluation.
 
+  Strictly read-only: no CheckpointManager (which may create, delete, finalize or clean
+  up), so it is safe on the workdir of a running trainer. Only complete checkpoints are
+  read. With `step=None` the newest is used; if the trainer deletes it (keep_checkpoints)
+  while it is being read, the then-newest is tried.
+
   Args:
     workdir: a directory written by `simclr_jax.train`.
     step: the checkpoint step; the latest complete one when None.
@@ -148,18 +253,27 @@ def load_for_eval(workdir: str, step: Optional[int] = None
     (config, {'params': ..., 'batch_stats': ...} as host numpy arrays, step).
   """
   config = read_config(workdir)
-  manager = create_manager(workdir, with_data_iterator=False)
-  steps = manager.all_steps()
-  if not steps:
-    raise FileNotFoundError(
-        f"No complete checkpoint in {manager.directory}; train first or pass --random_init.")
-  if step is None:
-    step = max(steps)
-  elif step not in steps:
-    raise ValueError(f"--step={step} is not a checkpoint in {manager.directory}; "
-                     f"available steps: {sorted(steps)}.")
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  state = restored["state"]
+  directory = checkpoint_directory(workdir)
+  checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  for attempt in range(5):
+    steps = complete_steps(workdir)
+    if not steps:
+      raise FileNotFoundError(
+          f"No complete checkpoint in {directory}; train first or pass --random_init.")
+    if step is not None and step not in steps:
+      raise ValueError(f"--step={step} is not a checkpoint in {directory}; "
+                       f"available steps: {steps}.")
+    chosen = max(steps) if step is None else step
+    try:
+      state = checkpointer.restore(directory / str(chosen) / "state")
+      break
+    except Exception:  # pylint: disable=broad-except
+      if step is not None or attempt == 4 or (directory / str(chosen)).exists():
+        raise
+      # Deleted by the trainer (it keeps the newest keep_checkpoints) while we read.
+      logging.info("Checkpoint %d was removed while reading it; trying the newest again.",
+                   chosen)
+      time.sleep(0.1)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   variables = jax.tree_util.tree_map(np.asarray, variables)
-  return config, variables, int(step)
+  return config, variables, int(chosen)

@@ -1,18 +1,19 @@
 """SimCLR pretraining: the pure pmapped train step, the training loop and the CLI.
 
   python -m simclr_jax.train --config experiments/configs/demo.py --workdir runs/demo/train \
-      [--config.KEY=VALUE ...]
+      [--config.KEY=VALUE ...] [--allow_config_changes=FIELD,...]
 
-Starting on a workdir that already holds checkpoints resumes from the latest one.
+Starting on a workdir that already holds checkpoints resumes from the newest good one.
+What happens around the loop (settings checks, the workdir lock, Ctrl-C/SIGTERM, damaged
+checkpoints, metrics.jsonl) lives in config_checks.py and lifecycle.py; exit codes: 0 done
+or preempted (SIGTERM), 2 bad settings / workdir in use / no restorable checkpoint, 3 a
+non-finite step, 130 Ctrl-C.
 """
 import functools
-import json
 import logging
-import os
-import signal
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -23,10 +24,15 @@ import optax
 from jax import lax
 
 from simclr_jax import checkpointing
+from simclr_jax import compilation_cache
+from simclr_jax import config_checks
 from simclr_jax import data
+from simclr_jax import lifecycle
 from simclr_jax import models
 from simclr_jax import objectives
 from simclr_jax import optim
+from simclr_jax.progress import Progress
+from simclr_jax.progress import format_duration
 
 AXIS_NAME = "batch"
 
@@ -127,128 +133,78 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   return new_state, metrics
 
 
-class ConfigError(ValueError):
-  """A config that cannot run on these devices/data; raised before anything compiles."""
-
-
-def validate_config(config: ml_collections.ConfigDict, stored_image_size: Optional[int]
-                    ) -> int:
-  """Checks the config against the devices and the data; returns the per-device batch."""
-  devices = jax.device_count()
-  if config.batch_size <= 0 or config.batch_size % devices:
-    lower = (config.batch_size // devices) * devices
-    raise ConfigError(
-        f"config.batch_size={config.batch_size} (global) is not divisible by the "
-        f"{devices} devices; use a multiple of {devices}, e.g. "
-        f"{max(lower, devices)} or {lower + devices}.")
-  if config.image_size < 8:
-    raise ConfigError(f"config.image_size={config.image_size} is too small; use >= 8.")
-  if stored_image_size is not None and config.image_size > stored_image_size:
-    raise ConfigError(
-        f"config.image_size={config.image_size} is larger than the images stored in "
-        f"{config.dataset} ({stored_image_size}px): the crop would only upsample. Use "
-        f"--config.image_size<={stored_image_size} or prepare the dataset at a larger size.")
-  for field in ("checkpoint_every_steps", "keep_checkpoints"):
-    if int(config.get(field, 1)) < 1:
-      raise ConfigError(f"config.{field}={config.get(field)} must be >= 1.")
-  return config.batch_size // devices
-
-
-class _MetricsWriter:
-  """metrics.jsonl + TensorBoard events (tensorboardX, no TensorFlow); process 0 only."""
-
-  def __init__(self, workdir: str, start_step: int):
-    self.enabled = jax.process_index() == 0
-    if not self.enabled:
-      return
-    from tensorboardX import SummaryWriter
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(path):
-      # Steps logged after the checkpoint we resume from were lost with the process that
-      # logged them and are trained again: keep one line per step.
-      with open(path) as f:
-        kept = [line for line in f if line.strip() and _logged_step(line) <= start_step]
-      with open(path + ".tmp", "w") as f:
-        f.writelines(kept)
-      os.replace(path + ".tmp", path)
-    self._jsonl = open(path, "a")
-    self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-  def write(self, step: int, scalars: Dict[str, float]) -> None:
-    if not self.enabled:
-      return
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-    self._jsonl.flush()
-    for name, value in scalars.items():
-      self._tensorboard.add_scalar(f"train/{name}", value, step)
-
-  def close(self) -> None:
-    if self.enabled:
-      self._jsonl.close()
-      self._tensorboard.close()
-
-
-def _logged_step(line: str) -> int:
-  try:
-    return int(json.loads(line)["step"])
-  except (ValueError, KeyError):  # a line cut short by a kill
-    return sys.maxsize
-
-
-class _PreemptionWatcher:
-  """SIGTERM => save at the current step and exit 0.
-
-  On several processes, JAX's preemption service (enabled in distributed.initialize)
-  catches the signal and agrees on one step for all processes; on one process a
-  Python signal handler sets a flag.
-  """
-
-  def __init__(self):
-    self.requested = False
-    from jax._src import distributed as jax_distributed
-    # Several processes with JAX's preemption service (distributed.initialize) agree on a
-    # step; otherwise (one process, or a runtime started without the service) each
-    # process handles SIGTERM itself.
-    self._multi_process = (jax.process_count() > 1 and
-                           jax_distributed.global_state.preemption_sync_manager is not None)
-    if jax.process_count() > 1 and not self._multi_process:
-      logging.warning("JAX's preemption service is not running: SIGTERM is handled per "
-                      "process (start through simclr_jax.distributed.initialize).")
-    if not self._multi_process:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del frame
-    logging.warning("Received signal %d: will save a checkpoint and exit.", signum)
-    self.requested = True
-
-  def should_stop(self, step: int) -> bool:
-    if self._multi_process:
-      from jax.experimental import multihost_utils
-      self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
-
-  def close(self):
-    if not self._multi_process:
-      signal.signal(signal.SIGTERM, self._previous)
+ConfigError = config_checks.ConfigError   # bad settings: one line, exit 2
 
 
 def _host_scalars(metrics: Dict[str, jax.Array]) -> Dict[str, float]:
   return {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Runs (or resumes) pretraining in `workdir`; returns the final host-local state."""
-  os.makedirs(workdir, exist_ok=True)
-  builder = data.get_builder(config.dataset, config.data_dir)
-  stored_image_size = int(builder.info.features["image"].shape[0])
-  per_device_batch = validate_config(config, stored_image_size)
-  steps_per_epoch = data.steps_per_epoch(config)
-  total_steps = (config.num_train_steps if config.get("num_train_steps", -1) > 0
-                 else int(config.num_epochs * steps_per_epoch))
+def _host_copy(tree: Any) -> Any:
+  """Host numpy copies that share no memory with device buffers.
+
+  On CPU, device_get returns zero-copy views of the device buffers; an asynchronous save
+  holds them until they are written, while the next step donates those buffers
+  (donate_argnums). JAX 0.10 then quietly skips the donation rather than overwrite a
+  viewed buffer; copying keeps the donation and does not rely on that. On GPU/TPU
+  device_get already returns fresh host arrays.
+  """
+  copy = jax.default_backend() == "cpu"
+  return jax.tree_util.tree_map(lambda x: np.array(x, copy=True) if copy else x,
+                                jax.device_get(tree))
+
+
+class _PlainLines:
+  """stdout that says it is not a terminal: Progress then logs lines instead of a bar."""
+
+  def write(self, text: str) -> int:
+    return sys.stdout.write(text)
+
+  def flush(self) -> None:
+    sys.stdout.flush()
+
+  def isatty(self) -> bool:
+    return False
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_changes: Sequence[str] = ()) -> TrainState:
+  """Runs (or resumes) pretraining in `workdir`; returns the final host-local state.
+
+  Args:
+    config: the experiment config.
+    workdir: checkpoints, metrics.jsonl, config.json and TensorBoard events go here.
+    allow_config_changes: config fields a resumed run may change beyond
+      config_checks.RESUMABLE_FIELDS (the previous config is kept in the history).
+
+  Raises:
+    lifecycle.RunError: the run ended on purpose, with `exit_code` and a one-line
+      message: bad settings, workdir in use or not writable, no restorable checkpoint
+      (2), a non-finite step (3), Ctrl-C (130).
+  """
+  # First: a Ctrl-C from here on only sets a flag, and never lands inside XLA.
+  stop = lifecycle.StopSignals()
+  lock = None
+  try:
+    cache_dir = compilation_cache.enable(config)
+    plan = config_checks.check_run(config)          # reads the data, writes nothing
+    lock = lifecycle.lock_workdir(workdir)
+    changes = config_checks.check_workdir_config(workdir, config, allow_config_changes)
+    return _train(config, workdir, plan, stop, changes, cache_dir)
+  finally:
+    stop.close()
+    if lock is not None:
+      lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.RunPlan,
+           stop: lifecycle.StopSignals, config_changes: Dict[str, Tuple[Any, Any]],
+           cache_dir: Optional[str]) -> TrainState:
+  """The training loop of train_and_evaluate (settings checked, workdir locked)."""
+  total_steps, steps_per_epoch = plan.total_steps, plan.steps_per_epoch
   logging.info("%d devices (%d local), %d processes; per-device batch %d, global %d; "
                "%d steps (%d per epoch)", jax.device_count(), jax.local_device_count(),
-               jax.process_count(), per_device_batch, config.batch_size, total_steps,
+               jax.process_count(), plan.per_device_batch, config.batch_size, total_steps,
                steps_per_epoch)
 
   model = models.create_model(config, axis_name=AXIS_NAME)
@@ -259,14 +215,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state = create_train_state(config, model, tx, init_rng, input_shape)
 
   data_iterator = data.create_train_iterator(config)
-  manager = checkpointing.create_manager(workdir, max_to_keep=config.keep_checkpoints)
   try:
-    checkpoint_tree, train_rng, start_step = checkpointing.restore_latest(
-        manager, to_checkpoint(state), train_rng, data_iterator)
-  except ValueError as error:  # a workdir of another config / data pipeline
-    raise ConfigError(str(error)) from error
+    checkpoint_tree, train_rng, start_step = lifecycle.restore_newest_good(
+        workdir, to_checkpoint(state), train_rng, data_iterator)
+  except checkpointing.IncompatibleCheckpoint as error:
+    raise ConfigError(str(error)) from None
   state = from_checkpoint(checkpoint_tree)
-  checkpointing.write_config(workdir, config)
+  if start_step >= total_steps:
+    logging.info("Checkpoint step %d already reaches the run's %d steps; nothing to train.",
+                 start_step, total_steps)
+    return state
 
   p_train_step = jax.pmap(
       functools.partial(
@@ -278,47 +236,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   to_step_layout = jax.pmap(lambda tree: tree, axis_name=AXIS_NAME)
   replicated_state = to_step_layout(flax.jax_utils.replicate(state))
   replicated_rng = to_step_layout(flax.jax_utils.replicate(train_rng))
+  host_rng = np.asarray(train_rng)
 
-  writer = _MetricsWriter(workdir, start_step)
-  preemption = _PreemptionWatcher()
   log_every = max(1, config.get("log_every_steps", 10))
   views_per_step = 2 * config.batch_size
+  progress = Progress(total_steps, desc="train", unit="step", every=log_every,
+                      initial=start_step, enabled=jax.process_index() == 0,
+                      stream=sys.stdout if config.get("progress_bar", True) else _PlainLines())
+  # Both created after the first step, so a stop during compilation writes nothing.
+  writer: Optional[lifecycle.MetricsWriter] = None
+  manager = None
 
-  def save(step):
-    host_state = to_checkpoint(flax.jax_utils.unreplicate(replicated_state))
-    # Host numpy, identical on every process: orbax writes it once (process 0).
-    checkpointing.save(manager, step, jax.device_get(host_state), np.asarray(train_rng),
-                       data_iterator)
+  def save(step: int) -> None:
+    host_state = _host_copy(to_checkpoint(flax.jax_utils.unreplicate(replicated_state)))
+    checkpointing.save(manager, step, host_state, host_rng, data_iterator)
 
-  progress = None
-  if jax.process_index() == 0 and config.get("progress_bar", True):
-    from tqdm import tqdm
-    progress = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                    disable=None)
   pending_metrics = []  # metrics of steps not yet logged (device arrays)
   last_checked = None
   window_start, window_steps = time.perf_counter(), 0
   step = start_step
+  first_step: Dict[str, Any] = {}     # logged with the first step of this start
+  last_loss, steady_start = None, None
+  outcome = "failed"
   try:
     while step < total_steps:
       batch = next(data_iterator)  # 'image': uint8 [local_devices, per_device, H, W, 1]
+      if writer is None:
+        cache_hits_before, first_step_start = (compilation_cache.cache_hits(),
+                                               time.perf_counter())
       replicated_state, metrics = p_train_step(replicated_state, batch, replicated_rng)
       step += 1
       window_steps += 1
       pending_metrics.append((step, metrics))
+      stop_now = stop.should_stop(step) or step == config.get("stop_at_step", -1)
+
+      if writer is None:  # the first step of this start: compiled (or loaded) and timed
+        jax.block_until_ready(metrics)
+        steady_start = time.perf_counter()
+        first_step = {"first_step_seconds": steady_start - first_step_start,
+                      "compilation_cache_hit":
+                          compilation_cache.cache_hits() > cache_hits_before}
+        logging.info("First step took %.1f s (%s).", first_step["first_step_seconds"],
+                      f"train step loaded from the compilation cache {cache_dir}"
+                      if first_step["compilation_cache_hit"] else
+                      "compiling the train step" +
+                      (f", now cached in {cache_dir}" if cache_dir else
+                       "; compilation cache off"))
+        if stop.requested:
+          outcome = "stopped before the first step finished; nothing written"
+          if stop.reason == "interrupt":
+            raise lifecycle.Interrupted(
+                f"Interrupted (Ctrl-C) before the first step finished; nothing was "
+                f"written to {workdir}.")
+          logging.warning("Stopping early (preemption) before the first step finished; "
+                          "nothing was written.")
+          break
+        lifecycle.check_finite(step, metrics)
+        writer = lifecycle.MetricsWriter(workdir, start_step)
+        config_checks.record_config(workdir, config, config_changes, start_step)
+        manager = checkpointing.create_manager(
+            workdir, max_to_keep=config.keep_checkpoints,
+            async_saves=config.get("async_checkpointing", True))
+
       # Check the previous step's loss/gradients/parameters while this one runs (one step
       # of lag keeps the device busy); non-finite values stop before anything is saved.
       if last_checked is not None:
-        _raise_if_not_finite(*last_checked)
+        lifecycle.check_finite(*last_checked)
       last_checked = (step, metrics)
-      if progress is not None:
-        progress.update(1)
 
-      stop_now = preemption.should_stop(step) or step == config.get("stop_at_step", -1)
       is_checkpoint_step = (step % config.checkpoint_every_steps == 0 or
                             step == total_steps or stop_now)
-      if step % log_every == 0 or is_checkpoint_step:
-        _raise_if_not_finite(step, metrics)
+      progress_fields = {}
+      if step % log_every == 0 or is_checkpoint_step or first_step:
+        lifecycle.check_finite(step, metrics)
         last_checked = None  # checked now; not again next step
         elapsed = time.perf_counter() - window_start
         views_per_second = views_per_step * window_steps / max(elapsed, 1e-9)
@@ -327,63 +317,140 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             scalars = _host_scalars(logged_metrics)
             scalars["views_per_second"] = views_per_second
             scalars["epoch"] = logged_step / steps_per_epoch
-            writer.write(logged_step, scalars)
-        if progress is not None:
-          progress.set_postfix(loss=f"{scalars['loss']:.4f}",
-                               img_s=f"{views_per_second / 2:.1f}")
+            if logged_step == step:
+              scalars.update(first_step)
+            writer.write(logged_step, scalars)   # the one place per-step scalars go
+            last_loss = scalars["loss"]
+        progress_fields = {"epoch": step / steps_per_epoch, "loss": last_loss,
+                           "views/s": views_per_second}
+        first_step = {}
         pending_metrics = []
         window_start, window_steps = time.perf_counter(), 0
+      progress.update(1, **progress_fields)
       if is_checkpoint_step:
         save(step)
       if stop_now and step < total_steps:
+        manager.wait_until_finished()   # the save just started in the background
+        if stop.reason == "interrupt":
+          outcome = "interrupted (Ctrl-C)"
+          raise lifecycle.Interrupted(
+              f"Interrupted (Ctrl-C): saved checkpoint at step {step} in "
+              f"{checkpointing.checkpoint_directory(workdir)}; run the same command to "
+              f"resume.")
+        reason = "preemption" if stop.requested else "stop_at_step"
+        outcome = f"stopped early ({reason})"
         logging.warning("Stopping early (%s): saved checkpoint at step %d; exiting.",
-                        "preemption" if preemption.requested else "stop_at_step", step)
+                        reason, step)
         break
+    else:
+      outcome = "done"
   finally:
-    if progress is not None:
-      progress.close()
-    writer.close()
-    preemption.close()
-    manager.close()
+    if manager is not None:
+      manager.close()   # waits for a save in flight: the last checkpoint is complete
+    if writer is not None:
+      writer.close()
+    progress.close(_summary(outcome, step, total_steps, start_step, last_loss,
+                            steady_start, views_per_step))
   return flax.jax_utils.unreplicate(replicated_state)
 
 
-def _raise_if_not_finite(step: int, metrics: Dict[str, jax.Array]) -> None:
-  """Stops on a non-finite loss, gradient or updated parameters (before they are saved)."""
-  for name in ("loss", "grad_norm", "param_norm"):
-    value = float(metrics[name][0])
-    if not np.isfinite(value):
-      raise FloatingPointError(
-          f"Non-finite {name} ({value}) at step {step}; stopping. The last good checkpoint "
-          f"is kept untouched. Lower the learning rate, check the inputs, or use float32.")
+def _summary(outcome: str, step: int, total_steps: int, start_step: int,
+             last_loss: Optional[float], steady_start: Optional[float],
+             views_per_step: int) -> str:
+  """The last progress line: how the run ended, where, and its mean speed."""
+  text = f"{outcome} at step {step}/{total_steps}"
+  if last_loss is not None:
+    text += f", loss {last_loss:.4f}"
+  steady_steps = step - start_step - 1   # after the first step (compilation)
+  if steady_start is not None and steady_steps > 0:
+    seconds = time.perf_counter() - steady_start
+    text += (f", {steady_steps} steps in {format_duration(seconds)} after the first "
+             f"({views_per_step * steady_steps / max(seconds, 1e-9):.0f} views/s)")
+  return text
 
 
 def main(argv):
   del argv
   from absl import flags
   from simclr_jax import distributed
-  distributed.initialize()
-  config = flags.FLAGS.config
-  workdir = flags.FLAGS.workdir
   logging.getLogger().setLevel(logging.INFO)
   # orbax/TFDS log every save/restore step through absl at INFO; keep ours only.
   logging.getLogger("absl").setLevel(logging.WARNING)
   try:
-    train_and_evaluate(config, workdir)
-  except (ConfigError, FloatingPointError) as error:
-    logging.error("%s", error)
+    distributed.initialize()
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
+                       allow_config_changes=flags.FLAGS.allow_config_changes)
+  except lifecycle.RunError as error:
+    prefix = "" if isinstance(error, lifecycle.Interrupted) else "error: "
+    print(f"{prefix}{error}", file=sys.stderr, flush=True)
+    sys.exit(error.exit_code)
+  except KeyboardInterrupt:   # before the handlers were installed (start-up)
+    print("Interrupted during start-up; nothing was written.", file=sys.stderr)
+    sys.exit(130)
+
+
+def _load_config_file(argv: Sequence[str]) -> Optional[ml_collections.ConfigDict]:
+  """The config named by --config in argv (for messages about its overrides)."""
+  import importlib.util
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    elif arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    else:
+      continue
+    path, _, parameter = value.partition(":")
+    try:
+      spec = importlib.util.spec_from_file_location("_simclr_config", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      return module.get_config(parameter) if parameter else module.get_config()
+    except Exception:  # pylint: disable=broad-except  (the flag parser reports it)
+      return None
+  return None
+
+
+def parse_flags(argv: Sequence[str]) -> Sequence[str]:
+  """absl flag parsing with one-line errors (exit 2) instead of tracebacks.
+
+  A mistyped `--config.KEY` makes ml_collections raise three chained tracebacks; here it
+  is one line with the closest fields ("did you mean").
+  """
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2 if isinstance(error, ConfigError) else 3)
+  except (AttributeError, KeyError) as error:   # an override of a field that is not there
+    config = _load_config_file(argv)
+    message = None
+    if config is not None:
+      for arg in argv:
+        if arg.startswith("--config."):
+          key = arg[len("--config."):].split("=", 1)[0]
+          message = config_checks.unknown_key_message(config, key)
+          if message:
+            break
+    print(f"error: {message or ' '.join(str(error).split())}", file=sys.stderr)
+  sys.exit(2)
 
 
-if __name__ == "__main__":
-  from absl import app
+def define_flags() -> None:
   from absl import flags
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.")
+  flags.DEFINE_list("allow_config_changes", [],
+                    "Config fields a resumed run may change although they change what a "
+                    "step computes (e.g. optimizer.learning_rate); the previous config is "
+                    "kept in WORKDIR/config_history.jsonl.")
   flags.mark_flags_as_required(["config", "workdir"])
   # Also accept the distributed flags here so one command works everywhere.
-  from simclr_jax import distributed as _distributed
-  _distributed.define_flags()
-  app.run(main)
+  from simclr_jax import distributed
+  distributed.define_flags()
+
+
+if __name__ == "__main__":
+  from absl import app
+  define_flags()
+  app.run(main, flags_parser=parse_flags)

@@ -4,11 +4,14 @@ The pytest process itself sees one CPU device. Tests that need several devices r
 code in a subprocess with ``--xla_force_host_platform_device_count`` set before jax is
 imported (see ``run_python``).
 """
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -19,6 +22,15 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # test_doctor's accelerator test runs on the default backend unless the user pinned one.
 USER_JAX_PLATFORMS = os.environ.get("JAX_PLATFORMS")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# The persistent XLA compilation cache (simclr_jax/compilation_cache.py) of this test
+# session, inherited by every subprocess: a process compiling a program compiled before in
+# the session loads it instead, and nothing is written into the user's ~/.cache. Set
+# SIMCLR_COMPILATION_CACHE (a path, or off) to choose otherwise.
+if "SIMCLR_COMPILATION_CACHE" not in os.environ:
+  _SESSION_XLA_CACHE = tempfile.mkdtemp(prefix="simclr_jax_xla_cache_")
+  atexit.register(shutil.rmtree, _SESSION_XLA_CACHE, ignore_errors=True)
+  os.environ["SIMCLR_COMPILATION_CACHE"] = _SESSION_XLA_CACHE
 
 
 def subprocess_env(num_devices: int = 1, **extra) -> dict:

@@ -29,6 +29,7 @@ def test_prepare_train_evaluate_on_real_nih_thumbnails(tmp_path, shared_data):
               "--config.head.hidden_dim=32", "--config.head.output_dim=16",
               "--config.num_train_steps=3", "--config.checkpoint_every_steps=3",
               "--config.input.num_workers=0", "--config.log_every_steps=1",
+              "--config.optimizer.warmup_steps=0",   # no warm-up longer than the run
               # The class-imbalance options (both off by default) on real multi-label data:
               "--config.input.class_balanced=True",
               "--config.loss.example_weights=inverse_frequency",

@@ -105,9 +105,11 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path,
     proc.wait(timeout=60)
     injected.append((_metrics_steps(killed)[-1], _checkpoint_steps(killed)))
     assert proc.returncode == -signal.SIGKILL
-    # Never more than checkpoint_every_steps behind, and the latest checkpoint is intact.
+    # Saves are asynchronous: the checkpoint of step N completes while the next steps
+    # train, and the save of N + 4 first waits for it. So a kill loses at most two save
+    # intervals, and the latest complete checkpoint is intact.
     last_logged, checkpoints = injected[-1]
-    assert checkpoints and last_logged - checkpoints[-1] <= 4 + 1, injected
+    assert checkpoints and last_logged - checkpoints[-1] <= 2 * 4 + 1, injected
   run_module(_train_args(killed, synthetic_data_dir, *LONG_RUN))
   assert _checkpoint_steps(killed)[-1] == 60
   assert _metrics_steps(killed) == list(range(1, 61))   # one line per step after resumes
@@ -150,12 +152,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, syntheti
   run_module(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=2",
                          "--config.checkpoint_every_steps=1", "--config.optimizer.name=sgd",
                          "--config.optimizer.learning_rate=0.01"))
-  # Resume with a learning rate that blows the parameters up at the first update.
+  # Resume with a learning rate that blows the parameters up at the first update (a
+  # changed learning rate must be accepted explicitly on resume).
   proc = run_module(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=50",
                                 "--config.checkpoint_every_steps=1",
                                 "--config.optimizer.name=sgd",
                                 "--config.optimizer.learning_rate=1e30",
-                                "--config.optimizer.warmup_steps=0"), check=False)
+                                "--allow_config_changes=optimizer.learning_rate"),
+                    check=False)
   assert proc.returncode == 3, proc.stderr[-3000:]
   bad_step = int(re.search(r"Non-finite (?:loss|grad_norm|param_norm) \(\S+\) at step (\d+);",
                            proc.stderr).group(1))
@@ -164,11 +168,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, syntheti
   step, variables = _final_variables(workdir)
   assert step == 2 and all(np.isfinite(v).all() for v in variables.values())
 
-  # Resuming this workdir with another optimizer is refused with the reason, not a crash.
+  # Resuming this workdir with another optimizer, even when the change is accepted, is
+  # refused with the reason (its checkpoints hold another optimizer state), not a crash.
   other = run_module(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=50",
-                                 "--config.optimizer.name=adamw"), check=False)
+                                 "--config.optimizer.name=adamw",
+                                 "--allow_config_changes=optimizer.name,"
+                                 "optimizer.learning_rate"), check=False)
   assert other.returncode == 2
   assert "different model or optimizer" in other.stderr and "config.json" in other.stderr
+  assert json.loads((workdir / "config.json").read_text())["optimizer"]["name"] == "sgd"
 
 
 def _free_port():

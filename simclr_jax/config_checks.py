@@ -1,0 +1,331 @@
+"""Settings checked before a run compiles or writes anything, and what a resume may change.
+
+`check_run(config)` turns the config and the prepared dataset into a `RunPlan` (batch per
+device, steps) or raises `ConfigError` with one line naming the field, the value and what
+is accepted. `check_workdir_config` compares a workdir's config.json with the config a
+resumed run was started with (`check_resume`: what may change); `record_config` writes
+config.json and keeps the config it replaces in config_history.jsonl.
+`unknown_key_message` explains a mistyped `--config.KEY`.
+"""
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import jax
+import ml_collections
+
+from simclr_jax import checkpointing
+from simclr_jax import lifecycle
+
+CONFIG_HISTORY_FILE = "config_history.jsonl"   # the configs a resumed run replaced
+
+
+class ConfigError(lifecycle.RunError, ValueError):
+  """A setting that cannot run (on these devices, with this data, in this workdir)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  per_device_batch: int
+  steps_per_epoch: int
+  total_steps: int
+  warmup_steps: int
+  stored_image_size: int
+
+
+def _positive(config: ml_collections.ConfigDict, field: str, what: str) -> None:
+  value = _get(config, field)
+  if not (isinstance(value, (int, float)) and value > 0):   # also catches NaN
+    raise ConfigError(f"config.{field}={value!r}: {what}")
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def check_settings(config: ml_collections.ConfigDict, device_count: int) -> int:
+  """The checks that need neither data nor a workdir; returns the per-device batch."""
+  if not (isinstance(config.batch_size, int) and config.batch_size > 0):
+    raise ConfigError(
+        f"config.batch_size={config.batch_size!r} must be a positive number of images per "
+        f"step (global, over all {device_count} devices), e.g. {32 * device_count}.")
+  if config.batch_size % device_count:
+    lower = (config.batch_size // device_count) * device_count
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} (global) is not divisible by the "
+        f"{device_count} devices; use a multiple of {device_count}, e.g. "
+        f"{max(lower, device_count)} or {lower + device_count}.")
+  if config.image_size < 8:
+    raise ConfigError(f"config.image_size={config.image_size} is too small; use >= 8.")
+  _positive(config, "optimizer.learning_rate",
+            "the learning rate must be > 0 (a negative rate ascends the loss), e.g. 3e-4.")
+  if config.get("objective", "simclr") == "simclr":
+    _positive(config, "loss.temperature",
+              "the NT-Xent temperature must be > 0, e.g. 0.1 (SimCLR uses 0.1-0.5).")
+  if config.num_train_steps == 0:
+    raise ConfigError(
+        "config.num_train_steps=0 is a run of zero steps; use a positive number of steps, "
+        f"or -1 to train for config.num_epochs ({config.num_epochs}) epochs.")
+  if config.num_train_steps < 0:
+    _positive(config, "num_epochs",
+              "a run of zero epochs; use a positive number of epochs (or set "
+              "config.num_train_steps > 0).")
+  for field in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps"):
+    if int(config.get(field, 1)) < 1:
+      raise ConfigError(f"config.{field}={config.get(field)} must be >= 1.")
+  if config.optimizer.get("warmup_steps", -1) < -1:
+    raise ConfigError(f"config.optimizer.warmup_steps={config.optimizer.warmup_steps} must "
+                      f"be >= 0 (steps), or -1 to use warmup_epochs.")
+  return config.batch_size // device_count
+
+
+def check_run(config: ml_collections.ConfigDict) -> RunPlan:
+  """Checks the config against the devices and the prepared data (writes nothing).
+
+  Args:
+    config: the experiment config.
+
+  Returns:
+    The run's RunPlan.
+
+  Raises:
+    ConfigError: one line naming the field, its value and what is accepted.
+  """
+  from simclr_jax import data   # TFDS import: only when a run really starts
+  per_device_batch = check_settings(config, jax.device_count())
+  builder = open_dataset(config)
+  stored_image_size = int(builder.info.features["image"].shape[0])
+  if config.image_size > stored_image_size:
+    raise ConfigError(
+        f"config.image_size={config.image_size} is larger than the images stored in "
+        f"{config.dataset} ({stored_image_size}px): the crop would only upsample. Use "
+        f"--config.image_size<={stored_image_size} or prepare the dataset at a larger size.")
+  try:
+    steps_per_epoch = data.steps_per_epoch(config)
+  except (FileNotFoundError, ValueError) as error:   # not prepared, unknown split
+    raise ConfigError(_one_line(error)) from None
+  if config.num_train_steps > 0:
+    total_steps = int(config.num_train_steps)
+  else:
+    total_steps = int(config.num_epochs * steps_per_epoch)
+    if total_steps < 1:
+      raise ConfigError(
+          f"config.num_epochs={config.num_epochs} is less than one step "
+          f"({steps_per_epoch} steps per epoch of {config.batch_size} images); train for "
+          f"at least {1 / steps_per_epoch:.3g} epochs or set config.num_train_steps.")
+  warmup = warmup_steps(config, steps_per_epoch)
+  if warmup > total_steps:
+    source = (f"config.optimizer.warmup_steps={warmup}"
+              if config.optimizer.get("warmup_steps", -1) >= 0 else
+              f"config.optimizer.warmup_epochs={config.optimizer.warmup_epochs} "
+              f"({warmup} steps of {steps_per_epoch} per epoch)")
+    raise ConfigError(
+        f"{source} is longer than the run ({total_steps} steps): the learning rate would "
+        f"never reach its peak. Use a warm-up of at most {total_steps} steps, e.g. "
+        f"--config.optimizer.warmup_steps={total_steps // 10}.")
+  return RunPlan(per_device_batch=per_device_batch, steps_per_epoch=steps_per_epoch,
+                 total_steps=total_steps, warmup_steps=warmup,
+                 stored_image_size=stored_image_size)
+
+
+def warmup_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """Warm-up length in steps, by the rule of optim.create_learning_rate_fn."""
+  if config.optimizer.get("warmup_steps", -1) >= 0:
+    return int(config.optimizer.warmup_steps)
+  return int(round(config.optimizer.get("warmup_epochs", 0.0) * steps_per_epoch))
+
+
+def known_datasets() -> List[str]:
+  """'name/config' of every dataset this project can prepare."""
+  from simclr_jax import data
+  return [f"{builder.name}/{builder_config.name}"
+          for builder in (data.SyntheticCxr, data.NihChestXray14)
+          for builder_config in builder.BUILDER_CONFIGS]
+
+
+def open_dataset(config: ml_collections.ConfigDict):
+  """The TFDS builder of config.dataset, or ConfigError (unknown, not prepared)."""
+  from simclr_jax import data
+  import tensorflow_datasets as tfds
+  try:
+    builder = data.get_builder(config.dataset, config.data_dir)
+  except (tfds.core.registered.DatasetNotFoundError, ValueError) as error:
+    message = _one_line(error)
+    if isinstance(error, tfds.core.registered.DatasetNotFoundError) or \
+        message.startswith("Failed to construct dataset"):
+      message = (f"config.dataset={config.dataset!r} is not a known dataset; known: "
+                 f"{', '.join(known_datasets())}.")
+    raise ConfigError(message) from None
+  except FileNotFoundError as error:
+    raise ConfigError(_one_line(error)) from None
+  return builder
+
+
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+# ----------------------------------------------------------------------------- CLI keys
+
+def flatten(config: Any, prefix: str = "") -> Dict[str, Any]:
+  """{'optimizer.learning_rate': 0.002, ...} of a ConfigDict or a JSON dict."""
+  items = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      items.update(flatten(value, name + "."))
+    else:
+      items[name] = value
+  return items
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, key: str) -> Optional[str]:
+  """One line for a `--config.KEY` that the config does not have; None if it has it."""
+  fields = flatten(config)
+  sections = {name.rsplit(".", 1)[0] for name in fields if "." in name}
+  if key in fields or key in sections:
+    return None
+  close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+  if not close:   # e.g. a field given without its section: 'temperature'
+    leaf = key.rsplit(".", 1)[-1]
+    close = [name for name in fields if name.rsplit(".", 1)[-1] == leaf][:3]
+  hint = (f"; did you mean {' or '.join('--config.' + name for name in close)}?" if close
+          else "; the fields are listed in simclr_jax/config.py.")
+  return f"--config.{key}: the config has no field {key!r}{hint}"
+
+
+# ----------------------------------------------------------------------------- resume
+
+# What a resumed run may change without --allow_config_changes. These fields decide how
+# long the run goes, how often it logs or saves, how the input is read and which cheap
+# evaluators watch it, not what one step computes; a resumed run with them changed
+# continues the same training. Extending num_train_steps/num_epochs also stretches the
+# cosine schedule's horizon from the next step on (what an extension asks for). Every
+# other change (model, optimizer, learning rate, augmentation, data, seed, ...) would
+# make the checkpoints and config.json disagree, so it is refused unless named in
+# --allow_config_changes; the config it replaces is kept in config_history.jsonl.
+RESUMABLE_FIELDS = (
+    "num_train_steps", "num_epochs", "stop_at_step", "log_every_steps",
+    "checkpoint_every_steps", "keep_checkpoints", "progress_bar", "data_dir",
+    "input.num_workers", "input.prefetch_buffer_size", "eval_every_steps", "online_eval.",
+    "async_checkpointing", "compilation_cache", "compilation_cache_dir",
+)
+
+
+def _normalise(value: Any) -> Any:
+  return json.loads(json.dumps(value, default=str))   # tuples -> lists, as in config.json
+
+
+def config_changes(stored: Dict[str, Any], config: ml_collections.ConfigDict
+                   ) -> Dict[str, Tuple[Any, Any]]:
+  """{field: (value in config.json, value now)} for the fields both configs have."""
+  before = flatten(stored)
+  now = flatten(json.loads(config.to_json_best_effort()))
+  return {name: (before[name], now[name]) for name in sorted(before.keys() & now.keys())
+          if _normalise(before[name]) != _normalise(now[name])}
+
+
+def _resumable(name: str, allowed: Iterable[str]) -> bool:
+  return any(name == field or (field.endswith(".") and name.startswith(field))
+             for field in (*RESUMABLE_FIELDS, *allowed))
+
+
+def check_resume(stored: Dict[str, Any], config: ml_collections.ConfigDict, *,
+                 workdir: str, step: int, allowed: Iterable[str] = ()
+                 ) -> Dict[str, Tuple[Any, Any]]:
+  """Compares a workdir's config.json with the config resuming it at `step`.
+
+  Args:
+    stored: the parsed config.json.
+    config: the config of this run.
+    workdir: for the message.
+    step: the checkpoint step being resumed.
+    allowed: fields the user accepts changing (--allow_config_changes).
+
+  Returns:
+    All changes {field: (old, new)} (to record in the config history).
+
+  Raises:
+    ConfigError: a change outside RESUMABLE_FIELDS and `allowed`, naming each field.
+  """
+  allowed = tuple(allowed)
+  changes = config_changes(stored, config)
+  refused = {name: change for name, change in changes.items()
+             if not _resumable(name, allowed)}
+  if refused:
+    listing = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in refused.items())
+    raise ConfigError(
+        f"--workdir={workdir} holds a run at step {step} trained with other settings: "
+        f"{listing}. Resume with the config in its config.json, start a new --workdir, or "
+        f"accept the change with --allow_config_changes={','.join(refused)}.")
+  return changes
+
+
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict,
+                         allowed: Sequence[str]) -> Dict[str, Tuple[Any, Any]]:
+  """Compares WORKDIR/config.json with this run's config (reads only).
+
+  Args:
+    workdir: the run's directory (the caller holds its lock).
+    config: this run's config.
+    allowed: --allow_config_changes.
+
+  Returns:
+    All changes {field: (old, new)}; {} for a new workdir.
+
+  Raises:
+    ConfigError: resuming (the workdir has checkpoints) with a change outside
+      RESUMABLE_FIELDS and `allowed`, naming the fields; an unknown field in `allowed`.
+  """
+  for field in allowed:
+    message = unknown_key_message(config, field)
+    if message:
+      raise ConfigError(message.replace("--config.", "--allow_config_changes="))
+  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except ValueError as error:
+    raise ConfigError(f"{path} is not valid JSON ({error}); move it away to resume with "
+                      f"this config.") from None
+  steps = checkpointing.complete_steps(workdir)
+  if not steps:   # nothing trained with it yet: it is replaced (and kept in the history)
+    return config_changes(stored, config)
+  return check_resume(stored, config, workdir=workdir, step=steps[-1], allowed=allowed)
+
+
+def record_config(workdir: str, config: ml_collections.ConfigDict,
+                   changes: Dict[str, Tuple[Any, Any]], start_step: int) -> None:
+  """Writes WORKDIR/config.json; the config it replaces goes to config_history.jsonl.
+
+  Args:
+    workdir: the run's directory (the caller holds its lock).
+    config: this run's config.
+    changes: from check_workdir_config.
+    start_step: the step this start resumed from (recorded with the old config).
+  """
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  if changes and os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    record = {"replaced_at_step": start_step,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "changes": {name: [old, new] for name, (old, new) in changes.items()},
+              "previous_config": previous}
+    with open(os.path.join(workdir, CONFIG_HISTORY_FILE), "a") as f:
+      f.write(json.dumps(record, default=str) + "\n")
+    logging.warning("Config changed since the last start (%s); the previous one is kept in "
+                    "%s.", ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in changes.items()),
+                    CONFIG_HISTORY_FILE)
+  checkpointing.write_config(workdir, config)
