@@ -120,6 +120,8 @@ def check_run(config: ml_collections.ConfigDict) -> RunPlan:
           f"config.num_epochs={config.num_epochs} is less than one step "
           f"({steps_per_epoch} steps per epoch of {config.batch_size} images); train for "
           f"at least {1 / steps_per_epoch:.3g} epochs or set config.num_train_steps.")
+  resolve_supervised_targets(config)
+  check_objective(config)
   warmup = warmup_steps(config, steps_per_epoch)
   if warmup > total_steps:
     source = (f"config.optimizer.warmup_steps={warmup}"
@@ -133,6 +135,52 @@ def check_run(config: ml_collections.ConfigDict) -> RunPlan:
   return RunPlan(per_device_batch=per_device_batch, steps_per_epoch=steps_per_epoch,
                  total_steps=total_steps, warmup_steps=warmup,
                  stored_image_size=stored_image_size)
+
+
+def resolve_supervised_targets(config: ml_collections.ConfigDict) -> None:
+  """Fills in what a supervised run learns from the prepared data (config is updated).
+
+  `supervised.num_classes` (-1 = from the dataset: 14 NIH findings, 5 phantom classes)
+  and, with `class_weights = inverse_frequency`, `supervised.class_frequencies` of the
+  training split; config.json then records the values the run was trained with.
+  """
+  if config.get("objective", "simclr") != "supervised":
+    return
+  from simclr_jax import data
+  try:
+    _, num_classes, _ = data.supervised_target_spec(config.dataset, config.data_dir)
+    frequencies = None
+    if config.supervised.class_weights == "inverse_frequency" and not tuple(
+        config.supervised.get("class_frequencies", ()) or ()):
+      frequencies = data.class_frequencies(config.dataset, config.data_dir,
+                                           config.train_split)
+  except (FileNotFoundError, ValueError) as error:
+    raise ConfigError(_one_line(error)) from None
+  configured = int(config.supervised.get("num_classes", -1))
+  if configured == -1:
+    config.supervised.num_classes = int(num_classes)
+  elif configured != num_classes:
+    raise ConfigError(
+        f"config.supervised.num_classes={configured} but {config.dataset} has "
+        f"{num_classes} classes; use -1 (from the data) or {num_classes}.")
+  if frequencies is not None:
+    config.supervised.class_frequencies = tuple(float(f) for f in frequencies)
+
+
+def check_objective(config: ml_collections.ConfigDict) -> None:
+  """Builds the model and the objective (no parameters, nothing compiled) to check them."""
+  from simclr_jax import models
+  from simclr_jax import objectives
+  try:
+    model = models.create_model(config, axis_name="batch")
+    objectives.create_objective(config, model, "batch")
+  except ValueError as error:
+    raise ConfigError(_one_line(error)) from None
+
+
+def views_per_image(config: ml_collections.ConfigDict) -> int:
+  """Augmented views the objective makes of every image: 2 for SimCLR, 1 supervised."""
+  return 1 if config.get("objective", "simclr") == "supervised" else 2
 
 
 def warmup_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:

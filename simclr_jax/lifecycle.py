@@ -285,7 +285,10 @@ class MetricsWriter:
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self._jsonl.flush()
     for name, value in scalars.items():
-      self._tensorboard.add_scalar(f"train/{name}", float(value), step)
+      # Online monitor scalars get their own TensorBoard section.
+      tag = (f"online/{name[len('online_'):]}" if name.startswith("online_")
+             else f"train/{name}")
+      self._tensorboard.add_scalar(tag, float(value), step)
 
   def close(self) -> None:
     if self.enabled:

@@ -188,18 +188,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     cache_dir = compilation_cache.enable(config)
     plan = config_checks.check_run(config)          # reads the data, writes nothing
+    monitor = _create_monitor(config)               # reads its held-out images now
     lock = lifecycle.lock_workdir(workdir)
     changes = config_checks.check_workdir_config(workdir, config, allow_config_changes)
-    return _train(config, workdir, plan, stop, changes, cache_dir)
+    return _train(config, workdir, plan, stop, changes, cache_dir, monitor)
   finally:
     stop.close()
     if lock is not None:
       lock.release()
 
 
+def _create_monitor(config: ml_collections.ConfigDict):
+  """The online monitor (config.eval_every_steps > 0), or None; bad settings exit 2."""
+  from simclr_jax.evaluation import online
+  try:
+    return online.maybe_create(config)
+  except (FileNotFoundError, ValueError) as error:
+    raise ConfigError(config_checks._one_line(error)) from None  # pylint: disable=protected-access
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.RunPlan,
            stop: lifecycle.StopSignals, config_changes: Dict[str, Tuple[Any, Any]],
-           cache_dir: Optional[str]) -> TrainState:
+           cache_dir: Optional[str], monitor: Optional[Any] = None) -> TrainState:
   """The training loop of train_and_evaluate (settings checked, workdir locked)."""
   total_steps, steps_per_epoch = plan.total_steps, plan.steps_per_epoch
   logging.info("%d devices (%d local), %d processes; per-device batch %d, global %d; "
@@ -239,7 +249,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
   host_rng = np.asarray(train_rng)
 
   log_every = max(1, config.get("log_every_steps", 10))
-  views_per_step = 2 * config.batch_size
+  views_per_step = config_checks.views_per_image(config) * config.batch_size
+  eval_every = int(config.get("eval_every_steps", 0) or 0)
   progress = Progress(total_steps, desc="train", unit="step", every=log_every,
                       initial=start_step, enabled=jax.process_index() == 0,
                       stream=sys.stdout if config.get("progress_bar", True) else _PlainLines())
@@ -306,8 +317,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
 
       is_checkpoint_step = (step % config.checkpoint_every_steps == 0 or
                             step == total_steps or stop_now)
+      # The online monitor only reads the weights; its scalars join this step's line.
+      online_scalars = {}
+      if monitor is not None and (step % eval_every == 0 or step == total_steps):
+        online_scalars = monitor.run(step, replicated_state.params,
+                                     replicated_state.batch_stats)
+        window_start += online_scalars["online_eval_seconds"]  # views/s: training only
       progress_fields = {}
-      if step % log_every == 0 or is_checkpoint_step or first_step:
+      if step % log_every == 0 or is_checkpoint_step or first_step or online_scalars:
         lifecycle.check_finite(step, metrics)
         last_checked = None  # checked now; not again next step
         elapsed = time.perf_counter() - window_start
@@ -319,10 +336,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
             scalars["epoch"] = logged_step / steps_per_epoch
             if logged_step == step:
               scalars.update(first_step)
+              scalars.update(online_scalars)
             writer.write(logged_step, scalars)   # the one place per-step scalars go
             last_loss = scalars["loss"]
         progress_fields = {"epoch": step / steps_per_epoch, "loss": last_loss,
                            "views/s": views_per_second}
+        for name in ("online_knn_accuracy", "online_knn_auroc"):
+          if name in online_scalars:
+            progress_fields[name.replace("online_", "")] = online_scalars[name]
         first_step = {}
         pending_metrics = []
         window_start, window_steps = time.perf_counter(), 0

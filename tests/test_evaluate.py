@@ -421,28 +421,14 @@ def test_two_processes_gather_features_and_process_0_writes(tmp_path, synthetic_
 
 
 def _supervised_workdir(path, synthetic_data_dir):
-  """A run of this project with objective "supervised" as the trainer saves it (config.json,
+  """A run of this project with objective "supervised", written by the trainer (config.json,
   orbax checkpoint of the Supervised model: params {'encoder', 'classifier'}, no projection
-  head). `python -m simclr_jax.train --config.objective=supervised` writes the same; the
-  checkpoint is written directly here to keep the test cheap."""
-  import jax
-  import jax.numpy as jnp
+  head); returns its encoder variables as the checkpoint holds them."""
   from simclr_jax import checkpointing
-  from simclr_jax import models
-  from simclr_jax.config import default_config
-  config = default_config()
-  config.update(dict(objective="supervised", model="resnet_tiny", image_size=32, seed=3,
-                     dataset="synthetic_cxr/32", data_dir=str(synthetic_data_dir)))
-  config.supervised.num_classes = 5
-  model = models.create_model(config)
-  variables = model.init(jax.random.PRNGKey(7), jnp.zeros((1, 32, 32, 1)), train=False)
-  assert set(variables["params"]) == {"encoder", "classifier"}
-  state = {"step": np.int32(4), "params": variables["params"],
-           "batch_stats": variables["batch_stats"], "opt_state": {}}
-  checkpointing.write_config(str(path), config)
-  manager = checkpointing.create_manager(str(path), with_data_iterator=False)
-  checkpointing.save(manager, 4, jax.device_get(state), np.asarray(jax.random.PRNGKey(0)))
-  manager.close()
+  _train(path, synthetic_data_dir, "--config.objective=supervised",
+         "--config.num_train_steps=4", "--config.checkpoint_every_steps=4")
+  _, variables, step = checkpointing.load_for_eval(str(path))
+  assert step == 4 and set(variables["params"]) == {"encoder", "classifier"}
   return {"params": variables["params"]["encoder"],
           "batch_stats": variables["batch_stats"]["encoder"]}
 

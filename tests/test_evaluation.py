@@ -116,3 +116,29 @@ def test_online_monitor(tmp_path, synthetic_data_dir):
   config.online_eval.eval_split = "valid"   # fails when the monitor is made, not mid-run
   with pytest.raises(ValueError, match="split 'valid'"):
     online.OnlineMonitor(config)
+
+
+def test_binary_label_mode_on_multi_label_data_probes_the_binary_question():
+  """binary:No Finding (normal vs abnormal) on NIH-like data: the probe and the kNN AUROC
+  answer that question, not the 14 findings (which stay the probe under other modes)."""
+  from simclr_jax.data import labels as labels_lib
+  from simclr_jax.evaluation import offline
+
+  def split(seed, count=80):
+    rng = np.random.default_rng(seed)
+    multi_hot = np.zeros((count, len(labels_lib.FINDINGS)), np.uint8)
+    abnormal = np.arange(count) % 2 == 1
+    multi_hot[abnormal, rng.integers(0, 3, abnormal.sum())] = 1   # findings 0-2 only
+    features = rng.normal(size=(count, 6)).astype(np.float32)
+    features[:, 0] += 3.0 * abnormal                                 # normal vs abnormal
+    return {"features": features, "labels": multi_hot, "patient_id": np.arange(count)}
+
+  train, evaluated = split(1), split(2)
+  binary, _ = offline.evaluate_features(evaluated, train, label_mode="binary:No Finding",
+                                        kmeans_n_init=1, label_fractions=(1.0,))
+  assert set(binary["linear_auroc"]) == {"any finding", "No Finding"}
+  assert binary["linear_auroc_macro"] > 0.9 and binary["knn_auroc_macro"] > 0.9
+  assert "binary" in binary["linear_probe_targets"]
+  findings, _ = offline.evaluate_features(evaluated, train, label_mode="single",
+                                          kmeans_n_init=1, label_fractions=(1.0,))
+  assert set(findings["linear_auroc"]) == set(labels_lib.FINDINGS)

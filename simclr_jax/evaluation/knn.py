@@ -32,7 +32,7 @@ def knn_scores(representations: Representations, k: int, temperature: float) -> 
                                 weighting=weighting, temperature=temperature,
                                 num_classes=len(class_names))
       scores[key] = float(np.mean(np.argmax(votes, axis=1) == truth))
-    if not representations.multi_label:
+    if not representations.probe_multi_label:
       fractions = votes / votes.sum(axis=1, keepdims=True)  # weighted votes
       per_class = {name: metrics.auroc_or_nan((truth == c).astype(np.int64), fractions[:, c])
                    for c, name in enumerate(class_names)}
@@ -40,7 +40,7 @@ def knn_scores(representations: Representations, k: int, temperature: float) -> 
       # One AUROC describes a binary problem (the two entries are complements).
       scores["knn_auroc_macro"] = (per_class[class_names[1]] if len(class_names) == 2
                                    else metrics.nan_mean(list(per_class.values())))
-  if representations.multi_label:
+  if representations.probe_multi_label:
     neighbours = metrics.knn_neighbours(representations.train_features,
                                         representations.eval_features, k=k)
     fractions = metrics.knn_label_scores(neighbours, representations.train_examples["labels"],

@@ -53,7 +53,7 @@ class Evaluator:
         representations.eval_features[targets["eval_kept"]],
         targets["eval"][targets["eval_kept"]],
         representations.train_patient_ids()[train_kept], self.fractions,
-        multi_label=representations.multi_label, class_names=targets["names"],
+        multi_label=representations.probe_multi_label, class_names=targets["names"],
         seed=representations.seed, solver=self.probe.solver,
         full_probe=full_probe if settings == self.probe.settings() else None)
     yield "label_fractions_seconds", time.perf_counter() - start

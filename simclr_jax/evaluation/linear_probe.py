@@ -37,7 +37,7 @@ class Evaluator:
         representations.train_features[targets["train_kept"]],
         targets["train"][targets["train_kept"]],
         representations.eval_features[targets["eval_kept"]],
-        targets["eval"][targets["eval_kept"]], multi_label=representations.multi_label,
+        targets["eval"][targets["eval_kept"]], multi_label=representations.probe_multi_label,
         regularisation=self.regularisation, max_iter=self.max_iter, class_names=targets["names"],
         seed=representations.seed, solver=self.solver)
     representations.shared[SHARED_KEY] = (self.settings(), probe)

@@ -35,6 +35,12 @@ class Representations:
     return labels_lib.is_multi_label(self.eval_examples)
 
   @property
+  def probe_multi_label(self) -> bool:
+    """Probe and kNN AUROC per finding: multi-label data, unless a binary label mode asks
+    for one question (e.g. binary:No Finding = normal vs abnormal)."""
+    return self.multi_label and not self.label_set.mode.startswith("binary:")
+
+  @property
   def eval_features(self) -> np.ndarray:
     return np.asarray(self.eval_examples["features"], np.float32)
 
@@ -53,13 +59,14 @@ class Representations:
     """Targets of the linear probe and label efficiency.
 
     Multi-label data: the full multi-hot findings of every image (one-vs-rest AUROC per
-    finding), whatever the label mode. Single-label data: the label mode's classes.
+    finding), except under a binary label mode, whose two classes are the targets.
+    Single-label data: the label mode's classes.
 
     Returns:
       {'train', 'eval': targets, 'train_kept', 'eval_kept': bool masks, 'names',
        'description'}.
     """
-    if self.multi_label:
+    if self.probe_multi_label:
       train = np.asarray(self.train_examples["labels"])
       evaluated = np.asarray(self.eval_examples["labels"])
       return {"train": train, "eval": evaluated, "train_kept": np.ones(len(train), bool),
