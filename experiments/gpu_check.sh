@@ -68,14 +68,16 @@ if [[ "$TINY" == 1 ]]; then
          --torch_compile_backend "${GPU_CHECK_TORCH_COMPILE_BACKEND:-aot_eager}")
   prepare=(--image_size 32 --train_size 256 --validation_size 64 --test_size 128)
   train=(--config.model=resnet18 --config.image_size=32 --config.dtype=float32
-         --config.log_every_steps=5 --config.checkpoint_every_steps=10)
+         --config.log_every_steps=5 --config.checkpoint_every_steps=10
+         --config.optimizer.warmup_steps=2)   # nih_r50's 10 warm-up epochs exceed the run
 else
   size=256; steps=${GPU_CHECK_TRAIN_STEPS:-300}; per_device=256
   bench=(--model resnet50 --image_size 224 --per_device_batch "$per_device" --steps 30 --warmup 5
          --dtype bfloat16 --channels_last --torch_modes eager,compiled
          --torch_compile_backend "${GPU_CHECK_TORCH_COMPILE_BACKEND:-inductor}")
   prepare=(--image_size 256 --train_size 4096 --validation_size 256 --test_size 1024)
-  train=(--config.dtype=bfloat16 --config.log_every_steps=25 --config.checkpoint_every_steps=100)
+  train=(--config.dtype=bfloat16 --config.log_every_steps=25 --config.checkpoint_every_steps=100
+         --config.optimizer.warmup_steps=50)  # a short run: its own warm-up
 fi
 
 declare -A STATUS

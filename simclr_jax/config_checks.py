@@ -203,14 +203,14 @@ def open_dataset(config: ml_collections.ConfigDict):
   from simclr_jax import data
   import tensorflow_datasets as tfds
   try:
+    data.check_dataset_name(config.dataset)
+  except ValueError:
+    raise ConfigError(f"config.dataset={config.dataset!r} is not a known dataset; known: "
+                      f"{', '.join(known_datasets())}.") from None
+  try:
     builder = data.get_builder(config.dataset, config.data_dir)
   except (tfds.core.registered.DatasetNotFoundError, ValueError) as error:
-    message = _one_line(error)
-    if isinstance(error, tfds.core.registered.DatasetNotFoundError) or \
-        message.startswith("Failed to construct dataset"):
-      message = (f"config.dataset={config.dataset!r} is not a known dataset; known: "
-                 f"{', '.join(known_datasets())}.")
-    raise ConfigError(message) from None
+    raise ConfigError(f"config.dataset={config.dataset!r}: {_one_line(error)}") from None
   except FileNotFoundError as error:
     raise ConfigError(_one_line(error)) from None
   return builder

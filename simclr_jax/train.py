@@ -124,10 +124,10 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   new_params = optax.apply_updates(state.params, updates)
   metrics = lax.pmean(metrics, AXIS_NAME)
   metrics["learning_rate"] = learning_rate_fn(state.step)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   # Checked on the host before every checkpoint: an update can overflow while the loss
   # that produced it was still finite.
-  metrics["param_norm"] = optax.global_norm(new_params)
+  metrics["param_norm"] = optax.tree.norm(new_params)
   new_state = state.replace(step=state.step + 1, params=new_params,
                             batch_stats=new_batch_stats, opt_state=new_opt_state)
   return new_state, metrics

@@ -71,4 +71,7 @@ def get_config():
   config.input.num_workers = 16
   config.checkpoint_every_steps = 2000
   config.log_every_steps = 50
+  # Online kNN on 1,024 validation images against 2,048 train images every 500 steps
+  # (about every 1.5 epochs at batch 256; ~0.3 % of the training time).
+  config.eval_every_steps = 500
   return config
