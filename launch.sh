@@ -48,7 +48,12 @@ setup() {
   plan=$(py -m simclr_jax.doctor --setup_plan 2> "$reasons") || { cat "$reasons" >&2; exit 2; }
   grep '^\[setup\] warning' "$reasons" >&2 || true
   read -r accelerator requirement <<< "$plan"
-  local stamp="$VENV/.simclr_requirements"
+  local stamp="$VENV/.simclr_requirements" installed_for="$VENV/.simclr_accelerator"
+  # The stamp lists the requirement sets installed for ONE accelerator; after a switch
+  # (cpu -> cuda13 -> cpu) none of them holds any more: install (and clean up) again.
+  if [[ -f "$installed_for" && "$(cat "$installed_for")" != "$accelerator" ]]; then
+    rm -f "$stamp"
+  fi
   local want
   want=$( (cat "${files[@]}"; echo "$accelerator $requirement") | sha256sum | cut -d' ' -f1)
   if [[ ! -f "$stamp" ]] || ! grep -qx "$want" "$stamp"; then
@@ -65,6 +70,7 @@ setup() {
     for f in "${files[@]}"; do args+=(-r "$f"); done
     "$VENV/bin/python" -m pip install -q "${args[@]}" "$requirement"
     echo "$want" >> "$stamp"
+    echo "$accelerator" > "$installed_for"
   fi
 }
 

@@ -42,7 +42,8 @@ $PYTHON -m simclr_jax.prepare nih --manual_dir "$THUMBS" --data_dir "$DATA_DIR" 
     --image_size "$IMAGE_SIZE" | tail -n 1 > "$OUT/prepare.json"
 cat "$OUT/prepare.json"
 
-EVAL_FLAGS=(--dataset "$DATASET" --data_dir "$DATA_DIR" --split test --train_split train)
+# --overwrite: a re-run replaces these reports (the runs themselves resume, not restart).
+EVAL_FLAGS=(--dataset "$DATASET" --data_dir "$DATA_DIR" --split test --train_split train --overwrite)
 if [[ -n "$LABEL_MODE" ]]; then EVAL_FLAGS+=(--label_mode "$LABEL_MODE"); fi
 
 echo "== 2/5 simclr_jax train ($MODEL, $EPOCHS epochs, batch $BATCH)"

@@ -214,6 +214,11 @@ def main(argv=None) -> dict:
       max_examples=args.max_examples, feature_kind=args.features,
       evaluator_options=dict(kmeans_n_init=args.kmeans_n_init, knn_k=args.knn_k,
                              label_fractions=fractions, probe_solver=args.probe_solver))
+  # Every row's encoder loads (checkpoint, weights file) before anything earlier is removed.
+  loaded = []
+  for key, name, kwargs, labels_used in rows:
+    logging.info("Loading %s", name)
+    loaded.append((key, name, encoders.load_encoder(**kwargs), labels_used))
   for path in earlier:
     os.remove(path)
   for row in ROWS:  # row folders the earlier comparison left empty
@@ -221,9 +226,8 @@ def main(argv=None) -> dict:
     if os.path.isdir(folder) and not os.listdir(folder):
       os.rmdir(folder)
   reports, table_rows = {}, []
-  for key, name, kwargs, labels_used in rows:
+  for key, name, encoder, labels_used in loaded:
     logging.info("Evaluating %s", name)
-    encoder = encoders.load_encoder(**kwargs)
     report = offline.evaluate_encoder(encoder, out_dir=os.path.join(args.out, key),
                                       overwrite=True, **settings)
     if encoder.step is not None:

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
+import numpy as np
 
 from simclr_jax import checkpointing
 from simclr_jax import lifecycle
@@ -148,7 +149,7 @@ def resolve_supervised_targets(config: ml_collections.ConfigDict) -> None:
     return
   from simclr_jax import data
   try:
-    _, num_classes, _ = data.supervised_target_spec(config.dataset, config.data_dir)
+    _, num_classes, multi_label = data.supervised_target_spec(config.dataset, config.data_dir)
     frequencies = None
     if config.supervised.class_weights == "inverse_frequency" and not tuple(
         config.supervised.get("class_frequencies", ()) or ()):
@@ -165,6 +166,15 @@ def resolve_supervised_targets(config: ml_collections.ConfigDict) -> None:
         f"{num_classes} classes; use -1 (from the data) or {num_classes}.")
   if frequencies is not None:
     config.supervised.class_frequencies = tuple(float(f) for f in frequencies)
+  given = tuple(config.supervised.get("class_frequencies", ()) or ())
+  if config.supervised.class_weights == "inverse_frequency" and len(given) == num_classes:
+    from simclr_jax import objectives
+    try:   # every class present (multi-label: and absent) somewhere in the training split
+      objectives.inverse_frequency_weights(np.asarray(given), multi_label=multi_label)
+    except ValueError as error:
+      raise ConfigError(f"config.supervised.class_weights='inverse_frequency' on "
+                        f"{config.dataset} split {config.train_split!r}: "
+                        f"{_one_line(error)}") from None
 
 
 def check_objective(config: ml_collections.ConfigDict) -> None:

@@ -122,8 +122,11 @@ class WorkdirLock:
       return
     if self._created_workdir and os.listdir(self.workdir) == [LOCK_FILE]:
       # Nothing else was written (e.g. stopped during compilation): leave no trace.
-      os.unlink(os.path.join(self.workdir, LOCK_FILE))
-      os.rmdir(self.workdir)
+      try:
+        os.unlink(os.path.join(self.workdir, LOCK_FILE))
+        os.rmdir(self.workdir)
+      except OSError:   # another trainer started here meanwhile: its workdir now
+        pass
     os.close(self._fd)   # releases the lock
     self._fd = None
 
@@ -175,7 +178,8 @@ class StopSignals:
 
   On several processes, JAX's preemption service (distributed.initialize) catches
   SIGTERM and lets all processes agree on one step; a SIGINT is forwarded to it as a
-  SIGTERM to this process, so a Ctrl-C also stops every process at the same step.
+  SIGTERM to this process, so a Ctrl-C also stops every process at the same step (the
+  stop is only taken at the step the service agreed on, see `should_stop`).
   """
 
   def __init__(self):
@@ -221,11 +225,19 @@ class StopSignals:
       os.kill(os.getpid(), signal.SIGTERM)   # through JAX's preemption service
 
   def should_stop(self, step: int) -> bool:
-    """True when the run should save at `step` and stop (same answer on every process)."""
+    """True when the run should save at `step` and stop (same answer on every process).
+
+    On several processes only JAX's preemption service decides (the signalled process
+    knows before the others; stopping on its own flag would leave the others waiting in
+    the next collective); `reason` keeps what this process received, for its exit code.
+    """
     if self._multi_process:
       from jax.experimental import multihost_utils
-      if multihost_utils.reached_preemption_sync_point(step) and self.reason is None:
+      if not multihost_utils.reached_preemption_sync_point(step):
+        return False
+      if self.reason is None:
         self.reason = "preemption"
+      return True
     return self.reason is not None
 
   def close(self) -> None:

@@ -235,7 +235,11 @@ def _class_frequencies(config: ml_collections.ConfigDict, model: Any,
         f"class_weights='inverse_frequency' needs one frequency per class "
         f"({num_classes} classes), computed on the training split (pass "
         "class_frequencies= to objectives.create_objective or set the config field).")
-  inverse_frequency_weights(frequencies, multi_label=False)  # every frequency > 0
+  if np.any(frequencies <= 0):   # the multi-label range (< 1) is checked with the data
+    raise ValueError(
+        f"config.supervised.class_frequencies={tuple(frequencies.tolist())}: every class "
+        "needs a frequency > 0 in the training split (a class that never occurs cannot be "
+        "re-weighted); use class_weights='none' or a split where every class occurs.")
   return frequencies
 
 

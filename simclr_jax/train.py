@@ -11,6 +11,7 @@ non-finite step, 130 Ctrl-C.
 """
 import functools
 import logging
+import os
 import sys
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -293,7 +294,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
                       "compiling the train step" +
                       (f", now cached in {cache_dir}" if cache_dir else
                        "; compilation cache off"))
-        if stop.requested:
+        if stop_now and stop.requested:   # stop_now: the step all processes agreed on
           outcome = "stopped before the first step finished; nothing written"
           if stop.reason == "interrupt":
             raise lifecycle.Interrupted(
@@ -366,6 +367,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
     else:
       outcome = "done"
   finally:
+    batch = None            # the last batch lives in the loader's shared memory: release it,
+    data_iterator.close()   # then stop Grain's worker processes (they free the rest)
     if manager is not None:
       manager.close()   # waits for a save in flight: the last checkpoint is complete
     if writer is not None:
@@ -397,17 +400,21 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   # orbax/TFDS log every save/restore step through absl at INFO; keep ours only.
   logging.getLogger("absl").setLevel(logging.WARNING)
+  message, exit_code = None, 0
   try:
     distributed.initialize()
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
                        allow_config_changes=flags.FLAGS.allow_config_changes)
   except lifecycle.RunError as error:
     prefix = "" if isinstance(error, lifecycle.Interrupted) else "error: "
-    print(f"{prefix}{error}", file=sys.stderr, flush=True)
-    sys.exit(error.exit_code)
+    message, exit_code = f"{prefix}{error}", error.exit_code
   except KeyboardInterrupt:   # before the handlers were installed (start-up)
-    print("Interrupted during start-up; nothing was written.", file=sys.stderr)
-    sys.exit(130)
+    message, exit_code = "Interrupted during start-up; nothing was written.", 130
+  # Exit outside the except blocks: the exception's frames (and the loader's shared-memory
+  # batches they hold) are released first, so nothing is left for the resource tracker.
+  if message is not None:
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(exit_code)
 
 
 def _load_config_file(argv: Sequence[str]) -> Optional[ml_collections.ConfigDict]:
@@ -439,7 +446,10 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
   """
   from absl import flags
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
+    if flags.FLAGS["config"].present:
+      flags.FLAGS.config.get("dataset")   # ml_collections defers a load error to first use
+    return remaining
   except flags.Error as error:
     print(f"error: {error}", file=sys.stderr)
   except (AttributeError, KeyError) as error:   # an override of a field that is not there
@@ -453,6 +463,17 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
           if message:
             break
     print(f"error: {message or ' '.join(str(error).split())}", file=sys.stderr)
+  except (OSError, ImportError, SyntaxError) as error:   # --config file missing or broken
+    config_file = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"),
+                       next((arg.split("=", 1)[1] for arg in argv
+                             if arg.startswith("--config=")), "?"))
+    cause = error.__cause__ or error
+    if not os.path.isfile(config_file):
+      print(f"error: --config={config_file}: no such file (configs are in experiments/configs/).",
+            file=sys.stderr)
+    else:
+      print(f"error: --config={config_file}: cannot load the config file "
+            f"({type(cause).__name__}: {' '.join(str(cause).split())[:200]}).", file=sys.stderr)
   sys.exit(2)
 
 

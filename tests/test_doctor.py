@@ -208,6 +208,12 @@ def test_launch_setup_reinstalls_when_the_accelerator_changes(tmp_path):
   assert len(setup("cuda13")) == 1  # unchanged: no pip at all
   assert setup("cpu")[1:] == ["uninstall -q -y jax-cuda13-plugin",
                               f"install -q -r requirements.txt {doctor.jax_requirement('cpu')}"]
+  # Back and forth: every switch installs again (an earlier install for that accelerator
+  # no longer holds) and removes the other build's plugins.
+  assert setup("cuda13")[3:] == [
+      f"install -q -r requirements.txt {doctor.jax_requirement('cuda13')}"]
+  assert setup("cpu")[4:] == ["uninstall -q -y jax-cuda13-plugin",
+                              f"install -q -r requirements.txt {doctor.jax_requirement('cpu')}"]
 
 
 def test_train_step_runs_on_the_detected_accelerator():

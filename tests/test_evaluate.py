@@ -242,6 +242,8 @@ def test_cli_refuses_bad_settings_in_one_line(tmp_path, synthetic_data_dir, caps
                        "--probe_solver='cuml'"),
       "features": (["--dataset", "synthetic_cxr/32", "--features", "logits"],
                    "--features='logits'"),
+      "image size": (["--dataset", "synthetic_cxr/32", "--image_size", "0"],
+                     "--image_size=0"),
       "earlier report": (["--dataset", "synthetic_cxr/32", "--out", tmp_path / "earlier"],
                          "holds an earlier report (cluster_confusion.png)"),
   }
@@ -470,6 +472,15 @@ def test_compare_writes_the_seed_table(tmp_path, synthetic_data_dir):
 
   with pytest.raises(report_lib.ReportExistsError, match="earlier comparison"):
     compare.main(argv)
+  # --overwrite with a row that cannot load (a workdir without checkpoints): the earlier
+  # comparison is still there afterwards.
+  before = sorted(p.relative_to(out) for p in out.rglob("*"))
+  untrained = tmp_path / "untrained"
+  untrained.mkdir()
+  (untrained / "config.json").write_text((supervised / "config.json").read_text())
+  with pytest.raises(FileNotFoundError, match="No complete checkpoint"):
+    compare.main(["--supervised_workdir", str(untrained)] + argv[2:] + ["--overwrite"])
+  assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
   reports = compare.main(argv[2:] + ["--overwrite", "--model", "resnet_tiny", "--image_size",
                                     "32", "--evaluators", "similarity"])  # one row now
   assert list(reports) == ["random_init"]

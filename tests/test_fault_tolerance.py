@@ -32,14 +32,19 @@ def _checkpoint_steps(workdir):
 class _Trainer:
   """A trainer subprocess whose output goes to files (a full pipe would block it)."""
 
-  def __init__(self, args, log_dir, num_devices=1, **env):
+  def __init__(self, args, log_dir, num_devices=1, new_session=False, **env):
     log_dir.mkdir(parents=True, exist_ok=True)
     count = len(list(log_dir.glob("*.err")))
     self._out = open(log_dir / f"{count}.out", "w+")
     self._err = open(log_dir / f"{count}.err", "w+")
+    # new_session: its own process group, so a signal can go to the trainer and its
+    # loader workers together, as a terminal's Ctrl-C does.
     self.proc = subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=REPO_ROOT,
                                  env=subprocess_env(num_devices, **env), stdout=self._out,
-                                 stderr=self._err, text=True)
+                                 stderr=self._err, text=True, start_new_session=new_session)
+
+  def signal_group(self, sig):
+    os.killpg(self.proc.pid, sig)
 
   def poll(self):
     return self.proc.poll()
@@ -68,9 +73,9 @@ class _Trainer:
     return None, self.stderr
 
 
-def _start(args, num_devices=1, **env):
+def _start(args, num_devices=1, new_session=False, **env):
   log_dir = pathlib.Path(str(args[args.index("--workdir") + 1]) + "_logs")
-  return _Trainer(args, log_dir, num_devices, **env)
+  return _Trainer(args, log_dir, num_devices, new_session, **env)
 
 
 def _wait_for_step(proc, workdir, min_step, timeout=240):
@@ -236,9 +241,11 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, synthetic_d
                                err_msg=key)
 
 
-def test_sigterm_to_all_processes_saves_one_common_step(tmp_path, synthetic_data_dir):
+def test_sigterm_to_all_processes_and_ctrl_c_to_one_save_one_common_step(
+    tmp_path, synthetic_data_dir):
   """What SLURM does at the time limit: SIGTERM to every task. JAX's preemption service
-  makes both processes save the same step, then both exit 0."""
+  makes both processes save the same step, then both exit 0. A Ctrl-C to one process
+  stops both at one agreed step too."""
   workdir = tmp_path / "w"
   port = _free_port()
   procs = [_start(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=100000",
@@ -261,6 +268,32 @@ def test_sigterm_to_all_processes_saves_one_common_step(tmp_path, synthetic_data
     assert "Stopping early (preemption)" in proc.stderr
   saved = _checkpoint_steps(workdir)
   assert saved and saved[-1] == _metrics_steps(workdir)[-1] >= 3
+
+  # Resumed, then Ctrl-C on process 0 only (its terminal): the signalled process must not
+  # stop on its own (the other would wait forever in the next collective); both stop at
+  # the step JAX's preemption service agrees on, and that step is saved.
+  port = _free_port()
+  procs = [_start(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=100000",
+                              "--config.checkpoint_every_steps=100000",
+                              f"--coordinator_address=127.0.0.1:{port}",
+                              "--num_processes=2", f"--process_id={i}"), num_devices=2)
+           for i in range(2)]
+  try:
+    _wait_for_step(procs[0], workdir, saved[-1] + 3)
+    procs[0].send_signal(signal.SIGINT)
+    for proc in procs:
+      proc.wait(timeout=180)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  assert procs[0].returncode == 130, procs[0].stderr[-3000:]
+  assert procs[1].returncode == 0, procs[1].stderr[-3000:]
+  interrupted = _checkpoint_steps(workdir)[-1]
+  assert interrupted == _metrics_steps(workdir)[-1] > saved[-1]
+  assert procs[0].stderr.strip().splitlines()[-1].startswith(
+      f"Interrupted (Ctrl-C): saved checkpoint at step {interrupted} ")
+  assert f"saved checkpoint at step {interrupted}; exiting" in procs[1].stderr
 
 
 def test_launchers_dry_run(tmp_path):

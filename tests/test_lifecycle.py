@@ -127,6 +127,14 @@ def test_cli_unknown_key_is_one_line_with_a_suggestion(tmp_path):
       "error: --config.optimizer.learning_rat: the config has no field "
       "'optimizer.learning_rat'; did you mean --config.optimizer.learning_rate?"]
   assert not workdir.exists()
+  # A mistyped config file: one line (ml_collections defers that error to first use).
+  missing = run_module(["simclr_jax.train", "--config", "experiments/configs/demo2.py",
+                        "--workdir", workdir], check=False)
+  assert missing.returncode == 2, missing.stderr[-3000:]
+  assert missing.stderr.strip().splitlines() == [
+      "error: --config=experiments/configs/demo2.py: no such file (configs are in "
+      "experiments/configs/)."]
+  assert not workdir.exists()
 
 
 # ------------------------------------------------------------------- checkpoints on disk
@@ -323,11 +331,13 @@ def test_one_trainer_per_workdir_ctrl_c_saves_and_the_restart_skips_compiling(
   """A run's life: a second trainer is turned away, Ctrl-C saves and exits 130, the
   restart resumes there with the train step loaded from the compilation cache. The data
   directory is read-only throughout, and the log has a progress line every
-  log_every_steps."""
+  log_every_steps. The Ctrl-C goes to the whole process group, as a terminal sends it,
+  Grain loader workers included."""
   workdir, cache = tmp_path / "w", tmp_path / "xla_cache"
   args = _train_args(workdir, read_only_data_dir, "--config.num_train_steps=100000",
-                     "--config.checkpoint_every_steps=100000", "--config.log_every_steps=2")
-  trainer = _start(args, SIMCLR_COMPILATION_CACHE=cache)
+                     "--config.checkpoint_every_steps=100000", "--config.log_every_steps=2",
+                     "--config.input.num_workers=1")
+  trainer = _start(args, new_session=True, SIMCLR_COMPILATION_CACHE=cache)
   try:
     _wait_for_step(trainer, workdir, 4)
     config_before = (workdir / "config.json").read_bytes()
@@ -335,7 +345,7 @@ def test_one_trainer_per_workdir_ctrl_c_saves_and_the_restart_skips_compiling(
                                     "--config.optimizer.learning_rate=0.01"), check=False,
                         SIMCLR_COMPILATION_CACHE=cache)
     assert trainer.poll() is None
-    trainer.send_signal(signal.SIGINT)
+    trainer.signal_group(signal.SIGINT)
     trainer.wait(timeout=120)
   finally:
     if trainer.poll() is None:
@@ -352,7 +362,8 @@ def test_one_trainer_per_workdir_ctrl_c_saves_and_the_restart_skips_compiling(
   saved = _checkpoint_steps(workdir)[-1]
   last_line = trainer.stderr.strip().splitlines()[-1]
   assert last_line.startswith(f"Interrupted (Ctrl-C): saved checkpoint at step {saved} ")
-  assert "Traceback" not in trainer.stderr
+  assert "Traceback" not in trainer.stderr and "KeyboardInterrupt" not in trainer.stderr
+  assert "leaked" not in trainer.stderr   # the loader workers' shared memory
   assert _metrics_steps(workdir)[-1] == saved >= 4
   first = _metrics(workdir)[0]
   assert first["step"] == 1 and first["compilation_cache_hit"] is False

@@ -32,6 +32,7 @@ import functools
 import logging
 import os
 import pathlib
+import signal
 import sys
 
 from absl import flags
@@ -399,6 +400,13 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
   return TrainIterator(batches, read_options, worker_options, fingerprint)
 
 
+def _ignore_interrupts_in_worker(worker_index: int, worker_count: int) -> None:
+  """Grain workers ignore SIGINT: a terminal's Ctrl-C reaches the whole process group,
+  and the trainer (not its loader processes) decides how to stop (save, exit 130)."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class TrainIterator(grain.DatasetIterator):
   """The training iterator: a grain DatasetIterator with a portable state.
 
@@ -423,7 +431,8 @@ class TrainIterator(grain.DatasetIterator):
     if self._worker_options is not None:
       if not flags.FLAGS.is_parsed():  # grain reads absl flags; outside an absl app: defaults
         flags.FLAGS.mark_as_parsed()
-      stream = stream.mp_prefetch(self._worker_options)
+      stream = stream.mp_prefetch(self._worker_options,
+                                  worker_init_fn=_ignore_interrupts_in_worker)
     self._iterator = iter(stream)
 
   def __next__(self) -> dict:

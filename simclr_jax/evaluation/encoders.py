@@ -127,6 +127,9 @@ def load_encoder(*, workdir: Optional[str] = None, step: Optional[int] = None,
     raise ValueError("--random_init and --step exclude each other.")
   if torch_weights and (random_init or step is not None):
     raise ValueError("--torch_weights excludes --random_init and --step.")
+  if image_size is not None and image_size < 8:
+    raise ValueError(f"--image_size={image_size}: give the model's input size in pixels "
+                     "(>= 8), or leave it out to use the run's.")
   config = checkpointing.read_config(workdir) if workdir else None
   if config is None:
     if not model:

@@ -169,6 +169,15 @@ def report_markdown(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _caption(figure, report: dict) -> None:
+  """Every plot says what produced it: encoder and its init/step, data, label set, k."""
+  text = (f"{report.get('encoder_init', report.get('encoder', ''))} | "
+          f"{report.get('dataset')} split {report.get('split')} | label mode "
+          f"{report.get('label_mode')}, k = {report.get('k')}")
+  figure.text(0.5, 0.005, text, ha="center", va="bottom", fontsize=6, wrap=True)
+  figure.subplots_adjust(bottom=max(figure.subplotpars.bottom, 0.14))
+
+
 def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5000,
                 seed: int = 0) -> list:
   """PCA embedding (by label, by cluster), cluster-vs-label matrix, label-efficiency curve.
@@ -209,6 +218,7 @@ def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5
     axes[0][0].legend(handles=handles, fontsize=7, loc="best", markerscale=0.8)
     figure.tight_layout()
     path = os.path.join(out_dir, "embedding_pca.png")
+    _caption(figure, report)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     written.append(path)
@@ -237,6 +247,7 @@ def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5
     figure.colorbar(image, ax=axis)
     figure.tight_layout()
     path = os.path.join(out_dir, "cluster_confusion.png")
+    _caption(figure, report)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     written.append(path)
@@ -258,6 +269,7 @@ def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5
     axis.legend()
     figure.tight_layout()
     path = os.path.join(out_dir, "label_efficiency.png")
+    _caption(figure, report)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     written.append(path)
