@@ -1,18 +1,25 @@
-r"""CPU demo: ResNet-18 x0.25 on synthetic_cxr phantoms at 64 px, 20 epochs (~5 min on 2 cores).
+r"""CPU demo: ResNet-18 x0.25 on synthetic_cxr phantoms at 32 px, 20 epochs (~1.5 min on 2 cores).
 
-  python -m simclr_jax.prepare synthetic_cxr --data_dir runs/data
+  python -m simclr_jax.prepare synthetic_cxr --data_dir runs/data --image_size 32
   python -m simclr_jax.train --config experiments/configs/demo.py --workdir runs/demo/train
 
-`./launch.sh demo` runs this and then the evaluator.
+`./launch.sh demo` runs this and then the evaluator (dataset synthetic_cxr/32).
+
+32 px instead of 64 px: the same 1,240 steps (4,000 train images, batch 64, 20 epochs) run
+~3.5x faster (about 2,000 views/s vs 650 on 2 cores) and reach the same clustering accuracy
+(0.78 vs 0.79 on the test split; the fair random init, zero_init_residual=False, 0.24 at
+both sizes); its linear AUROC 0.99 vs 0.84 and kNN accuracy 0.89 vs 0.45 for the random init.
+Fewer steps are not safe: 620 steps reached 0.61 with seed 0 but 0.40 with seed 1, and 310
+steps did not separate the classes.
 """
 from simclr_jax.config import default_config
 
 
 def get_config():
   config = default_config()
-  config.dataset = "synthetic_cxr/64"
+  config.dataset = "synthetic_cxr/32"
   config.data_dir = "runs/data"
-  config.image_size = 64
+  config.image_size = 32
   config.batch_size = 64
   config.num_epochs = 20
   config.model = "resnet18"
