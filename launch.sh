@@ -80,13 +80,13 @@ demo() {
   local start=$SECONDS out=runs/demo
   setup
   py -m simclr_jax.doctor --brief  # which backend the demo runs on (warns if not the detected one)
-  echo "[demo] 1/4 building synthetic_cxr/64 (TFDS, ArrayRecord) in runs/data"
-  py -m simclr_jax.prepare synthetic_cxr --data_dir runs/data --image_size 64
+  echo "[demo] 1/4 building synthetic_cxr/32 (TFDS, ArrayRecord) in runs/data"
+  py -m simclr_jax.prepare synthetic_cxr --data_dir runs/data --image_size 32
   echo "[demo] 2/4 SimCLR pretraining (experiments/configs/demo.py) -> $out/train"
   py -m simclr_jax.train --config experiments/configs/demo.py --workdir "$out/train" "$@"
   echo "[demo] 3/4 evaluating the SimCLR encoder and the random-init encoder on the test split"
   py -m experiments.compare --simclr_workdir "$out/train" --random_init \
-      --dataset synthetic_cxr/64 --data_dir runs/data --split test --train_split train \
+      --dataset synthetic_cxr/32 --data_dir runs/data --split test --train_split train \
       --out "$out" --overwrite
   echo "[demo] 4/4 done in $((SECONDS - start)) s: $out/report.json, $out/report.md"
   cat "$out/report.md"

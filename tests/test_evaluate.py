@@ -323,7 +323,8 @@ def _train(workdir, synthetic_data_dir, *extra):
               "--config.model=resnet_tiny", "--config.image_size=32",
               "--config.batch_size=16", "--config.checkpoint_every_steps=2",
               "--config.optimizer.learning_rate=0.05", "--config.progress_bar=False",
-              "--config.optimizer.warmup_steps=0", *extra])   # no warm-up longer than the run
+              "--config.optimizer.warmup_steps=0",  # no warm-up longer than the run
+              "--config.eval_every_steps=0", *extra])
 
 
 @pytest.mark.slow

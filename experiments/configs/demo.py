@@ -36,5 +36,6 @@ def get_config():
   config.optimizer.warmup_epochs = 0.5
   config.checkpoint_every_steps = 100
   config.log_every_steps = 10
+  config.eval_every_steps = 200         # online kNN monitor on the validation split (~3 % of the run)
   config.input.num_workers = 0
   return config

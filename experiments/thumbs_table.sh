@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The seed's comparison table on real chest X-rays, on a CPU: SimCLR vs a supervised baseline
+# trained here vs the fair (torchvision-style) random init, on the 1,000 real 64 px
+# ChestX-ray14 thumbnails of ../shared/data/nih_thumbs (normal vs abnormal; train 600 /
+# validation 200 / test 200).
+#
+#   experiments/thumbs_table.sh                  # ~8 min on 2 quiet CPU cores (3 seeds)
+#   OUT=runs/thumbs SEEDS="0 1 2 3 4" experiments/thumbs_table.sh
+#
+# Steps (each a CLI a user would type; a re-run resumes/reuses what is done), per seed 2-4:
+#   1. prepare   nih_chest_xray14/thumbs64 from THUMBS (+ the official label CSV)
+#   2. SimCLR    experiments/configs/thumbs.py on the train split (no labels)
+#   3. supervised the same config with --config.objective=supervised (the 14 findings, BCE)
+#   4. compare   SimCLR, supervised, random init on the test split, label mode
+#                "binary:No Finding" (normal vs abnormal: k-means k = 2, linear probe, kNN),
+#                label efficiency at 10 % and 100 % of the train labels
+#      then SimCLR and random init again with the projection head's output as features
+#      (--features projection; the supervised encoder has no projection head)
+#   5. experiments.seed_table: every cell as mean ± sd over the seeds (the seed also seeds
+#      the random-init row), for each feature kind
+# Writes OUT/data, OUT/seed<S>/{simclr,supervised,compare,compare_projection}/,
+# OUT/table.md (encoder features) and OUT/table_projection.md.
+# Settings (environment): THUMBS (/work/shared/data/nih_thumbs or ../shared/data/nih_thumbs),
+# CSV (THUMBS/../nih_sample/Data_Entry_2017_v2020.csv.gz), OUT (runs/thumbs_table), SEEDS ("0 1 2"),
+# PYTHON (.venv/bin/python if present, else python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+THUMBS=${THUMBS:-../shared/data/nih_thumbs}
+CSV=${CSV:-$(dirname "$THUMBS")/nih_sample/Data_Entry_2017_v2020.csv.gz}
+OUT=${OUT:-runs/thumbs_table}
+SEEDS=${SEEDS:-0 1 2}
+reports=()
+projection_reports=()
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+DATASET=nih_chest_xray14/thumbs64
+DATA_DIR=$OUT/data
+[[ -d "$THUMBS" ]] || { echo "error: THUMBS=$THUMBS is not a folder (nih_thumbs layout)" >&2; exit 2; }
+[[ -f "$CSV" ]] || { echo "error: CSV=$CSV not found (the official Data_Entry CSV)" >&2; exit 2; }
+mkdir -p "$OUT"
+start=$SECONDS
+
+echo "== prepare $THUMBS -> $DATA_DIR ($DATASET)"
+"$PYTHON" -m simclr_jax.prepare nih --manual_dir "$THUMBS" --csv "$CSV" --data_dir "$DATA_DIR" \
+    --image_size 64 | tail -n 2
+
+for SEED in $SEEDS; do
+  RUN=$OUT/seed$SEED
+  TRAIN=(--config experiments/configs/thumbs.py --config.data_dir="$DATA_DIR"
+         --config.seed="$SEED" --config.progress_bar=False)
+  echo "== seed $SEED: SimCLR pretraining (experiments/configs/thumbs.py) -> $RUN/simclr"
+  "$PYTHON" -m simclr_jax.train "${TRAIN[@]}" --workdir "$RUN/simclr" | tail -n 1
+  echo "== seed $SEED: supervised baseline (same encoder, data, augmentation; one view, the findings) -> $RUN/supervised"
+  "$PYTHON" -m simclr_jax.train "${TRAIN[@]}" --workdir "$RUN/supervised" \
+      --config.objective=supervised | tail -n 1
+  echo "== seed $SEED: compare on the test split (normal vs abnormal) -> $RUN/compare"
+  "$PYTHON" -m experiments.compare --simclr_workdir "$RUN/simclr" \
+      --supervised_workdir "$RUN/supervised" --random_init \
+      --dataset "$DATASET" --data_dir "$DATA_DIR" --split test --train_split train \
+      --label_mode "binary:No Finding" --label_fractions 0.1,1.0 --out "$RUN/compare" \
+      --overwrite > /dev/null 2> "$RUN/compare.log" || { cat "$RUN/compare.log" >&2; exit 1; }
+  grep '^|' "$RUN/compare/report.md"
+  reports+=("$RUN/compare/report.json")
+  echo "== seed $SEED: the same with the projection head's output as features (SimCLR, random init) -> $RUN/compare_projection"
+  "$PYTHON" -m experiments.compare --simclr_workdir "$RUN/simclr" --random_init \
+      --dataset "$DATASET" --data_dir "$DATA_DIR" --split test --train_split train \
+      --label_mode "binary:No Finding" --label_fractions 0.1,1.0 --features projection \
+      --out "$RUN/compare_projection" --overwrite > /dev/null 2> "$RUN/compare.log" \
+      || { cat "$RUN/compare.log" >&2; exit 1; }
+  projection_reports+=("$RUN/compare_projection/report.json")
+done
+
+echo "== all seeds (mean ± sd), encoder features -> $OUT/table.md"
+"$PYTHON" -m experiments.seed_table "${reports[@]}" --out "$OUT/table.md" --overwrite
+echo "== all seeds (mean ± sd), projection-head features -> $OUT/table_projection.md"
+"$PYTHON" -m experiments.seed_table "${projection_reports[@]}" --out "$OUT/table_projection.md" \
+    --overwrite
+echo "thumbs_table: done in $((SECONDS - start)) s; reports in $OUT/seed*/compare*, tables in $OUT/table*.md"

@@ -1,0 +1,61 @@
+"""experiments.seed_table: mean ± sd over comparisons repeated with several seeds."""
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from experiments import seed_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _report(accuracy, auroc, auroc_at_10, split="test"):
+  return dict(dataset="nih_chest_xray14/thumbs64", split=split, label_mode="binary:No Finding",
+              k=2, cluster_accuracy=accuracy, nmi=0.01, ari=0.0, linear_auroc_macro=auroc,
+              knn_accuracy=0.5, knn_auroc_macro=float("nan"),
+              label_fractions=[dict(fraction=0.1, linear_auroc_macro=auroc_at_10),
+                               dict(fraction=1.0, linear_auroc_macro=auroc)])
+
+
+def _write(tmp_path, seed, comparison):
+  folder = tmp_path / f"seed{seed}" / "compare"
+  folder.mkdir(parents=True)
+  (folder / "report.json").write_text(json.dumps(comparison))
+  return str(folder / "report.json")
+
+
+def test_cells_are_mean_and_sample_sd_over_seeds(tmp_path, capsys):
+  paths = [_write(tmp_path, seed, dict(simclr=_report(acc, auroc, 0.4),
+                                       random_init=_report(0.5, 0.5 + seed / 100, 0.45)))
+           for seed, (acc, auroc) in enumerate([(0.6, 0.58), (0.7, 0.62), (0.8, 0.60)])]
+  text = seed_table.main(paths + ["--out", str(tmp_path / "table.md")])
+  simclr_line = next(line for line in text.splitlines() if line.startswith("| SimCLR"))
+  cells = [cell.strip() for cell in simclr_line.strip("|").split("|")]
+  assert cells[1] == f"0.700 ± {statistics.stdev([0.6, 0.7, 0.8]):.3f}"     # clustering accuracy
+  assert cells[4] == "0.600 ± 0.020"                                         # linear AUROC
+  assert cells[6] == "n/a"                                                   # NaN never averaged
+  assert cells[7] == "0.400 ± 0.000" and cells[8] == "0.600 ± 0.020"         # @ 0.1, @ 1 labels
+  random_line = next(line for line in text.splitlines() if line.startswith("| Random init"))
+  assert "0.510 ± 0.010" in random_line
+  assert "seeds seed0, seed1, seed2" in text
+  assert "SimCLR (JAX) linear_auroc_macro: 0.580, 0.620, 0.600" in text
+  assert (tmp_path / "table.md").read_text() == text
+  assert capsys.readouterr().out == text
+
+
+def test_refuses_mixed_settings_and_existing_out(tmp_path):
+  first = _write(tmp_path, 0, dict(simclr=_report(0.6, 0.6, 0.5)))
+  other = _write(tmp_path, 1, dict(simclr=_report(0.6, 0.6, 0.5, split="validation")))
+  with pytest.raises(ValueError, match="differ in"):
+    seed_table.main([first, other])
+  (tmp_path / "table.md").write_text("mine")
+  result = subprocess.run([sys.executable, "-m", "experiments.seed_table", first,
+                           "--out", str(tmp_path / "table.md")], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"error: --out={tmp_path / 'table.md'} exists; pass --overwrite to replace it."]
+  assert (tmp_path / "table.md").read_text() == "mine"
