@@ -22,7 +22,9 @@
 # OUT/table.md (encoder features) and OUT/table_projection.md.
 # Settings (environment): THUMBS (/work/shared/data/nih_thumbs or ../shared/data/nih_thumbs),
 # CSV (THUMBS/../nih_sample/Data_Entry_2017_v2020.csv.gz), OUT (runs/thumbs_table), SEEDS ("0 1 2"),
-# PYTHON (.venv/bin/python if present, else python3).
+# TRAIN_FLAGS (extra --config.KEY=VALUE flags for both trainings, e.g.
+# "--config.augment.clahe_prob=0.5"; use a new OUT for each setting), PYTHON (.venv/bin/python
+# if present, else python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,8 +51,9 @@ echo "== prepare $THUMBS -> $DATA_DIR ($DATASET)"
 
 for SEED in $SEEDS; do
   RUN=$OUT/seed$SEED
+  # shellcheck disable=SC2206  # TRAIN_FLAGS: whitespace-separated flags, no quoting
   TRAIN=(--config experiments/configs/thumbs.py --config.data_dir="$DATA_DIR"
-         --config.seed="$SEED" --config.progress_bar=False)
+         --config.seed="$SEED" --config.progress_bar=False ${TRAIN_FLAGS:-})
   echo "== seed $SEED: SimCLR pretraining (experiments/configs/thumbs.py) -> $RUN/simclr"
   "$PYTHON" -m simclr_jax.train "${TRAIN[@]}" --workdir "$RUN/simclr" | tail -n 1
   echo "== seed $SEED: supervised baseline (same encoder, data, augmentation; one view, the findings) -> $RUN/supervised"

@@ -6,8 +6,8 @@ line is printed to stdout every `every` units and once at the end:
 
   [train] step 120/1240 (9.7%) loss 3.1234 views/s 812 ETA 0:12:31
 
-The ETA uses the rate of the last interval, so a slow first step (compilation) does not
-distort it for long.
+The ETA uses the rate of the last interval, leaving out time the caller excludes (the
+first step's compilation, an online evaluation).
 """
 import datetime
 import sys
@@ -70,12 +70,17 @@ class Progress:
     return self._bar is not None
 
   def update(self, n: int = 1, **fields: Any) -> None:
-    """Advances by `n` units; `fields` (e.g. loss=...) are shown from now on."""
+    """Advances by `n` units; `fields` (e.g. loss=...) are shown from now on; a field
+    given as None is no longer shown (e.g. a value measured only every few lines)."""
     if not self._enabled:
       self.count += n
       return
     self.count += n
-    self._fields.update(fields)
+    for name, value in fields.items():
+      if value is None:
+        self._fields.pop(name, None)
+      else:
+        self._fields[name] = value
     if self._bar is not None:
       self._bar.update(n)
       if fields:
@@ -85,6 +90,16 @@ class Progress:
     if self.count % self._every == 0 or (
         self.count // self._every != (self.count - n) // self._every):
       self._log_line()
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` spent on other work (an evaluation) out of the rate and the ETA."""
+    self._interval_start += max(0.0, float(seconds))
+
+  def restart_interval(self, pending: int = 0) -> None:
+    """The rate counts from now (e.g. after a slow first step), leaving out `pending`
+    units that finished already but are not yet passed to `update`."""
+    self._interval_start = time.perf_counter()
+    self._interval_count = self.count + int(pending)
 
   def _rate(self) -> Optional[float]:
     now = time.perf_counter()

@@ -285,6 +285,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
       if writer is None:  # the first step of this start: compiled (or loaded) and timed
         jax.block_until_ready(metrics)
         steady_start = time.perf_counter()
+        progress.restart_interval(pending=1)   # the ETA leaves out the compilation
         first_step = {"first_step_seconds": steady_start - first_step_start,
                       "compilation_cache_hit":
                           compilation_cache.cache_hits() > cache_hits_before}
@@ -324,6 +325,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
         online_scalars = monitor.run(step, replicated_state.params,
                                      replicated_state.batch_stats)
         window_start += online_scalars["online_eval_seconds"]  # views/s: training only
+        progress.exclude(online_scalars["online_eval_seconds"])  # and the ETA
       progress_fields = {}
       if step % log_every == 0 or is_checkpoint_step or first_step or online_scalars:
         lifecycle.check_finite(step, metrics)
@@ -343,8 +345,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
         progress_fields = {"epoch": step / steps_per_epoch, "loss": last_loss,
                            "views/s": views_per_second}
         for name in ("online_knn_accuracy", "online_knn_auroc"):
-          if name in online_scalars:
-            progress_fields[name.replace("online_", "")] = online_scalars[name]
+          # Shown on the line of the step they were measured at only.
+          progress_fields[name.replace("online_", "")] = online_scalars.get(name)
         first_step = {}
         pending_metrics = []
         window_start, window_steps = time.perf_counter(), 0
