@@ -82,6 +82,19 @@ demo() {
   py -m simclr_jax.doctor --brief  # which backend the demo runs on (warns if not the detected one)
   echo "[demo] 1/4 building synthetic_cxr/32 (TFDS, ArrayRecord) in runs/data"
   py -m simclr_jax.prepare synthetic_cxr --data_dir runs/data --image_size 32
+  # A workdir of an earlier demo version (e.g. the 64 px demo) cannot be resumed with this
+  # config: keep it under another name (never deleted) unless a trainer holds it.
+  if [[ -f "$out/train/config.json" ]] \
+      && ! grep -q '"dataset": "synthetic_cxr/32"' "$out/train/config.json"; then
+    local kept
+    kept="$out/train-earlier-$(date +%Y%m%d-%H%M%S)"
+    if py -c 'import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)' "$out/train/.lock" 2>/dev/null; then
+      mv "$out/train" "$kept"
+      echo "[demo] $out/train held a run of an earlier demo version; kept as $kept"
+    fi
+  fi
   echo "[demo] 2/4 SimCLR pretraining (experiments/configs/demo.py) -> $out/train"
   py -m simclr_jax.train --config experiments/configs/demo.py --workdir "$out/train" "$@"
   echo "[demo] 3/4 evaluating the SimCLR encoder and the random-init encoder on the test split"

@@ -1,7 +1,7 @@
 r"""Evaluates several encoders on the same data and writes one comparison table.
 
   python -m experiments.compare --simclr_workdir runs/demo/train --random_init \
-      --dataset synthetic_cxr/64 --data_dir runs/data --split test --out runs/demo/compare
+      --dataset synthetic_cxr/32 --data_dir runs/data --split test --out runs/demo/compare
   python -m experiments.compare --simclr_workdir runs/nih/train \
       --supervised_workdir runs/nih_supervised/train --random_init \
       --imagenet_weights resnet50-11ad3fa6.pth \

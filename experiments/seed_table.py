@@ -24,6 +24,8 @@ from experiments import compare  # pylint: disable=wrong-import-position
 COLUMNS = (("clustering accuracy", "cluster_accuracy"), ("NMI", "nmi"), ("ARI", "ari"),
            ("linear AUROC", "linear_auroc_macro"), ("kNN accuracy", "knn_accuracy"),
            ("kNN AUROC", "knn_auroc_macro"))
+# What must agree for two comparisons to be averaged.
+SETTINGS = ("dataset", "split", "train_split", "label_mode", "k", "features")
 ROW_NAMES = {"simclr": "SimCLR (JAX)", "supervised": "Supervised (JAX)",
              "random_init": "Random init (torchvision-style)",
              "imagenet": "ImageNet (torchvision)"}
@@ -47,13 +49,12 @@ def summarise(comparisons: list) -> dict:
   fractions = []
   for comparison in comparisons:
     for report in comparison.values():
-      settings.add((report.get("dataset"), report.get("split"), report.get("label_mode"),
-                    report.get("k")))
+      settings.add(tuple(report.get(key) for key in SETTINGS))
       for entry in report.get("label_fractions") or []:
         if entry.get("fraction") not in fractions:
           fractions.append(entry.get("fraction"))
   if len(settings) > 1:
-    raise ValueError("the comparisons differ in (dataset, split, label mode, k): "
+    raise ValueError(f"the comparisons differ in ({', '.join(SETTINGS)}): "
                      f"{sorted(settings, key=str)}; summarise one setting at a time.")
   keys = [key for _, key in COLUMNS] + [f"fraction:{f}" for f in sorted(fractions)]
   table = {}
@@ -104,14 +105,22 @@ def main(argv=None) -> str:
   for path in args.reports:
     try:
       with open(path) as f:
-        comparisons.append(json.load(f))
+        comparison = json.load(f)
     except (OSError, ValueError) as error:
       raise ValueError(f"{path}: not a readable comparison report.json ({error}).") from None
+    if (not isinstance(comparison, dict) or not comparison
+        or not all(row in compare.ROWS and isinstance(report, dict)
+                   for row, report in comparison.items())):
+      raise ValueError(f"{path}: not the OUT/report.json of experiments.compare (expected "
+                       f"{{row: report}} with rows among {', '.join(compare.ROWS)}; a row's "
+                       f"own OUT/<row>/report.json is one report).")
+    comparisons.append(comparison)
   seeds = [os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path))))
            for path in args.reports]
   first = next(iter(comparisons[0].values()))
   context = (f"`{first.get('dataset')}` split `{first.get('split')}`, label mode "
-             f"`{first.get('label_mode')}`, k = {first.get('k')}; {len(comparisons)} runs.")
+             f"`{first.get('label_mode')}`, k = {first.get('k')}, {first.get('features')} "
+             f"features; {len(comparisons)} runs.")
   text = markdown(summarise(comparisons), seeds, context)
   if args.out:
     with open(args.out, "w") as f:

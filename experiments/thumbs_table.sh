@@ -7,7 +7,8 @@
 #   experiments/thumbs_table.sh                  # ~8 min on 2 quiet CPU cores (3 seeds)
 #   OUT=runs/thumbs SEEDS="0 1 2 3 4" experiments/thumbs_table.sh
 #
-# Steps (each a CLI a user would type; a re-run resumes/reuses what is done), per seed 2-4:
+# Steps (each a CLI a user would type; a re-run reuses the prepared data and finished
+# trainings, and evaluates again), per seed 2-4:
 #   1. prepare   nih_chest_xray14/thumbs64 from THUMBS (+ the official label CSV)
 #   2. SimCLR    experiments/configs/thumbs.py on the train split (no labels)
 #   3. supervised the same config with --config.objective=supervised (the 14 findings, BCE)
@@ -20,18 +21,24 @@
 #      the random-init row), for each feature kind
 # Writes OUT/data, OUT/seed<S>/{simclr,supervised,compare,compare_projection}/,
 # OUT/table.md (encoder features) and OUT/table_projection.md.
-# Settings (environment): THUMBS (/work/shared/data/nih_thumbs or ../shared/data/nih_thumbs),
+# Settings (environment): THUMBS (../shared/data/nih_thumbs from the repository root),
 # CSV (THUMBS/../nih_sample/Data_Entry_2017_v2020.csv.gz), OUT (runs/thumbs_table), SEEDS ("0 1 2"),
 # TRAIN_FLAGS (extra --config.KEY=VALUE flags for both trainings, e.g.
 # "--config.augment.clahe_prob=0.5"; use a new OUT for each setting), PYTHON (.venv/bin/python
 # if present, else python3).
 set -euo pipefail
+# Paths given in the environment are relative to where the script is started; the defaults
+# to the repository root.
+for name in THUMBS CSV OUT; do
+  if [[ -n "${!name:-}" ]]; then printf -v "$name" '%s' "$(realpath -m -- "${!name}")"; fi
+done
 cd "$(dirname "$0")/.."
 
 THUMBS=${THUMBS:-../shared/data/nih_thumbs}
 CSV=${CSV:-$(dirname "$THUMBS")/nih_sample/Data_Entry_2017_v2020.csv.gz}
 OUT=${OUT:-runs/thumbs_table}
 SEEDS=${SEEDS:-0 1 2}
+[[ -n "${SEEDS//[[:space:]]/}" ]] || { echo "error: SEEDS='$SEEDS': give one or more seeds, e.g. SEEDS=\"0 1 2\"" >&2; exit 2; }
 reports=()
 projection_reports=()
 if [[ -z "${PYTHON:-}" ]]; then
@@ -71,8 +78,8 @@ for SEED in $SEEDS; do
   "$PYTHON" -m experiments.compare --simclr_workdir "$RUN/simclr" --random_init \
       --dataset "$DATASET" --data_dir "$DATA_DIR" --split test --train_split train \
       --label_mode "binary:No Finding" --label_fractions 0.1,1.0 --features projection \
-      --out "$RUN/compare_projection" --overwrite > /dev/null 2> "$RUN/compare.log" \
-      || { cat "$RUN/compare.log" >&2; exit 1; }
+      --out "$RUN/compare_projection" --overwrite > /dev/null 2> "$RUN/compare_projection.log" \
+      || { cat "$RUN/compare_projection.log" >&2; exit 1; }
   projection_reports+=("$RUN/compare_projection/report.json")
 done
 

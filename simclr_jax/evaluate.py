@@ -1,6 +1,6 @@
 r"""The evaluator's command line: one encoder, one split -> OUT/report.{json,md} + plots.
 
-  python -m simclr_jax.evaluate --workdir runs/demo/train --dataset synthetic_cxr/64 \
+  python -m simclr_jax.evaluate --workdir runs/demo/train --dataset synthetic_cxr/32 \
       --data_dir runs/data --split test --out runs/demo/eval
   python -m simclr_jax.evaluate --workdir runs/demo/train --random_init ...   # baseline
   python -m simclr_jax.evaluate --torch_weights resnet50_imagenet.pth --model resnet50 \

@@ -55,6 +55,7 @@ class Progress:
     self._enabled = enabled
     self._bar = None
     self._fields: dict = {}
+    self._once: dict = {}
     self._start = time.perf_counter()
     self._start_count = self.count
     self._interval_start, self._interval_count = self._start, self.count
@@ -69,24 +70,22 @@ class Progress:
     """True when a bar is drawn (a terminal), False when lines are logged."""
     return self._bar is not None
 
-  def update(self, n: int = 1, **fields: Any) -> None:
-    """Advances by `n` units; `fields` (e.g. loss=...) are shown from now on; a field
-    given as None is no longer shown (e.g. a value measured only every few lines)."""
+  def update(self, n: int = 1, once: Optional[dict] = None, **fields: Any) -> None:
+    """Advances by `n` units; `fields` (e.g. loss=...) are shown from now on, `once` (e.g. a
+    figure measured every few hundred steps) on the next line only."""
     if not self._enabled:
       self.count += n
       return
     self.count += n
-    for name, value in fields.items():
-      if value is None:
-        self._fields.pop(name, None)
-      else:
-        self._fields[name] = value
+    self._fields.update(fields)
     if self._bar is not None:
+      self._fields.update(once or {})   # a live bar shows the latest value of each
       self._bar.update(n)
-      if fields:
+      if fields or once:
         self._bar.set_postfix({k: _format_value(v) for k, v in self._fields.items()},
                               refresh=False)
       return
+    self._once.update(once or {})
     if self.count % self._every == 0 or (
         self.count // self._every != (self.count - n) // self._every):
       self._log_line()
@@ -111,7 +110,8 @@ class Progress:
   def _line(self, rate: Optional[float]) -> str:
     percent = f" ({100.0 * self.count / self.total:.1f}%)" if self.total > 0 else ""
     parts = [f"[{self._desc}] {self._unit} {self.count}/{self.total}{percent}"]
-    parts += [f"{name} {_format_value(value)}" for name, value in self._fields.items()]
+    parts += [f"{name} {_format_value(value)}"
+              for name, value in {**self._fields, **self._once}.items()]
     if rate is not None and self.count < self.total:
       parts.append(f"ETA {format_duration((self.total - self.count) / rate)}")
     return " ".join(parts)
@@ -119,6 +119,7 @@ class Progress:
   def _log_line(self) -> None:
     print(self._line(self._rate()), file=self._stream, flush=True)
     self._last_line_count = self.count
+    self._once = {}
 
   def close(self, summary: Optional[str] = None) -> None:
     """Ends the bar, or logs the last line if it was not logged yet, then `summary`."""

@@ -326,7 +326,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
                                      replicated_state.batch_stats)
         window_start += online_scalars["online_eval_seconds"]  # views/s: training only
         progress.exclude(online_scalars["online_eval_seconds"])  # and the ETA
-      progress_fields = {}
+      progress_fields, progress_once = {}, {}
       if step % log_every == 0 or is_checkpoint_step or first_step or online_scalars:
         lifecycle.check_finite(step, metrics)
         last_checked = None  # checked now; not again next step
@@ -344,13 +344,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
             last_loss = scalars["loss"]
         progress_fields = {"epoch": step / steps_per_epoch, "loss": last_loss,
                            "views/s": views_per_second}
-        for name in ("online_knn_accuracy", "online_knn_auroc"):
-          # Shown on the line of the step they were measured at only.
-          progress_fields[name.replace("online_", "")] = online_scalars.get(name)
+        # On the next printed line only (the step's line when it is a logging step).
+        progress_once = {name.replace("online_", ""): online_scalars[name]
+                         for name in ("online_knn_accuracy", "online_knn_auroc")
+                         if name in online_scalars}
         first_step = {}
         pending_metrics = []
         window_start, window_steps = time.perf_counter(), 0
-      progress.update(1, **progress_fields)
+      progress.update(1, once=progress_once, **progress_fields)
       if is_checkpoint_step:
         save(step)
       if stop_now and step < total_steps:

@@ -86,3 +86,24 @@ def synthetic_data_dir(tmp_path_factory) -> pathlib.Path:
                          split_sizes={"train": 96, "validation": 16, "test": 40})
   builder.download_and_prepare()
   return data_dir
+
+
+# ---------------------------------------------------------------- figures in the CI log
+# The process tests' figures (exit codes, checkpoints, metrics lines) are printed at the end of
+# every run, passed or not, so a CI log carries them without -s.
+_FIGURES: list = []
+
+
+@pytest.fixture
+def report_figures(request):
+  """report_figures(dict): adds the test's figures to the summary printed after the run."""
+  def add(figures: dict) -> None:
+    _FIGURES.append((request.node.nodeid, figures))
+  return add
+
+
+def pytest_terminal_summary(terminalreporter):
+  if _FIGURES:
+    terminalreporter.section("figures of the process tests")
+    for nodeid, figures in _FIGURES:
+      terminalreporter.write_line(f"{nodeid}: {json.dumps(figures)}")

@@ -328,7 +328,7 @@ def _metrics(workdir):
 
 
 def test_one_trainer_per_workdir_ctrl_c_saves_and_the_restart_skips_compiling(
-    tmp_path, read_only_data_dir):
+    tmp_path, read_only_data_dir, report_figures):
   """A run's life: a second trainer is turned away, Ctrl-C saves and exits 130, the
   restart resumes there with the train step loaded from the compilation cache. The data
   directory is read-only throughout, and the log has a progress line every
@@ -388,14 +388,17 @@ def test_one_trainer_per_workdir_ctrl_c_saves_and_the_restart_skips_compiling(
   restart = next(r for r in records if r["step"] == saved + 1)
   assert restart["compilation_cache_hit"] is True and restart["first_step_seconds"] > 0
   assert _checkpoint_steps(workdir)[-1] == saved + 2
-  print(json.dumps({"second_trainer_exit_code": second.returncode,
-                    "ctrl_c_exit_code": trainer.returncode, "saved_at_ctrl_c": saved,
-                    "first_step_seconds_cold": first["first_step_seconds"],
-                    "first_step_seconds_from_cache": restart["first_step_seconds"]}))
+  report_figures({"second_trainer_exit_code": second.returncode,
+                  "second_trainer_wrote": "nothing",
+                  "ctrl_c_exit_code": trainer.returncode, "saved_at_ctrl_c": saved,
+                  "checkpoints_after_restart": _checkpoint_steps(workdir),
+                  "metrics_lines": len(records),
+                  "first_step_seconds_cold": first["first_step_seconds"],
+                  "first_step_seconds_from_cache": restart["first_step_seconds"]})
 
 
-def test_ctrl_c_during_compilation_writes_nothing_and_a_second_one_aborts(tmp_path,
-                                                                          synthetic_data_dir):
+def test_ctrl_c_during_compilation_writes_nothing_and_a_second_one_aborts(
+    tmp_path, synthetic_data_dir, report_figures):
   cold_cache = tmp_path / "xla_cache"
   workdir = tmp_path / "w"
   trainer = _start(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=100"),
@@ -429,6 +432,10 @@ def test_ctrl_c_during_compilation_writes_nothing_and_a_second_one_aborts(tmp_pa
   assert again.returncode == -signal.SIGINT, again.stderr[-3000:]
   assert "Second Ctrl-C: aborting without saving" in again.stderr
   assert _checkpoint_steps(tmp_path / "w2") == []
+  report_figures({"ctrl_c_during_compilation_exit_code": trainer.returncode,
+                  "workdir_left": workdir.exists(),
+                  "second_ctrl_c_exit_code": again.returncode,
+                  "checkpoints_after_second_ctrl_c": _checkpoint_steps(tmp_path / "w2")})
 
 
 def _wait_for_log(proc, text, timeout=240):
@@ -442,7 +449,8 @@ def _wait_for_log(proc, text, timeout=240):
   raise AssertionError(f"{text!r} not logged within {timeout}s")
 
 
-def test_evaluation_while_training_never_disturbs_the_trainer(tmp_path, synthetic_data_dir):
+def test_evaluation_while_training_never_disturbs_the_trainer(tmp_path, synthetic_data_dir,
+                                                              report_figures):
   """A trainer saving (asynchronously) at every step while the evaluator CLI runs in a loop
   on the same workdir: every evaluation succeeds; the trainer, stopped by SIGTERM while
   saving, exits 0 with every checkpoint complete and one metrics line per step."""
@@ -475,7 +483,7 @@ def test_evaluation_while_training_never_disturbs_the_trainer(tmp_path, syntheti
   assert checkpointing.incomplete_checkpoints(str(workdir)) == []   # no save left unfinished
   _, _, step = checkpointing.load_for_eval(str(workdir))
   assert step == last
-  print(json.dumps({"live_evaluation": {
+  report_figures({
       "trainer_exit_code": trainer.returncode, "checkpoints": len(_checkpoint_steps(workdir)),
       "metrics_lines": len(_metrics_steps(workdir)), "last_step": last,
-      "evaluations_ok": len(evaluated), "evaluated_steps": evaluated}}))
+      "evaluations_ok": len(evaluated), "evaluated_steps": evaluated})

@@ -36,9 +36,10 @@ def test_disabled_progress_prints_nothing():
   assert stream.getvalue() == "" and progress.count == 5
 
 
-def test_fields_given_as_none_leave_the_line_and_excluded_time_leaves_the_eta(monkeypatch):
-  """The online monitor's scalars show on the line of their step only; its seconds and the
-  first step's compilation do not count in the rate behind the ETA."""
+def test_once_fields_show_on_the_next_line_only_and_excluded_time_leaves_the_eta(monkeypatch):
+  """The online monitor's scalars show on the next printed line only (also when they were
+  measured between two lines); its seconds and the first step's compilation do not count in
+  the rate behind the ETA."""
   from simclr_jax import progress as progress_module
   clock = [0.0]
   monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
@@ -47,16 +48,15 @@ def test_fields_given_as_none_leave_the_line_and_excluded_time_leaves_the_eta(mo
   clock[0] += 30.0                        # step 1 compiles for 30 s
   progress.restart_interval(pending=1)    # ... and is left out of the rate
   progress.update(1, loss=4.0)
-  for step in range(2, 21):
+  for step in range(2, 31):
     clock[0] += 1.0                       # 1 s per step
-    fields = dict(loss=4.0)
-    if step == 10:
+    once = {}
+    if step in (10, 25):
       clock[0] += 50.0                    # an online evaluation of 50 s
       progress.exclude(50.0)
-      fields["knn_accuracy"] = 0.5
-    elif step % 10 == 0:
-      fields["knn_accuracy"] = None
-    progress.update(1, **fields)
+      once["knn_accuracy"] = step / 100
+    progress.update(1, once=once, loss=4.0)
   lines = stream.getvalue().splitlines()
-  assert lines[0] == "[train] step 10/40 (25.0%) loss 4.0000 knn_accuracy 0.5 ETA 0:00:30"
-  assert lines[1] == "[train] step 20/40 (50.0%) loss 4.0000 ETA 0:00:20"
+  assert lines == ["[train] step 10/40 (25.0%) loss 4.0000 knn_accuracy 0.1 ETA 0:00:30",
+                   "[train] step 20/40 (50.0%) loss 4.0000 ETA 0:00:20",
+                   "[train] step 30/40 (75.0%) loss 4.0000 knn_accuracy 0.25 ETA 0:00:10"]

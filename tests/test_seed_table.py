@@ -13,8 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _report(accuracy, auroc, auroc_at_10, split="test"):
-  return dict(dataset="nih_chest_xray14/thumbs64", split=split, label_mode="binary:No Finding",
-              k=2, cluster_accuracy=accuracy, nmi=0.01, ari=0.0, linear_auroc_macro=auroc,
+  return dict(dataset="nih_chest_xray14/thumbs64", split=split, train_split="train",
+              label_mode="binary:No Finding", k=2, features="encoder", cluster_accuracy=accuracy, nmi=0.01, ari=0.0, linear_auroc_macro=auroc,
               knn_accuracy=0.5, knn_auroc_macro=float("nan"),
               label_fractions=[dict(fraction=0.1, linear_auroc_macro=auroc_at_10),
                                dict(fraction=1.0, linear_auroc_macro=auroc)])
@@ -40,7 +40,7 @@ def test_cells_are_mean_and_sample_sd_over_seeds(tmp_path, capsys):
   assert cells[7] == "0.400 ± 0.000" and cells[8] == "0.600 ± 0.020"         # @ 0.1, @ 1 labels
   random_line = next(line for line in text.splitlines() if line.startswith("| Random init"))
   assert "0.510 ± 0.010" in random_line
-  assert "seeds seed0, seed1, seed2" in text
+  assert "seeds seed0, seed1, seed2" in text and "encoder features; 3 runs" in text
   assert "SimCLR (JAX) linear_auroc_macro: 0.580, 0.620, 0.600" in text
   assert (tmp_path / "table.md").read_text() == text
   assert capsys.readouterr().out == text
@@ -51,6 +51,14 @@ def test_refuses_mixed_settings_and_existing_out(tmp_path):
   other = _write(tmp_path, 1, dict(simclr=_report(0.6, 0.6, 0.5, split="validation")))
   with pytest.raises(ValueError, match="differ in"):
     seed_table.main([first, other])
+  projection = _write(tmp_path, 2, dict(simclr=dict(_report(0.6, 0.6, 0.5),
+                                                    features="projection")))
+  with pytest.raises(ValueError, match="differ in"):
+    seed_table.main([first, projection])
+  row_report = tmp_path / "row_report.json"          # OUT/simclr/report.json by mistake
+  row_report.write_text(json.dumps(_report(0.6, 0.6, 0.5)))
+  with pytest.raises(ValueError, match="not the OUT/report.json of experiments.compare"):
+    seed_table.main([first, str(row_report)])
   (tmp_path / "table.md").write_text("mine")
   result = subprocess.run([sys.executable, "-m", "experiments.seed_table", first,
                            "--out", str(tmp_path / "table.md")], cwd=ROOT,
