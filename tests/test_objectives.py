@@ -293,7 +293,7 @@ def test_loss_scale_doubles_the_gradient_but_not_the_logged_loss():
   np.testing.assert_allclose(float(metrics1["loss"]), float(loss1), rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, 2 * a, rtol=1e-5, atol=1e-7),
                grads1, grads2)
-  assert float(optax.global_norm(grads1)) > 0
+  assert float(optax.tree.norm(grads1)) > 0
 
 
 def test_lars_config_sums_the_two_directions_as_google_research_simclr():
