@@ -51,7 +51,7 @@ def define_flags(flag_values) -> None:
   flag("integer", "image_size", None, "Model input size (default: the workdir's; 224 "
        "without a workdir).")
   flag("integer", "seed", None, "Seed for --random_init and k-means (default config.seed).")
-  flag("string", "dataset", None, "TFDS name, e.g. synthetic_cxr/64 (required).")
+  flag("string", "dataset", None, "TFDS name, e.g. synthetic_cxr/32 (required).")
   flag("string", "data_dir", None, "TFDS data_dir (required).")
   flag("string", "split", "test", "Split to evaluate.")
   flag("string", "train_split", "train", "Split for the linear probe / kNN; '' skips them.")

@@ -57,6 +57,22 @@ def run_python(code: str, num_devices: int = 1, timeout: float = 600, **env) -> 
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def update_differences(initial, one, four) -> tuple:
+  """A step run on 1 and on 4 devices from the train state `initial` (the code strings of
+  run_python): the largest difference between the two results' params and batch_stats,
+  relative to each leaf's scale (float32 summation order differs between the splits), and the
+  largest change of any parameter from `initial` (so "equal" cannot mean "nothing moved")."""
+  import jax
+  import numpy as np
+  leaves1 = jax.tree_util.tree_leaves((one.params, one.batch_stats))
+  leaves4 = jax.tree_util.tree_leaves((four.params, four.batch_stats))
+  max_diff = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(a)))))
+                 for a, b in zip(leaves1, leaves4))
+  moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
+      jax.tree_util.tree_leaves(initial.params), jax.tree_util.tree_leaves(one.params)))
+  return max_diff, moved
+
+
 def run_module(args: list, num_devices: int = 1, timeout: float = 600, check: bool = True,
                **env) -> subprocess.CompletedProcess:
   """Runs `python -m ...args` like a user would type it; returns the CompletedProcess."""

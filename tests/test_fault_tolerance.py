@@ -1,4 +1,5 @@
 """Multi-process training and preemption: real processes, real signals, bounded time."""
+import contextlib
 import json
 import os
 import pathlib
@@ -76,6 +77,25 @@ class _Trainer:
 def _start(args, num_devices=1, new_session=False, **env):
   log_dir = pathlib.Path(str(args[args.index("--workdir") + 1]) + "_logs")
   return _Trainer(args, log_dir, num_devices, new_session, **env)
+
+
+@contextlib.contextmanager
+def _running(*trainers):
+  """Kills whichever of `trainers` still runs when the block ends (a failed assertion)."""
+  try:
+    yield
+  finally:
+    for trainer in trainers:
+      if trainer.poll() is None:
+        trainer.kill()
+
+
+def _start_two_processes(workdir, data_dir, *extra):
+  """A 2-process run (2 fake devices each) on one workdir, as two SLURM tasks start it."""
+  port = _free_port()
+  return [_start(_train_args(workdir, data_dir, *extra, f"--coordinator_address=127.0.0.1:{port}",
+                             "--num_processes=2", f"--process_id={i}"), num_devices=2)
+          for i in range(2)]
 
 
 def _wait_for_step(proc, workdir, min_step, timeout=240):
@@ -198,19 +218,9 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, synthetic_d
   run_module(_train_args(single, synthetic_data_dir, *common), num_devices=4)
 
   multi = tmp_path / "multi"
-  port = _free_port()
-  procs = [_start(_train_args(multi, synthetic_data_dir, *common,
-                              f"--coordinator_address=127.0.0.1:{port}",
-                              "--num_processes=2", f"--process_id={i}"), num_devices=2)
-           for i in range(2)]
-  outputs = []
-  for proc in procs:
-    try:
-      outputs.append(proc.communicate(timeout=420))
-    except subprocess.TimeoutExpired:
-      for p in procs:
-        p.kill()
-      raise
+  procs = _start_two_processes(multi, synthetic_data_dir, *common)
+  with _running(*procs):
+    outputs = [proc.communicate(timeout=420) for proc in procs]
   for proc, (_, stderr) in zip(procs, outputs):
     assert proc.returncode == 0, stderr[-4000:]
   assert "process 0 of 2" in outputs[0][1] and "process 1 of 2" in outputs[1][1]
@@ -247,22 +257,14 @@ def test_sigterm_to_all_processes_and_ctrl_c_to_one_save_one_common_step(
   makes both processes save the same step, then both exit 0. A Ctrl-C to one process
   stops both at one agreed step too."""
   workdir = tmp_path / "w"
-  port = _free_port()
-  procs = [_start(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=100000",
-                              "--config.checkpoint_every_steps=100000",
-                              f"--coordinator_address=127.0.0.1:{port}",
-                              "--num_processes=2", f"--process_id={i}"), num_devices=2)
-           for i in range(2)]
-  try:
+  endless = ("--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000")
+  procs = _start_two_processes(workdir, synthetic_data_dir, *endless)
+  with _running(*procs):
     _wait_for_step(procs[0], workdir, 3)
     for proc in procs:
       proc.send_signal(signal.SIGTERM)
     for proc in procs:
       proc.wait(timeout=180)
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
   for proc in procs:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Stopping early (preemption)" in proc.stderr
@@ -272,21 +274,12 @@ def test_sigterm_to_all_processes_and_ctrl_c_to_one_save_one_common_step(
   # Resumed, then Ctrl-C on process 0 only (its terminal): the signalled process must not
   # stop on its own (the other would wait forever in the next collective); both stop at
   # the step JAX's preemption service agrees on, and that step is saved.
-  port = _free_port()
-  procs = [_start(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=100000",
-                              "--config.checkpoint_every_steps=100000",
-                              f"--coordinator_address=127.0.0.1:{port}",
-                              "--num_processes=2", f"--process_id={i}"), num_devices=2)
-           for i in range(2)]
-  try:
+  procs = _start_two_processes(workdir, synthetic_data_dir, *endless)
+  with _running(*procs):
     _wait_for_step(procs[0], workdir, saved[-1] + 3)
     procs[0].send_signal(signal.SIGINT)
     for proc in procs:
       proc.wait(timeout=180)
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
   assert procs[0].returncode == 130, procs[0].stderr[-3000:]
   assert procs[1].returncode == 0, procs[1].stderr[-3000:]
   interrupted = _checkpoint_steps(workdir)[-1]

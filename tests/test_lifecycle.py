@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, run_module
-from test_fault_tolerance import _checkpoint_steps, _metrics_steps, _start, _wait_for_step
+from test_fault_tolerance import (_checkpoint_steps, _metrics_steps, _running, _start,
+                                  _wait_for_step)
 from test_train import _train_args
 
 from simclr_jax import checkpointing
@@ -339,7 +340,7 @@ def test_one_trainer_per_workdir_ctrl_c_saves_and_the_restart_skips_compiling(
                      "--config.checkpoint_every_steps=100000", "--config.log_every_steps=2",
                      "--config.input.num_workers=1")
   trainer = _start(args, new_session=True, SIMCLR_COMPILATION_CACHE=cache)
-  try:
+  with _running(trainer):
     _wait_for_step(trainer, workdir, 4)
     config_before = (workdir / "config.json").read_bytes()
     second = run_module(_train_args(workdir, read_only_data_dir,
@@ -348,9 +349,6 @@ def test_one_trainer_per_workdir_ctrl_c_saves_and_the_restart_skips_compiling(
     assert trainer.poll() is None
     trainer.signal_group(signal.SIGINT)
     trainer.wait(timeout=120)
-  finally:
-    if trainer.poll() is None:
-      trainer.kill()
   # The second trainer: exit 2, one line naming the holder, nothing written.
   assert second.returncode == 2, second.stderr[-3000:]
   [line] = second.stderr.strip().splitlines()
@@ -403,14 +401,11 @@ def test_ctrl_c_during_compilation_writes_nothing_and_a_second_one_aborts(
   workdir = tmp_path / "w"
   trainer = _start(_train_args(workdir, synthetic_data_dir, "--config.num_train_steps=100"),
                    SIMCLR_COMPILATION_CACHE=cold_cache)
-  try:
+  with _running(trainer):
     _wait_for_log(trainer, "devices (")     # set-up started; the first step compiles next
     time.sleep(1.0)
     trainer.send_signal(signal.SIGINT)
     trainer.wait(timeout=180)
-  finally:
-    if trainer.poll() is None:
-      trainer.kill()
   assert trainer.returncode == 130, trainer.stderr[-3000:]
   assert "Traceback" not in trainer.stderr and "Fatal Python error" not in trainer.stderr
   assert trainer.stderr.strip().splitlines()[-1].startswith(
@@ -420,15 +415,12 @@ def test_ctrl_c_during_compilation_writes_nothing_and_a_second_one_aborts(
   again = _start(_train_args(tmp_path / "w2", synthetic_data_dir,
                              "--config.num_train_steps=100"),
                  SIMCLR_COMPILATION_CACHE=cold_cache)
-  try:
+  with _running(again):
     _wait_for_log(again, "devices (")
     again.send_signal(signal.SIGINT)
     time.sleep(0.3)
     again.send_signal(signal.SIGINT)
     again.wait(timeout=60)
-  finally:
-    if again.poll() is None:
-      again.kill()
   assert again.returncode == -signal.SIGINT, again.stderr[-3000:]
   assert "Second Ctrl-C: aborting without saving" in again.stderr
   assert _checkpoint_steps(tmp_path / "w2") == []
@@ -459,7 +451,7 @@ def test_evaluation_while_training_never_disturbs_the_trainer(tmp_path, syntheti
                                "--config.checkpoint_every_steps=1",
                                "--config.keep_checkpoints=100000"))
   evaluated = []
-  try:
+  with _running(trainer):
     _wait_for_step(trainer, workdir, 2)
     for i in range(3):
       out = tmp_path / f"eval{i}"
@@ -471,9 +463,6 @@ def test_evaluation_while_training_never_disturbs_the_trainer(tmp_path, syntheti
       assert trainer.poll() is None, trainer.stderr[-3000:]
     trainer.send_signal(signal.SIGTERM)
     trainer.wait(timeout=120)
-  finally:
-    if trainer.poll() is None:
-      trainer.kill()
   assert trainer.returncode == 0, trainer.stderr[-3000:]
   assert "Stopping early (preemption)" in trainer.stderr
   last = _metrics_steps(workdir)[-1]

@@ -149,6 +149,7 @@ import functools, json
 import jax, jax.numpy as jnp, numpy as np, flax
 from simclr_jax import models, objectives, optim, train
 from simclr_jax.config import default_config
+from tests.conftest import update_differences
 
 config = default_config()
 config.objective = 'supervised'
@@ -190,12 +191,7 @@ def run(num_devices):
 
 metrics1, state1 = run(1)
 metrics4, state4 = run(4)
-leaves1 = jax.tree_util.tree_leaves((state1.params, state1.batch_stats))
-leaves4 = jax.tree_util.tree_leaves((state4.params, state4.batch_stats))
-max_diff = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(a)))))
-               for a, b in zip(leaves1, leaves4))
-moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
-    jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(state1.params)))
+max_diff, moved = update_differences(state, state1, state4)
 print(json.dumps({'devices': jax.device_count(), 'metrics1': metrics1, 'metrics4': metrics4,
                   'max_param_diff': max_diff, 'moved': moved,
                   'params': sorted(state1.params), 'batch_stats': sorted(state1.batch_stats)}))

@@ -15,6 +15,7 @@ import functools, json
 import jax, jax.numpy as jnp, numpy as np, flax
 from simclr_jax import models, objectives, optim, train
 from simclr_jax.config import default_config
+from tests.conftest import update_differences
 
 config = default_config()
 config.model, config.width, config.image_size, config.batch_size = 'resnet_tiny', 1.0, 16, 8
@@ -43,13 +44,7 @@ def run(num_devices):
 
 losses1, state1 = run(1)
 losses4, state4 = run(4)
-leaves1 = jax.tree_util.tree_leaves((state1.params, state1.batch_stats))
-leaves4 = jax.tree_util.tree_leaves((state4.params, state4.batch_stats))
-# Relative to each leaf's scale: float32 summation order differs between the splits.
-max_diff = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(a)))))
-               for a, b in zip(leaves1, leaves4))
-moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
-    jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(state1.params)))
+max_diff, moved = update_differences(state, state1, state4)
 print(json.dumps({'devices': jax.device_count(), 'losses1': losses1, 'losses4': losses4,
                   'max_param_diff': max_diff, 'moved': moved}))
 """

@@ -34,6 +34,7 @@ import os
 import pathlib
 import signal
 import sys
+from typing import Optional
 
 from absl import flags
 import grain
@@ -470,14 +471,17 @@ class TrainIterator(grain.DatasetIterator):
     return f'TrainIterator(batches_consumed={self._batches_consumed}, {self._fingerprint})'
 
 
-def iterate_eval(dataset: str, data_dir: str, split: str, batch_size: int, num_shards: int = 1):
-  """Every example of `split` exactly once, in record order, in fixed-size batches.
+def iterate_eval(dataset: str, data_dir: str, split: str, batch_size: int, num_shards: int = 1,
+                 start: int = 0, stop: Optional[int] = None):
+  """Every example of `split` (or of records [start, stop)) exactly once, in record order, in
+  fixed-size batches.
 
   Args:
     dataset, data_dir, split: the prepared TFDS split.
     batch_size: rows per batch; the last batch is padded with zeros to this size.
     num_shards: devices the caller splits each batch over; batch_size must be a
       multiple of it (so `image.reshape(num_shards, -1, ...)` always works).
+    start, stop: the records to read (default all), e.g. one process's block.
 
   Yields:
     dicts of numpy: 'image' uint8 [B, H, W, 1], 'mask' bool [B] (False on padding),
@@ -488,7 +492,7 @@ def iterate_eval(dataset: str, data_dir: str, split: str, batch_size: int, num_s
     raise ValueError(f'batch_size={batch_size} must be a positive multiple of '
                      f'num_shards={num_shards}')
   source = data_source(dataset, data_dir, split)
-  batches = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)
+  batches = grain.MapDataset.source(source)[start:stop].batch(batch_size, drop_remainder=False)
   for batch in batches.to_iter_dataset(grain.ReadOptions(num_threads=2,
                                                           prefetch_buffer_size=2)):
     rows = len(batch['image'])

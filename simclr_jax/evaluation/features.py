@@ -37,7 +37,7 @@ def extract_features(encode_fn: Callable, variables: Any, batches: Iterable[dict
   Args:
     encode_fn: (variables, images [b, ...]) -> [b, F]; pure, traced once per shape.
     variables: pytree, replicated to every device once.
-    batches: iterable of batches (e.g. `iterate_records`).
+    batches: iterable of batches (e.g. `data.iterate_eval`).
     devices: default jax.local_devices().
     progress: advanced by one per batch.
     replicated: `variables` already carry the leading local-device axis (the trainer's
@@ -97,36 +97,6 @@ def process_block(num_examples: int, process_index: int, process_count: int
   per_process = -(-num_examples // process_count)
   start = min(num_examples, process_index * per_process)
   return start, min(num_examples, start + per_process)
-
-
-def iterate_records(dataset: str, data_dir: str, split: str, start: int, stop: int,
-                    batch_size: int) -> Iterator[dict]:
-  """Records [start, stop) of a prepared split, in order, in batches of `batch_size`.
-
-  Yields:
-    dicts of numpy: 'image' uint8 [B, H, W, 1], 'mask' bool [B] (False on the padding
-    of the last batch), 'label' int [B] (-1 where undefined or padding) and every other
-    feature of the dataset (NIH: 'labels' [B, 14], 'patient_id', 'image_index', ...).
-  """
-  import grain
-  from simclr_jax import data
-  source = data.data_source(dataset, data_dir, split)
-  records = grain.MapDataset.source(source)[start:stop].batch(batch_size, drop_remainder=False)
-  for batch in records.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)):
-    rows = len(batch["image"])
-    padded = {}
-    for name, value in batch.items():
-      value = np.asarray(value)
-      if rows < batch_size:
-        pad = np.zeros((batch_size - rows,) + value.shape[1:], value.dtype)
-        if name == "label":
-          pad -= 1
-        value = np.concatenate([value, pad])
-      padded[name] = value
-    if "label" not in padded:
-      padded["label"] = np.full(batch_size, -1, np.int64)
-    padded["mask"] = np.arange(batch_size) < rows
-    yield padded
 
 
 def _gather_across_processes(local: dict) -> dict:
@@ -192,7 +162,8 @@ def encode_split(encode_fn: Callable, variables: Any, dataset: str, data_dir: st
     progress = Progress(total, desc=progress_desc, unit="batch", every=max(1, total // 10),
                         enabled=jax.process_index() == 0)
   local = extract_features(encode_fn, variables,
-                           iterate_records(dataset, data_dir, split, start, stop, batch_size),
+                           data.iterate_eval(dataset, data_dir, split, batch_size,
+                                             start=start, stop=stop),
                            progress=progress)
   if progress is not None:
     progress.close(f"{stop - start} images in {progress.elapsed():.1f}s")

@@ -192,6 +192,15 @@ def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5
   from simclr_jax import metrics
 
   written = []
+
+  def save(figure, name: str) -> None:
+    figure.tight_layout()
+    path = os.path.join(out_dir, name)
+    _caption(figure, report)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    written.append(path)
+
   kept = arrays["labels"] >= 0
   features, labels = arrays["features"][kept], arrays["labels"][kept]
   clusters = arrays["cluster_ids"][kept] if "cluster_ids" in arrays else None
@@ -216,12 +225,7 @@ def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=plt.cm.tab20(i % 20),
                           label=name) for i, name in enumerate(names)]
     axes[0][0].legend(handles=handles, fontsize=7, loc="best", markerscale=0.8)
-    figure.tight_layout()
-    path = os.path.join(out_dir, "embedding_pca.png")
-    _caption(figure, report)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    written.append(path)
+    save(figure, "embedding_pca.png")
 
   if clusters is not None and clusters.size:
     matrix, cluster_values, class_values = metrics.contingency_matrix(labels, clusters)
@@ -245,12 +249,7 @@ def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5
         axis.text(column, row, str(count), ha="center", va="center", fontsize=6,
                   color="white" if count > shown_matrix.max() / 2 else "black")
     figure.colorbar(image, ax=axis)
-    figure.tight_layout()
-    path = os.path.join(out_dir, "cluster_confusion.png")
-    _caption(figure, report)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    written.append(path)
+    save(figure, "cluster_confusion.png")
 
   fractions = [entry for entry in report.get("label_fractions") or []
                if entry.get("linear_auroc_macro") is not None]
@@ -267,12 +266,7 @@ def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5
     axis.set_title("label efficiency")
     axis.grid(True, alpha=0.3)
     axis.legend()
-    figure.tight_layout()
-    path = os.path.join(out_dir, "label_efficiency.png")
-    _caption(figure, report)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    written.append(path)
+    save(figure, "label_efficiency.png")
   return written
 
 
