@@ -27,7 +27,7 @@ VENV=${SIMCLR_VENV:-$ROOT/.venv}
 PYTHON_BIN=${PYTHON:-$(command -v python3.11 || command -v python3)}
 
 # Creates the venv and installs requirements*.txt plus the JAX build of the accelerator
-# (simclr_jax/doctor.py decides: cpu, cuda12, cuda13 or tpu) when any of them changed since
+# (simclr_jax/runtime/doctor.py decides: cpu, cuda12, cuda13 or tpu) when any of them changed since
 # the last install.
 setup() {
   local files=(requirements.txt)
@@ -133,7 +133,7 @@ slurm() {
     echo "#SBATCH --output=$workdir/slurm-%j.out"
     [[ -n "$partition" ]] && echo "#SBATCH --partition=$partition"
     echo "cd $ROOT"
-    echo "# One task per node; jax.distributed.initialize reads SLURM_* (simclr_jax/distributed.py)"
+    echo "# One task per node; jax.distributed.initialize reads SLURM_* (simclr_jax/runtime/distributed.py)"
     echo "# and each task keeps all $gpus GPUs of its node."
     echo "export JAX_LOCAL_DEVICE_IDS=$(seq -s, 0 $((gpus - 1)))"
     echo "# SIGTERM 120 s before the limit: every task saves the same step and exits 0; --requeue resumes."

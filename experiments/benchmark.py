@@ -61,7 +61,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))  # run as a script: make simclr_jax / experiments importable
 
-from simclr_jax import doctor  # standard library only: imports no framework
+from simclr_jax.runtime import doctor  # standard library only: imports no framework
 
 RESULT_KEYS = ('framework', 'mode', 'model', 'image_size', 'per_device_batch', 'devices',
                'global_batch', 'views_per_second', 'step_time_ms', 'peak_memory_bytes',
@@ -294,7 +294,7 @@ def benchmark_jax(args) -> dict:
   from simclr_jax import augment
   from simclr_jax import models
   from simclr_jax import objectives
-  from simclr_jax import optim
+  from simclr_jax.training import optim
   from simclr_jax import train
 
   devices = jax.local_device_count()

@@ -57,7 +57,7 @@ def synthetic_nih_features(num_examples: int, feature_dim: int, num_findings: in
 
 
 def time_evaluators(args) -> dict:
-  from simclr_jax import metrics
+  from simclr_jax.evaluation import algorithms
   from simclr_jax.evaluation import offline
   start = time.perf_counter()
   train = synthetic_nih_features(args.num_train, args.feature_dim, args.num_findings, 0)
@@ -87,7 +87,7 @@ def time_evaluators(args) -> dict:
   }
   if args.sklearn_probe:
     start = time.perf_counter()
-    reference = metrics.linear_probe(train["features"], train["labels"], test["features"],
+    reference = algorithms.linear_probe(train["features"], train["labels"], test["features"],
                                      test["labels"], multi_label=True, solver="sklearn")
     result["sklearn_linear_probe_seconds"] = time.perf_counter() - start
     result["sklearn_linear_auroc_macro"] = reference["linear_auroc_macro"]

@@ -7,7 +7,7 @@ Layout of a workdir:
   WORKDIR/checkpoints/<step>/rng      the run's base PRNG key
   WORKDIR/checkpoints/<step>/data_iter  Grain iterator state, one JSON file per process
   WORKDIR/checkpoints/damaged-<step>/ a checkpoint that could not be restored, moved aside
-                                      by the trainer (lifecycle.restore_newest_good)
+                                      by the trainer (run_control.restore_newest_good)
 
 Orbax writes every checkpoint into a temporary directory (`<step>.orbax-checkpoint-tmp-*`)
 and renames it into place only when all items are complete (and, on several processes,

@@ -104,7 +104,7 @@ def _start_processes(options) -> None:
   for name, value in explicit.items():
     if value is not None:
       os.environ[name] = str(value)
-  from simclr_jax import distributed
+  from simclr_jax.runtime import distributed
   distributed.initialize()
 
 

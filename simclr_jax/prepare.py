@@ -36,7 +36,7 @@ import time
 import tensorflow_datasets as tfds
 
 from simclr_jax.data import nih
-from simclr_jax.data import pipeline
+from simclr_jax.data import registry
 from simclr_jax.data import synthetic_cxr
 
 _FAMILIES = {'synthetic_cxr': 'synthetic_cxr', 'nih': 'nih', 'nih_chest_xray14': 'nih'}
@@ -80,11 +80,11 @@ def _family_and_size(args):
   family, _, config = args.dataset.partition('/')
   if family not in _FAMILIES or (config and family == 'nih'):
     known = ', '.join(f"{name}/{'|'.join(configs)}"
-                      for name, configs in pipeline.known_datasets().items())
+                      for name, configs in registry.known_datasets().items())
     raise ValueError(f'unknown dataset {args.dataset!r}; prepare takes synthetic_cxr or nih, '
                      f'or one of the known datasets: {known}')
   if config:
-    pipeline.check_dataset_name(args.dataset)
+    registry.check_dataset_name(args.dataset)
     if config == nih.THUMBS_CONFIG:
       return _FAMILIES[family], config
     if args.image_size not in (None, int(config)):
@@ -105,7 +105,7 @@ def _builder(args):
     split_sizes = {split: default if getattr(args, f'{split}_size') is None
                    else getattr(args, f'{split}_size')
                    for split, default in synthetic_cxr.DEFAULT_SPLIT_SIZES.items()}
-    return name, pipeline.get_builder(name, args.data_dir, split_sizes=split_sizes,
+    return name, registry.get_builder(name, args.data_dir, split_sizes=split_sizes,
                                       num_workers=args.num_workers), None
   if not args.manual_dir:
     raise ValueError('nih needs --manual_dir (the folder with the PNGs and the CSV)')
@@ -127,7 +127,7 @@ def _builder(args):
   fractions = {key: value for key, value in (('test_fraction', args.test_fraction),
                                              ('validation_fraction', args.validation_fraction))
                if value is not None}
-  builder = pipeline.get_builder(name, args.data_dir, csv_path=args.csv,
+  builder = registry.get_builder(name, args.data_dir, csv_path=args.csv,
                                  num_workers=args.num_workers, **fractions)
   return name, builder, manual_dir
 
@@ -230,10 +230,10 @@ def prepare(args) -> dict:
   """
   name, builder, manual_dir = _builder(args)
   requested = requested_options(args)
-  already_prepared = pipeline.is_prepared(builder)
+  already_prepared = registry.is_prepared(builder)
   start = time.time()
   if already_prepared:
-    builder = pipeline.get_builder(name, args.data_dir)  # what is on disk
+    builder = registry.get_builder(name, args.data_dir)  # what is on disk
     unchecked = check_same_options(name, args.data_dir, builder, requested)
     print(f'{name}: already prepared at {builder.data_path}; nothing to do.')
     if unchecked:
@@ -250,7 +250,7 @@ def prepare(args) -> dict:
     download_config = tfds.download.DownloadConfig(
         manual_dir=str(manual_dir) if manual_dir else None)
     builder.download_and_prepare(download_config=download_config)
-    builder = pipeline.get_builder(name, args.data_dir)  # re-read what is on disk
+    builder = registry.get_builder(name, args.data_dir)  # re-read what is on disk
     print(f'{name}: prepared at {builder.data_path} in {time.time() - start:.1f} s.')
   splits = {split: info.num_examples for split, info in builder.info.splits.items()}
   print('split sizes: ' + ', '.join(f'{split} {count}' for split, count in splits.items()))

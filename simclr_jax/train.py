@@ -5,7 +5,7 @@
 
 Starting on a workdir that already holds checkpoints resumes from the newest good one.
 What happens around the loop (settings checks, the workdir lock, Ctrl-C/SIGTERM, damaged
-checkpoints, metrics.jsonl) lives in config_checks.py and lifecycle.py; exit codes: 0 done
+checkpoints, metrics.jsonl) lives in settings.py and run_control.py; exit codes: 0 done
 or preempted (SIGTERM), 2 bad settings / workdir in use / no restorable checkpoint, 3 a
 non-finite step, 130 Ctrl-C.
 """
@@ -25,15 +25,15 @@ import optax
 from jax import lax
 
 from simclr_jax import checkpointing
-from simclr_jax import compilation_cache
-from simclr_jax import config_checks
+from simclr_jax.runtime import compilation_cache
+from simclr_jax.training import settings
 from simclr_jax import data
-from simclr_jax import lifecycle
+from simclr_jax.training import run_control
 from simclr_jax import models
 from simclr_jax import objectives
-from simclr_jax import optim
-from simclr_jax.progress import Progress
-from simclr_jax.progress import format_duration
+from simclr_jax.training import optim
+from simclr_jax.runtime.progress import Progress
+from simclr_jax.runtime.progress import format_duration
 
 AXIS_NAME = "batch"
 
@@ -134,7 +134,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   return new_state, metrics
 
 
-ConfigError = config_checks.ConfigError   # bad settings: one line, exit 2
+ConfigError = settings.ConfigError   # bad settings: one line, exit 2
 
 
 def _host_scalars(metrics: Dict[str, jax.Array]) -> Dict[str, float]:
@@ -176,22 +176,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config: the experiment config.
     workdir: checkpoints, metrics.jsonl, config.json and TensorBoard events go here.
     allow_config_changes: config fields a resumed run may change beyond
-      config_checks.RESUMABLE_FIELDS (the previous config is kept in the history).
+      settings.RESUMABLE_FIELDS (the previous config is kept in the history).
 
   Raises:
-    lifecycle.RunError: the run ended on purpose, with `exit_code` and a one-line
+    run_control.RunError: the run ended on purpose, with `exit_code` and a one-line
       message: bad settings, workdir in use or not writable, no restorable checkpoint
       (2), a non-finite step (3), Ctrl-C (130).
   """
   # First: a Ctrl-C from here on only sets a flag, and never lands inside XLA.
-  stop = lifecycle.StopSignals()
+  stop = run_control.StopSignals()
   lock = None
   try:
     cache_dir = compilation_cache.enable(config)
-    plan = config_checks.check_run(config)          # reads the data, writes nothing
+    plan = settings.check_run(config)          # reads the data, writes nothing
     monitor = _create_monitor(config)               # reads its held-out images now
-    lock = lifecycle.lock_workdir(workdir)
-    changes = config_checks.check_workdir_config(workdir, config, allow_config_changes)
+    lock = run_control.lock_workdir(workdir)
+    changes = settings.check_workdir_config(workdir, config, allow_config_changes)
     return _train(config, workdir, plan, stop, changes, cache_dir, monitor)
   finally:
     stop.close()
@@ -205,11 +205,11 @@ def _create_monitor(config: ml_collections.ConfigDict):
   try:
     return online.maybe_create(config)
   except (FileNotFoundError, ValueError) as error:
-    raise ConfigError(config_checks._one_line(error)) from None  # pylint: disable=protected-access
+    raise ConfigError(settings._one_line(error)) from None  # pylint: disable=protected-access
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.RunPlan,
-           stop: lifecycle.StopSignals, config_changes: Dict[str, Tuple[Any, Any]],
+def _train(config: ml_collections.ConfigDict, workdir: str, plan: settings.RunPlan,
+           stop: run_control.StopSignals, config_changes: Dict[str, Tuple[Any, Any]],
            cache_dir: Optional[str], monitor: Optional[Any] = None) -> TrainState:
   """The training loop of train_and_evaluate (settings checked, workdir locked)."""
   total_steps, steps_per_epoch = plan.total_steps, plan.steps_per_epoch
@@ -227,7 +227,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
 
   data_iterator = data.create_train_iterator(config)
   try:
-    checkpoint_tree, train_rng, start_step = lifecycle.restore_newest_good(
+    checkpoint_tree, train_rng, start_step = run_control.restore_newest_good(
         workdir, to_checkpoint(state), train_rng, data_iterator)
   except checkpointing.IncompatibleCheckpoint as error:
     raise ConfigError(str(error)) from None
@@ -250,13 +250,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
   host_rng = np.asarray(train_rng)
 
   log_every = max(1, config.get("log_every_steps", 10))
-  views_per_step = config_checks.views_per_image(config) * config.batch_size
+  views_per_step = settings.views_per_image(config) * config.batch_size
   eval_every = int(config.get("eval_every_steps", 0) or 0)
   progress = Progress(total_steps, desc="train", unit="step", every=log_every,
                       initial=start_step, enabled=jax.process_index() == 0,
                       stream=sys.stdout if config.get("progress_bar", True) else _PlainLines())
   # Both created after the first step, so a stop during compilation writes nothing.
-  writer: Optional[lifecycle.MetricsWriter] = None
+  writer: Optional[run_control.MetricsWriter] = None
   manager = None
 
   def save(step: int) -> None:
@@ -298,15 +298,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
         if stop_now and stop.requested:   # stop_now: the step all processes agreed on
           outcome = "stopped before the first step finished; nothing written"
           if stop.reason == "interrupt":
-            raise lifecycle.Interrupted(
+            raise run_control.Interrupted(
                 f"Interrupted (Ctrl-C) before the first step finished; nothing was "
                 f"written to {workdir}.")
           logging.warning("Stopping early (preemption) before the first step finished; "
                           "nothing was written.")
           break
-        lifecycle.check_finite(step, metrics)
-        writer = lifecycle.MetricsWriter(workdir, start_step)
-        config_checks.record_config(workdir, config, config_changes, start_step)
+        run_control.check_finite(step, metrics)
+        writer = run_control.MetricsWriter(workdir, start_step)
+        settings.record_config(workdir, config, config_changes, start_step)
         manager = checkpointing.create_manager(
             workdir, max_to_keep=config.keep_checkpoints,
             async_saves=config.get("async_checkpointing", True))
@@ -314,7 +314,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
       # Check the previous step's loss/gradients/parameters while this one runs (one step
       # of lag keeps the device busy); non-finite values stop before anything is saved.
       if last_checked is not None:
-        lifecycle.check_finite(*last_checked)
+        run_control.check_finite(*last_checked)
       last_checked = (step, metrics)
 
       is_checkpoint_step = (step % config.checkpoint_every_steps == 0 or
@@ -328,7 +328,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
         progress.exclude(online_scalars["online_eval_seconds"])  # and the ETA
       progress_fields, progress_once = {}, {}
       if step % log_every == 0 or is_checkpoint_step or first_step or online_scalars:
-        lifecycle.check_finite(step, metrics)
+        run_control.check_finite(step, metrics)
         last_checked = None  # checked now; not again next step
         elapsed = time.perf_counter() - window_start
         views_per_second = views_per_step * window_steps / max(elapsed, 1e-9)
@@ -358,7 +358,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, plan: config_checks.
         manager.wait_until_finished()   # the save just started in the background
         if stop.reason == "interrupt":
           outcome = "interrupted (Ctrl-C)"
-          raise lifecycle.Interrupted(
+          raise run_control.Interrupted(
               f"Interrupted (Ctrl-C): saved checkpoint at step {step} in "
               f"{checkpointing.checkpoint_directory(workdir)}; run the same command to "
               f"resume.")
@@ -399,7 +399,7 @@ def _summary(outcome: str, step: int, total_steps: int, start_step: int,
 def main(argv):
   del argv
   from absl import flags
-  from simclr_jax import distributed
+  from simclr_jax.runtime import distributed
   logging.getLogger().setLevel(logging.INFO)
   # orbax/TFDS log every save/restore step through absl at INFO; keep ours only.
   logging.getLogger("absl").setLevel(logging.WARNING)
@@ -408,8 +408,8 @@ def main(argv):
     distributed.initialize()
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
                        allow_config_changes=flags.FLAGS.allow_config_changes)
-  except lifecycle.RunError as error:
-    prefix = "" if isinstance(error, lifecycle.Interrupted) else "error: "
+  except run_control.RunError as error:
+    prefix = "" if isinstance(error, run_control.Interrupted) else "error: "
     message, exit_code = f"{prefix}{error}", error.exit_code
   except KeyboardInterrupt:   # before the handlers were installed (start-up)
     message, exit_code = "Interrupted during start-up; nothing was written.", 130
@@ -462,7 +462,7 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
       for arg in argv:
         if arg.startswith("--config."):
           key = arg[len("--config."):].split("=", 1)[0]
-          message = config_checks.unknown_key_message(config, key)
+          message = settings.unknown_key_message(config, key)
           if message:
             break
     print(f"error: {message or ' '.join(str(error).split())}", file=sys.stderr)
@@ -491,7 +491,7 @@ def define_flags() -> None:
                     "kept in WORKDIR/config_history.jsonl.")
   flags.mark_flags_as_required(["config", "workdir"])
   # Also accept the distributed flags here so one command works everywhere.
-  from simclr_jax import distributed
+  from simclr_jax.runtime import distributed
   distributed.define_flags()
 
 

@@ -23,7 +23,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 USER_JAX_PLATFORMS = os.environ.get("JAX_PLATFORMS")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# The persistent XLA compilation cache (simclr_jax/compilation_cache.py) of this test
+# The persistent XLA compilation cache (simclr_jax/runtime/compilation_cache.py) of this test
 # session, inherited by every subprocess: a process compiling a program compiled before in
 # the session loads it instead, and nothing is written into the user's ~/.cache. Set
 # SIMCLR_COMPILATION_CACHE (a path, or off) to choose otherwise.

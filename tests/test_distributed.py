@@ -1,7 +1,7 @@
 """Launch detection (no processes started): what jax.distributed.initialize is given."""
 import pytest
 
-from simclr_jax import distributed
+from simclr_jax.runtime import distributed
 
 _LAUNCH_VARIABLES = ("SIMCLR_COORDINATOR_ADDRESS", "SIMCLR_NUM_PROCESSES", "SIMCLR_PROCESS_ID",
                      "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_GPUS_ON_NODE",

@@ -11,7 +11,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 
 from conftest import REPO_ROOT, USER_JAX_PLATFORMS
-from simclr_jax import doctor
+from simclr_jax.runtime import doctor
 
 FAILING_DRIVER = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA "
                   "driver. Make sure that the latest NVIDIA driver is installed and running.")

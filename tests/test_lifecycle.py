@@ -23,9 +23,9 @@ from test_fault_tolerance import (_checkpoint_steps, _metrics_steps, _running, _
 from test_train import _train_args
 
 from simclr_jax import checkpointing
-from simclr_jax import compilation_cache
-from simclr_jax import config_checks
-from simclr_jax import lifecycle
+from simclr_jax.runtime import compilation_cache
+from simclr_jax.training import settings
+from simclr_jax.training import run_control
 
 
 def _tiny_config(prepared_data_dir, **overrides):
@@ -85,8 +85,8 @@ BAD_SETTINGS = [
 def test_bad_settings_are_refused_in_one_line(what, overrides, words, tmp_path,
                                               synthetic_data_dir):
   overrides = {k: str(tmp_path) if v == "{empty}" else v for k, v in overrides.items()}
-  with pytest.raises(config_checks.ConfigError) as raised:
-    config_checks.check_run(_tiny_config(synthetic_data_dir, **overrides))
+  with pytest.raises(settings.ConfigError) as raised:
+    settings.check_run(_tiny_config(synthetic_data_dir, **overrides))
   message = str(raised.value)
   assert "\n" not in message, what
   for word in words:
@@ -96,28 +96,28 @@ def test_bad_settings_are_refused_in_one_line(what, overrides, words, tmp_path,
 
 
 def test_good_settings_give_the_run_plan_and_devices_are_checked(synthetic_data_dir):
-  plan = config_checks.check_run(_tiny_config(synthetic_data_dir))
+  plan = settings.check_run(_tiny_config(synthetic_data_dir))
   assert (plan.total_steps, plan.steps_per_epoch, plan.per_device_batch) == (10, 12, 8)
-  by_epochs = config_checks.check_run(_tiny_config(synthetic_data_dir, num_train_steps=-1,
+  by_epochs = settings.check_run(_tiny_config(synthetic_data_dir, num_train_steps=-1,
                                                    num_epochs=2))
   assert by_epochs.total_steps == 24
-  with pytest.raises(config_checks.ConfigError, match=r"batch_size=6 .* 4 devices.* 4 or 8"):
-    config_checks.check_settings(_tiny_config(synthetic_data_dir, batch_size=6), 4)
+  with pytest.raises(settings.ConfigError, match=r"batch_size=6 .* 4 devices.* 4 or 8"):
+    settings.check_settings(_tiny_config(synthetic_data_dir, batch_size=6), 4)
 
 
 def test_unknown_config_keys_and_unwritable_workdir(tmp_path, synthetic_data_dir):
   config = _tiny_config(synthetic_data_dir)
   assert "did you mean --config.optimizer.learning_rate?" in \
-      config_checks.unknown_key_message(config, "optimizer.learning_rat")
-  assert "--config.loss.temperature" in config_checks.unknown_key_message(config,
+      settings.unknown_key_message(config, "optimizer.learning_rat")
+  assert "--config.loss.temperature" in settings.unknown_key_message(config,
                                                                           "temperature")
-  assert "no field 'foo'" in config_checks.unknown_key_message(config, "foo")
-  assert config_checks.unknown_key_message(config, "optimizer.learning_rate") is None
-  assert config_checks.unknown_key_message(config, "head") is None
+  assert "no field 'foo'" in settings.unknown_key_message(config, "foo")
+  assert settings.unknown_key_message(config, "optimizer.learning_rate") is None
+  assert settings.unknown_key_message(config, "head") is None
   a_file = tmp_path / "file"
   a_file.write_text("")
-  with pytest.raises(lifecycle.WorkdirNotWritable, match="is not writable"):
-    lifecycle.WorkdirLock.acquire(str(a_file / "run"))
+  with pytest.raises(run_control.WorkdirNotWritable, match="is not writable"):
+    run_control.WorkdirLock.acquire(str(a_file / "run"))
 
 
 def test_cli_unknown_key_is_one_line_with_a_suggestion(tmp_path):
@@ -219,7 +219,7 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_resumed(
   _damage(workdir / "checkpoints" / "2", damage)
   iterator = _iterator()
   caplog.set_level("WARNING")
-  state, rng, step = lifecycle.restore_newest_good(
+  state, rng, step = run_control.restore_newest_good(
       str(workdir), _host_state(0), np.zeros(2, np.uint32), iterator)
   assert step == 1
   np.testing.assert_array_equal(state["params"]["kernel"], _host_state(1)["params"]["kernel"])
@@ -236,8 +236,8 @@ def test_no_restorable_checkpoint_names_each_and_moves_nothing(tmp_path):
   _save_steps(workdir, [1, 2])
   _damage(workdir / "checkpoints" / "2", "deleted _METADATA")
   _damage(workdir / "checkpoints" / "1", "deleted data-iterator state")
-  with pytest.raises(lifecycle.NoUsableCheckpoint) as raised:
-    lifecycle.restore_newest_good(str(workdir), _host_state(0), np.zeros(2, np.uint32),
+  with pytest.raises(run_control.NoUsableCheckpoint) as raised:
+    run_control.restore_newest_good(str(workdir), _host_state(0), np.zeros(2, np.uint32),
                                   _iterator())
   message = str(raised.value)
   assert raised.value.exit_code == 2 and "\n" not in message
@@ -255,20 +255,20 @@ def test_resume_refuses_config_changes_that_alter_training_and_keeps_the_old_con
   config = _tiny_config("unused")
   changed = _tiny_config("unused", **{"optimizer.learning_rate": 0.01, "num_train_steps": 40,
                                       "input.num_workers": 2, "data_dir": "elsewhere"})
-  with pytest.raises(config_checks.ConfigError) as raised:
-    config_checks.check_workdir_config(str(workdir), changed, ())
+  with pytest.raises(settings.ConfigError) as raised:
+    settings.check_workdir_config(str(workdir), changed, ())
   message = str(raised.value)
   assert "at step 3" in message and "optimizer.learning_rate 0.002 -> 0.01" in message
   assert "--allow_config_changes=optimizer.learning_rate." in message
   assert "num_train_steps" not in message and "num_workers" not in message
-  assert config_checks.check_workdir_config(str(workdir), config, ()) == {}
-  with pytest.raises(config_checks.ConfigError, match="did you mean"):
-    config_checks.check_workdir_config(str(workdir), changed, ["optimizer.learning_rat"])
+  assert settings.check_workdir_config(str(workdir), config, ()) == {}
+  with pytest.raises(settings.ConfigError, match="did you mean"):
+    settings.check_workdir_config(str(workdir), changed, ["optimizer.learning_rat"])
 
-  changes = config_checks.check_workdir_config(str(workdir), changed, ["optimizer.learning_rate"])
+  changes = settings.check_workdir_config(str(workdir), changed, ["optimizer.learning_rate"])
   assert set(changes) == {"optimizer.learning_rate", "num_train_steps", "input.num_workers",
                           "data_dir"}
-  config_checks.record_config(str(workdir), changed, changes, start_step=3)
+  settings.record_config(str(workdir), changed, changes, start_step=3)
   assert json.loads((workdir / "config.json").read_text())["optimizer"]["learning_rate"] == 0.01
   [record] = [json.loads(line) for line in
               (workdir / "config_history.jsonl").read_text().splitlines()]
@@ -282,7 +282,7 @@ def test_metrics_file_is_cut_in_place_on_resume(tmp_path):
   path.write_text("".join(lines) + '{"step": 9, "lo')     # the last line cut by a kill
   inode = path.stat().st_ino
   with open(path) as follower:                           # e.g. `tail -f metrics.jsonl`
-    writer = lifecycle.MetricsWriter(str(tmp_path), start_step=5)
+    writer = run_control.MetricsWriter(str(tmp_path), start_step=5)
     writer.write(6, {"loss": 2.0})
     writer.close()
     assert path.stat().st_ino == inode                   # the same file, never replaced

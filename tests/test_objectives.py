@@ -14,7 +14,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from simclr_jax import augment
 from simclr_jax import models
 from simclr_jax import objectives
-from simclr_jax import optim
+from simclr_jax.training import optim
 from simclr_jax import train
 from simclr_jax.config import default_config
 from simclr_jax.data.synthetic_cxr import make_example

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from simclr_jax import optim
+from simclr_jax.training import optim
 from simclr_jax.config import default_config
 
 

@@ -1,7 +1,7 @@
 """Progress lines for batch-job logs (stdout not a terminal)."""
 import io
 
-from simclr_jax.progress import Progress
+from simclr_jax.runtime.progress import Progress
 
 
 def test_logs_one_line_per_interval_and_the_last_one_when_not_a_tty():
@@ -40,7 +40,7 @@ def test_once_fields_show_on_the_next_line_only_and_excluded_time_leaves_the_eta
   """The online monitor's scalars show on the next printed line only (also when they were
   measured between two lines); its seconds and the first step's compilation do not count in
   the rate behind the ETA."""
-  from simclr_jax import progress as progress_module
+  from simclr_jax.runtime import progress as progress_module
   clock = [0.0]
   monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
   stream = io.StringIO()

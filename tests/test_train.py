@@ -160,7 +160,7 @@ def test_init_from_torchvision_weights(tmp_path):
   import jax
   from simclr_jax import convert
   from simclr_jax import models
-  from simclr_jax import optim
+  from simclr_jax.training import optim
   from simclr_jax import train
   from simclr_jax.config import default_config
   config = default_config()

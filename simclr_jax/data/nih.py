@@ -64,7 +64,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from simclr_jax.data import features
+from simclr_jax.data import tfds_features
 # The findings, the CSV and the `label` feature are defined once, in labels.py.
 from simclr_jax.data.labels import CSV_COLUMNS  # pylint: disable=unused-import
 from simclr_jax.data.labels import CsvRow  # pylint: disable=unused-import
@@ -74,7 +74,7 @@ from simclr_jax.data.labels import NO_FINDING  # pylint: disable=unused-import
 from simclr_jax.data.labels import label_features
 from simclr_jax.data.labels import parse_finding_labels  # pylint: disable=unused-import
 from simclr_jax.data.labels import read_data_entry_csv
-from simclr_jax.progress import Progress
+from simclr_jax.runtime.progress import Progress
 
 IMAGE_SIZES = (64, 224, 256, 512)
 THUMBS_CONFIG = 'thumbs64'
@@ -281,7 +281,7 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            'image': features.grey_image(size),
+            'image': tfds_features.grey_image(size),
             'labels': tfds.features.Tensor(shape=(len(FINDINGS),), dtype=np.uint8),
             'no_finding': tfds.features.Tensor(shape=(), dtype=np.bool_),
             'label': tfds.features.ClassLabel(names=LABEL_NAMES),
@@ -322,7 +322,7 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = pathlib.Path(dl_manager.manual_dir)
-    features.allow_large_splits_without_tensorflow()  # splits > 1 GB (NIH at 256 px)
+    tfds_features.allow_large_splits_without_tensorflow()  # splits > 1 GB (NIH at 256 px)
     plan, counts = plan_splits(
         manual_dir, layout=self.builder_config.layout, csv_path=self._csv_path,
         test_fraction=self._test_fraction, validation_fraction=self._validation_fraction)
@@ -345,7 +345,7 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
         functools.partial(_decode_chunk, image_size=size), chunks, self._num_workers,
         max_in_flight=4 * self._num_workers)
     progress = Progress(len(items), desc=f'prepare {self.name}/{self.builder_config.name} '
-                        f'{split}', unit='image', every=features.progress_every(len(items)))
+                        f'{split}', unit='image', every=tfds_features.progress_every(len(items)))
     position = 0
     for chunk_results in results:
       for image, error in chunk_results:

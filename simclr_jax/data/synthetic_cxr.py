@@ -63,8 +63,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from simclr_jax.data import features
-from simclr_jax.progress import Progress
+from simclr_jax.data import tfds_features
+from simclr_jax.runtime.progress import Progress
 
 CLASS_NAMES = ('normal', 'cardiomegaly', 'effusion', 'mass', 'pneumothorax')
 IMAGE_SIZES = (16, 32, 64, 96, 128, 224, 256)
@@ -306,7 +306,7 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            'image': features.grey_image(size),
+            'image': tfds_features.grey_image(size),
             'label': tfds.features.ClassLabel(names=CLASS_NAMES),
             'patient_id': tfds.features.Scalar(dtype=np.int64),
         }),
@@ -320,7 +320,7 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    features.allow_large_splits_without_tensorflow()  # splits > 1 GB (NIH at 256 px)
+    tfds_features.allow_large_splits_without_tensorflow()  # splits > 1 GB (NIH at 256 px)
     self.info.metadata['prepare_options'] = self.prepare_options()
     return {split: self._generate_examples(split, int(count))
             for split, count in self._split_sizes.items()}
@@ -331,7 +331,7 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
     chunks = [range(start, min(start + chunk, num_examples))
               for start in range(0, num_examples, chunk)]
     progress = Progress(num_examples, desc=f'prepare {self.name}/{self.builder_config.name} '
-                        f'{split}', unit='image', every=features.progress_every(num_examples))
+                        f'{split}', unit='image', every=tfds_features.progress_every(num_examples))
     if self._num_workers <= 1 or num_examples < 512:  # small jobs: in this process
       results = (_make_examples(split, indices, size) for indices in chunks)
       yield from self._yield_with_progress(chunks, results, progress)

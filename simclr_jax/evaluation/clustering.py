@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from simclr_jax import metrics
+from simclr_jax.evaluation import algorithms
 from simclr_jax.evaluation.representations import Representations
 
 
@@ -50,14 +50,14 @@ class Evaluator:
     k = int(self.k if self.k is not None else len(label_set.class_names))
     check_k(k, label_set.num_kept, f"examples kept by label mode {label_set.mode!r}")
     start = time.perf_counter()
-    clustering = metrics.kmeans(representations.eval_features[kept], k, n_init=self.n_init,
+    clustering = algorithms.kmeans(representations.eval_features[kept], k, n_init=self.n_init,
                                 max_iter=self.max_iter, seed=representations.seed)
     yield "k", k
-    yield from metrics.clustering_scores(label_set.labels[kept], clustering.assignments).items()
+    yield from algorithms.clustering_scores(label_set.labels[kept], clustering.assignments).items()
     yield "kmeans_inertia", clustering.inertia
     yield "kmeans_iterations", clustering.num_iterations
     yield "kmeans_n_init", self.n_init
-    matching = metrics.hungarian_matching(label_set.labels[kept], clustering.assignments)
+    matching = algorithms.hungarian_matching(label_set.labels[kept], clustering.assignments)
     yield "cluster_to_class", {str(c): label_set.class_names[m] for c, m in matching.items()}
     cluster_ids = np.full(label_set.labels.shape[0], -1, np.int32)
     cluster_ids[kept] = clustering.assignments

@@ -18,7 +18,7 @@ import flax
 import jax
 import numpy as np
 
-from simclr_jax.progress import Progress
+from simclr_jax.runtime.progress import Progress
 
 # Features that are bookkeeping of the loader, not per-example attributes to keep.
 _LOADER_KEYS = ("image", "mask")

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from simclr_jax import metrics
+from simclr_jax.evaluation import algorithms
 from simclr_jax.data import labels as labels_lib
 from simclr_jax.evaluation.representations import Representations
 
@@ -23,33 +23,33 @@ def knn_scores(representations: Representations, k: int, temperature: float) -> 
   train_kept, kept = train_label_set.kept, label_set.kept
   scores = {}
   if train_kept.any() and kept.any():
-    neighbours = metrics.knn_neighbours(representations.train_features[train_kept],
+    neighbours = algorithms.knn_neighbours(representations.train_features[train_kept],
                                         representations.eval_features[kept], k=k)
     class_names = label_set.class_names
     truth = label_set.labels[kept]
     for key, weighting in (("knn_accuracy", "majority"), ("knn_accuracy_weighted", "weighted")):
-      votes = metrics.knn_votes(neighbours, train_label_set.labels[train_kept],
+      votes = algorithms.knn_votes(neighbours, train_label_set.labels[train_kept],
                                 weighting=weighting, temperature=temperature,
                                 num_classes=len(class_names))
       scores[key] = float(np.mean(np.argmax(votes, axis=1) == truth))
     if not representations.probe_multi_label:
       fractions = votes / votes.sum(axis=1, keepdims=True)  # weighted votes
-      per_class = {name: metrics.auroc_or_nan((truth == c).astype(np.int64), fractions[:, c])
+      per_class = {name: algorithms.auroc_or_nan((truth == c).astype(np.int64), fractions[:, c])
                    for c, name in enumerate(class_names)}
       scores["knn_auroc"] = per_class
       # One AUROC describes a binary problem (the two entries are complements).
       scores["knn_auroc_macro"] = (per_class[class_names[1]] if len(class_names) == 2
-                                   else metrics.nan_mean(list(per_class.values())))
+                                   else algorithms.nan_mean(list(per_class.values())))
   if representations.probe_multi_label:
-    neighbours = metrics.knn_neighbours(representations.train_features,
+    neighbours = algorithms.knn_neighbours(representations.train_features,
                                         representations.eval_features, k=k)
-    fractions = metrics.knn_label_scores(neighbours, representations.train_examples["labels"],
+    fractions = algorithms.knn_label_scores(neighbours, representations.train_examples["labels"],
                                          temperature=temperature)
     truth = np.asarray(representations.eval_examples["labels"])
-    per_finding = {name: metrics.auroc_or_nan(truth[:, j], fractions[:, j])
+    per_finding = {name: algorithms.auroc_or_nan(truth[:, j], fractions[:, j])
                    for j, name in enumerate(labels_lib.FINDINGS)}
     scores["knn_auroc"] = per_finding
-    scores["knn_auroc_macro"] = metrics.nan_mean(list(per_finding.values()))
+    scores["knn_auroc_macro"] = algorithms.nan_mean(list(per_finding.values()))
   return scores
 
 

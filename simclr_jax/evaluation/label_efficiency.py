@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Iterator, Sequence
 
-from simclr_jax import metrics
+from simclr_jax.evaluation import algorithms
 from simclr_jax.evaluation import linear_probe
 from simclr_jax.evaluation.representations import Representations
 
@@ -48,7 +48,7 @@ class Evaluator:
     settings, full_probe = representations.shared.get(linear_probe.SHARED_KEY, (None, None))
     start = time.perf_counter()
     train_kept = targets["train_kept"]
-    yield "label_fractions", metrics.label_efficiency(
+    yield "label_fractions", algorithms.label_efficiency(
         representations.train_features[train_kept], targets["train"][train_kept],
         representations.eval_features[targets["eval_kept"]],
         targets["eval"][targets["eval_kept"]],

@@ -1,14 +1,14 @@
 """Linear probe: logistic regression on frozen, standardised features, train -> evaluated
 split. Multi-label data: one sigmoid per finding (per-finding and macro AUROC);
 single-label data: multinomial (accuracy, one-vs-rest AUROC). Solved on the device
-(`metrics.fit_logistic_regression`, scikit-learn's objective) or with scikit-learn.
+(`algorithms.fit_logistic_regression`, scikit-learn's objective) or with scikit-learn.
 """
 from __future__ import annotations
 
 import time
 from typing import Iterator
 
-from simclr_jax import metrics
+from simclr_jax.evaluation import algorithms
 from simclr_jax.evaluation.representations import Representations
 
 SHARED_KEY = "linear_probe"  # the full probe's result, reused by label efficiency
@@ -19,9 +19,9 @@ class Evaluator:
   solver: 'jax' (device) or 'sklearn' (CPU reference)."""
 
   def __init__(self, regularisation: float = 1.0, max_iter: int = 1000, solver: str = "jax"):
-    if solver not in metrics.PROBE_SOLVERS:
+    if solver not in algorithms.PROBE_SOLVERS:
       raise ValueError(f"--probe_solver={solver!r}: accepted values are "
-                       f"{', '.join(metrics.PROBE_SOLVERS)}.")
+                       f"{', '.join(algorithms.PROBE_SOLVERS)}.")
     self.regularisation, self.max_iter, self.solver = float(regularisation), max_iter, solver
 
   def settings(self) -> dict:
@@ -33,7 +33,7 @@ class Evaluator:
       return
     targets = representations.probe_targets()
     start = time.perf_counter()
-    probe = metrics.linear_probe(
+    probe = algorithms.linear_probe(
         representations.train_features[targets["train_kept"]],
         targets["train"][targets["train_kept"]],
         representations.eval_features[targets["eval_kept"]],

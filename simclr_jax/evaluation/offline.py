@@ -28,7 +28,7 @@ from simclr_jax.evaluation import from_config
 from simclr_jax.evaluation import label_efficiency
 from simclr_jax.evaluation import report as report_lib
 from simclr_jax.evaluation import representations as representations_lib
-from simclr_jax.progress import Progress
+from simclr_jax.runtime.progress import Progress
 
 # Evaluators that need the train split's features.
 _NEEDS_TRAIN_SPLIT = ("linear_probe", "knn", "label_efficiency")
@@ -38,12 +38,12 @@ def enable_compilation_cache(workdir: Optional[str] = None) -> Optional[str]:
   """JAX's persistent compilation cache, as configured for the run in `workdir` (or by
   default), so a second evaluation skips compiling. Returns the directory used.
 
-  `simclr_jax.compilation_cache` arrives with the run-lifecycle work; without it there is
+  `simclr_jax.runtime.compilation_cache` arrives with the run-lifecycle work; without it there is
   nothing to enable and None is returned.
   """
   import os
   try:
-    from simclr_jax import compilation_cache
+    from simclr_jax.runtime import compilation_cache
   except ImportError:
     return None
   config = None

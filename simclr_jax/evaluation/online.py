@@ -36,7 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from simclr_jax import metrics
+from simclr_jax.evaluation import algorithms
 from simclr_jax.evaluation import encoders
 from simclr_jax.evaluation import features as features_lib
 from simclr_jax.evaluation import knn
@@ -154,9 +154,9 @@ class OnlineMonitor:
       label_set = representations.label_set
       k = len(label_set.class_names)
       if 2 <= k <= label_set.num_kept:
-        assignments = metrics.kmeans(representations.eval_features[label_set.kept], k,
+        assignments = algorithms.kmeans(representations.eval_features[label_set.kept], k,
                                      n_init=1, seed=int(self._config.get("seed", 0))).assignments
-        result[f"{PREFIX}kmeans_nmi"] = metrics.clustering_scores(
+        result[f"{PREFIX}kmeans_nmi"] = algorithms.clustering_scores(
             label_set.labels[label_set.kept], assignments)["nmi"]
     result[f"{PREFIX}eval_seconds"] = time.perf_counter() - start
     return {key: float(value) for key, value in result.items()}

@@ -189,7 +189,7 @@ def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import sklearn.decomposition
-  from simclr_jax import metrics
+  from simclr_jax.evaluation import algorithms
 
   written = []
 
@@ -228,8 +228,8 @@ def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5
     save(figure, "embedding_pca.png")
 
   if clusters is not None and clusters.size:
-    matrix, cluster_values, class_values = metrics.contingency_matrix(labels, clusters)
-    matching = metrics.hungarian_matching(labels, clusters)
+    matrix, cluster_values, class_values = algorithms.contingency_matrix(labels, clusters)
+    matching = algorithms.hungarian_matching(labels, clusters)
     # Order clusters by the class they are matched to, unmatched ones last.
     order = sorted(range(len(cluster_values)),
                    key=lambda r: (list(class_values).index(matching[cluster_values[r]])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from simclr_jax import metrics
+from simclr_jax.evaluation import algorithms
 from simclr_jax.evaluation.representations import Representations
 
 
@@ -12,5 +12,5 @@ class Evaluator:
   'cosine_gap'} over the examples the label mode keeps."""
 
   def run(self, representations: Representations) -> Iterator[tuple]:
-    yield "feature_quality", metrics.feature_quality(representations.eval_features,
+    yield "feature_quality", algorithms.feature_quality(representations.eval_features,
                                                      representations.label_set.labels)

@@ -191,7 +191,7 @@ class StopSignals:
                            jax_distributed.global_state.preemption_sync_manager is not None)
     if jax.process_count() > 1 and not self._multi_process:
       logging.warning("JAX's preemption service is not running: SIGTERM is handled per "
-                      "process (start through simclr_jax.distributed.initialize).")
+                      "process (start through simclr_jax.runtime.distributed.initialize).")
     if threading.current_thread() is not threading.main_thread():
       logging.warning("Not on the main thread: SIGTERM/SIGINT keep their default action.")
       return

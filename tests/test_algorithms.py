@@ -1,11 +1,12 @@
-"""Tests for simclr_jax/metrics.py: hand-computed cases and scikit-learn references."""
+"""Tests for simclr_jax/evaluation/algorithms/ and data/subsets.py: hand-computed cases and scikit-learn references."""
 import numpy as np
 import pytest
 import sklearn.cluster
 import sklearn.datasets
 import sklearn.metrics
 
-from simclr_jax import metrics
+from simclr_jax.data import subsets
+from simclr_jax.evaluation import algorithms
 
 
 # ----------------------------------------------------------------------------- clustering
@@ -14,7 +15,7 @@ from simclr_jax import metrics
 def test_permuted_labelling_scores_one():
   labels = np.array([0, 0, 1, 1, 2, 2, 2, 3])
   permutation = np.array([7, 3, 5, 1])  # class c -> cluster permutation[c]
-  scores = metrics.clustering_scores(labels, permutation[labels])
+  scores = algorithms.clustering_scores(labels, permutation[labels])
   assert scores == {"cluster_accuracy": 1.0, "nmi": pytest.approx(1.0),
                     "ari": pytest.approx(1.0), "purity": 1.0}
 
@@ -23,10 +24,10 @@ def test_known_confusion():
   labels = np.array([0, 0, 0, 1, 1, 1])
   clusters = np.array([1, 1, 0, 0, 0, 0])
   # Contingency (cluster x class): c0 = [1, 3], c1 = [2, 0]; best matching c0->1, c1->0.
-  assert metrics.clustering_accuracy(labels, clusters) == pytest.approx(5 / 6)
-  assert metrics.purity(labels, clusters) == pytest.approx(5 / 6)
-  assert metrics.hungarian_matching(labels, clusters) == {0: 1, 1: 0}
-  assert metrics.clustering_scores(labels, clusters)["ari"] == pytest.approx(
+  assert algorithms.clustering_accuracy(labels, clusters) == pytest.approx(5 / 6)
+  assert algorithms.purity(labels, clusters) == pytest.approx(5 / 6)
+  assert algorithms.hungarian_matching(labels, clusters) == {0: 1, 1: 0}
+  assert algorithms.clustering_scores(labels, clusters)["ari"] == pytest.approx(
       sklearn.metrics.adjusted_rand_score(labels, clusters))
 
 
@@ -34,23 +35,23 @@ def test_more_clusters_than_classes():
   labels = np.array([0, 0, 0, 0, 1, 1])
   clusters = np.array([0, 0, 1, 1, 2, 2])
   # One-to-one: only one of clusters 0/1 can be class 0 -> 4/6; purity is many-to-one.
-  assert metrics.clustering_accuracy(labels, clusters) == pytest.approx(4 / 6)
-  assert metrics.purity(labels, clusters) == 1.0
+  assert algorithms.clustering_accuracy(labels, clusters) == pytest.approx(4 / 6)
+  assert algorithms.purity(labels, clusters) == 1.0
 
 
 def test_fewer_clusters_than_classes():
   labels = np.array([0, 1, 2, 0, 1, 2])
   clusters = np.array([0, 0, 0, 1, 1, 1])
-  assert metrics.clustering_accuracy(labels, clusters) == pytest.approx(2 / 6)
-  assert metrics.purity(labels, clusters) == pytest.approx(2 / 6)
-  matrix, cluster_values, class_values = metrics.contingency_matrix(labels, clusters)
+  assert algorithms.clustering_accuracy(labels, clusters) == pytest.approx(2 / 6)
+  assert algorithms.purity(labels, clusters) == pytest.approx(2 / 6)
+  matrix, cluster_values, class_values = algorithms.contingency_matrix(labels, clusters)
   assert matrix.tolist() == [[1, 1, 1], [1, 1, 1]]
   assert cluster_values.tolist() == [0, 1] and class_values.tolist() == [0, 1, 2]
 
 
 def test_mismatched_lengths_raise():
   with pytest.raises(ValueError, match="same examples"):
-    metrics.clustering_accuracy([0, 1], [0])
+    algorithms.clustering_accuracy([0, 1], [0])
 
 
 # ----------------------------------------------------------------------------- k-means
@@ -65,12 +66,12 @@ def blobs():
 
 def test_kmeans_matches_sklearn(blobs):
   features, labels = blobs
-  ours = metrics.kmeans(features, 6, n_init=3, seed=0, chunk_size=128)  # 600 % 128 != 0
+  ours = algorithms.kmeans(features, 6, n_init=3, seed=0, chunk_size=128)  # 600 % 128 != 0
   reference = sklearn.cluster.KMeans(6, n_init=3, random_state=0).fit(features)
   assert ours.assignments.shape == (600,) and ours.centroids.shape == (6, 24)
   assert sklearn.metrics.adjusted_rand_score(reference.labels_, ours.assignments) > 0.99
   assert ours.inertia == pytest.approx(reference.inertia_, rel=1e-4)
-  assert metrics.clustering_accuracy(labels, ours.assignments) > 0.98
+  assert algorithms.clustering_accuracy(labels, ours.assignments) > 0.98
   # Inertia is the sum of squared distances to the returned centroids.
   recomputed = np.sum((features - ours.centroids[ours.assignments]) ** 2)
   assert ours.inertia == pytest.approx(recomputed, rel=1e-4)
@@ -79,9 +80,9 @@ def test_kmeans_matches_sklearn(blobs):
 
 def test_kmeans_deterministic_and_chunk_independent(blobs):
   features, _ = blobs
-  first = metrics.kmeans(features, 6, n_init=2, seed=5, chunk_size=128)
-  again = metrics.kmeans(features, 6, n_init=2, seed=5, chunk_size=128)
-  one_chunk = metrics.kmeans(features, 6, n_init=2, seed=5, chunk_size=600)
+  first = algorithms.kmeans(features, 6, n_init=2, seed=5, chunk_size=128)
+  again = algorithms.kmeans(features, 6, n_init=2, seed=5, chunk_size=128)
+  one_chunk = algorithms.kmeans(features, 6, n_init=2, seed=5, chunk_size=600)
   np.testing.assert_array_equal(first.assignments, again.assignments)
   np.testing.assert_array_equal(first.centroids, again.centroids)
   assert sklearn.metrics.adjusted_rand_score(first.assignments, one_chunk.assignments) == 1.0
@@ -91,13 +92,13 @@ def test_kmeans_duplicates_and_bad_input():
   # 3 distinct points, k = 3: every restart must find the exact solution (inertia 0),
   # which needs k-means++ to cope with a zero potential and empty clusters.
   points = np.repeat(np.eye(3, 5, dtype=np.float32) * 10, [5, 1, 4], axis=0)
-  result = metrics.kmeans(points, 3, n_init=2, seed=0)
+  result = algorithms.kmeans(points, 3, n_init=2, seed=0)
   assert result.inertia == pytest.approx(0.0, abs=1e-4)
-  assert metrics.clustering_accuracy(np.repeat([0, 1, 2], [5, 1, 4]), result.assignments) == 1
+  assert algorithms.clustering_accuracy(np.repeat([0, 1, 2], [5, 1, 4]), result.assignments) == 1
   with pytest.raises(ValueError, match="k=11"):
-    metrics.kmeans(points, 11)
+    algorithms.kmeans(points, 11)
   with pytest.raises(ValueError, match="NaN"):
-    metrics.kmeans(np.full((4, 2), np.nan), 2)
+    algorithms.kmeans(np.full((4, 2), np.nan), 2)
 
 
 # ----------------------------------------------------------------------------- kNN, probe
@@ -115,29 +116,29 @@ def test_knn_hand_case_and_separable():
   train = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]], np.float32)
   train_labels = np.array([0, 0, 1, 1, 2])
   test = np.array([[1, 0.05], [0.05, 1], [-1, -0.1]], np.float32)
-  votes = metrics.knn_predict(train, train_labels, test, k=1)
+  votes = algorithms.knn_predict(train, train_labels, test, k=1)
   assert np.argmax(votes, axis=1).tolist() == [0, 1, 2]
   # k=3 majority for the first test point: neighbours 0, 0 and (class 1 at 0.1 cos) -> 0.
-  votes = metrics.knn_predict(train, train_labels, test[:1], k=3)
+  votes = algorithms.knn_predict(train, train_labels, test[:1], k=3)
   assert votes.tolist() == [[2.0, 1.0, 0.0]]
   features, labels = _separable()
   test_features, test_labels = _separable(seed=1)
   for weighting in ("majority", "weighted"):
-    assert metrics.knn_accuracy(features, labels, test_features, test_labels, k=20,
+    assert algorithms.knn_accuracy(features, labels, test_features, test_labels, k=20,
                                 weighting=weighting) == 1.0
 
 
 def test_linear_probe_single_label():
   features, labels = _separable()
   test_features, test_labels = _separable(seed=1)
-  result = metrics.linear_probe(features, labels, test_features, test_labels,
+  result = algorithms.linear_probe(features, labels, test_features, test_labels,
                                 multi_label=False, class_names=["a", "b", "c"])
   assert result["linear_accuracy"] == 1.0
   assert result["linear_auroc_macro"] == pytest.approx(1.0)
   assert set(result["linear_auroc"]) == {"a", "b", "c"}
   # Random labels: chance-level accuracy, so the probe does not just memorise.
   shuffled = np.random.default_rng(0).permutation(test_labels)
-  chance = metrics.linear_probe(features, labels, test_features, shuffled, multi_label=False)
+  chance = algorithms.linear_probe(features, labels, test_features, shuffled, multi_label=False)
   assert chance["linear_accuracy"] < 0.6
 
 
@@ -147,7 +148,7 @@ def test_linear_probe_multi_label():
   targets[:, 2] = 0  # a label with no positive: constant score, AUROC undefined (NaN)
   features = (targets[:, :2] * 4.0 + rng.normal(size=(200, 2)) * 0.3).astype(np.float32)
   features = np.concatenate([features, rng.normal(size=(200, 4))], axis=1)
-  result = metrics.linear_probe(features[:120], targets[:120], features[120:], targets[120:],
+  result = algorithms.linear_probe(features[:120], targets[:120], features[120:], targets[120:],
                                 multi_label=True, class_names=["x", "y", "z"])
   assert result["linear_auroc"]["x"] > 0.99 and result["linear_auroc"]["y"] > 0.99
   assert np.isnan(result["linear_auroc"]["z"])
@@ -172,7 +173,7 @@ def test_device_probe_matches_sklearn(regularisation):
   train_x, train_y = _noisy_multi_label(400, seed=0)
   test_x, test_y = _noisy_multi_label(300, seed=1)
   train_y[:, 4] = 0  # no positive in train: not learnt, constant score in both
-  results = {solver: metrics.linear_probe(train_x, train_y, test_x, test_y, multi_label=True,
+  results = {solver: algorithms.linear_probe(train_x, train_y, test_x, test_y, multi_label=True,
                                           regularisation=regularisation, solver=solver)
              for solver in ("jax", "sklearn")}
   for name, auroc in results["sklearn"]["linear_auroc"].items():
@@ -182,7 +183,7 @@ def test_device_probe_matches_sklearn(regularisation):
   for num_classes in (4, 2):
     train_labels = train_y[:, :2] @ [1, 2] % num_classes
     test_labels = test_y[:, :2] @ [1, 2] % num_classes
-    single = {solver: metrics.linear_probe(train_x, train_labels, test_x, test_labels,
+    single = {solver: algorithms.linear_probe(train_x, train_labels, test_x, test_labels,
                                            multi_label=False, regularisation=regularisation,
                                            solver=solver) for solver in ("jax", "sklearn")}
     for name, auroc in single["sklearn"]["linear_auroc"].items():
@@ -194,9 +195,9 @@ def test_device_probe_matches_sklearn(regularisation):
 def test_knn_label_scores_hand_case():
   train = np.array([[1, 0], [0.8, 0.2], [0, 1]], np.float32)
   multi_hot = np.array([[1, 0], [1, 1], [0, 1]])
-  neighbours = metrics.knn_neighbours(train, np.array([[1, 0.1]], np.float32), k=2)
+  neighbours = algorithms.knn_neighbours(train, np.array([[1, 0.1]], np.float32), k=2)
   assert neighbours[1].tolist() == [[0, 1]]
-  scores = metrics.knn_label_scores(neighbours, multi_hot, weighting="majority")
+  scores = algorithms.knn_label_scores(neighbours, multi_hot, weighting="majority")
   np.testing.assert_allclose(scores, [[1.0, 0.5]])
 
 
@@ -207,26 +208,26 @@ def test_patient_subsample():
   patients = np.repeat(np.arange(50), 3)               # 50 patients, 3 images each
   targets = np.zeros(150, np.int64)
   targets[149] = 1                                     # one rare positive (patient 49)
-  subset = metrics.patient_subsample(patients, targets, 0.1, seed=0)
+  subset = subsets.patient_subsample(patients, targets, 0.1, seed=0)
   chosen = np.unique(patients[subset])
   # Whole patients only; 5 drawn (+1 for the rare class if it was not among them).
   assert np.isin(np.flatnonzero(np.isin(patients, chosen)), subset).all()
   assert len(chosen) in (5, 6) and 149 in subset
-  np.testing.assert_array_equal(subset, metrics.patient_subsample(patients, targets, 0.1,
+  np.testing.assert_array_equal(subset, subsets.patient_subsample(patients, targets, 0.1,
                                                                   seed=0))
-  assert metrics.patient_subsample(patients, targets, 1.0).size == 150
+  assert subsets.patient_subsample(patients, targets, 1.0).size == 150
   multi_hot = np.zeros((150, 2), np.int64)
   multi_hot[[10, 140], 1] = 1
-  subset = metrics.patient_subsample(patients, multi_hot, 0.02, seed=1)
+  subset = subsets.patient_subsample(patients, multi_hot, 0.02, seed=1)
   assert multi_hot[subset, 1].sum() >= 1
   with pytest.raises(ValueError, match="fraction"):
-    metrics.patient_subsample(patients, targets, 0.0)
+    subsets.patient_subsample(patients, targets, 0.0)
 
 
 def test_label_efficiency_reports_sizes():
   features, labels = _separable(num_per_class=30)
   test_features, test_labels = _separable(num_per_class=10, seed=1)
-  results = metrics.label_efficiency(features, labels, test_features, test_labels,
+  results = algorithms.label_efficiency(features, labels, test_features, test_labels,
                                      np.arange(labels.size), [0.1, 1.0], multi_label=False)
   assert [r["num_train_examples"] for r in results] == [9, 90]
   assert all(r["linear_accuracy"] == 1.0 for r in results)
@@ -237,7 +238,7 @@ def test_label_efficiency_reports_sizes():
 
 def test_feature_quality_hand_case_and_brute_force():
   features = np.array([[1, 0], [2, 0], [0, 3], [0, 1]], np.float32)
-  quality = metrics.feature_quality(features, [0, 0, 1, 1])
+  quality = algorithms.feature_quality(features, [0, 0, 1, 1])
   assert quality["within_class_cosine"] == pytest.approx(1.0)
   assert quality["between_class_cosine"] == pytest.approx(0.0)
   rng = np.random.default_rng(0)
@@ -248,6 +249,6 @@ def test_feature_quality_hand_case_and_brute_force():
   use = labels >= 0
   same = (labels[:, None] == labels[None]) & ~np.eye(30, dtype=bool) & use[:, None] & use[None]
   different = (labels[:, None] != labels[None]) & use[:, None] & use[None]
-  quality = metrics.feature_quality(features, labels)
+  quality = algorithms.feature_quality(features, labels)
   assert quality["within_class_cosine"] == pytest.approx(cosine[same].mean())
   assert quality["between_class_cosine"] == pytest.approx(cosine[different].mean())

@@ -20,12 +20,12 @@ import ml_collections
 import numpy as np
 
 from simclr_jax import checkpointing
-from simclr_jax import lifecycle
+from simclr_jax.training import run_control
 
 CONFIG_HISTORY_FILE = "config_history.jsonl"   # the configs a resumed run replaced
 
 
-class ConfigError(lifecycle.RunError, ValueError):
+class ConfigError(run_control.RunError, ValueError):
   """A setting that cannot run (on these devices, with this data, in this workdir)."""
 
 

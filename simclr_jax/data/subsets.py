@@ -1,0 +1,52 @@
+"""Patient-wise subsets of a split: a label fraction that keeps every patient whole."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def patient_subsample(patient_ids, targets, fraction: float, *, seed: int = 0) -> np.ndarray:
+  """Indices of a patient-wise random subsample of the training set.
+
+  Draws round(fraction * num_patients) patients (at least one) with a fixed seed and
+  keeps all their images, so no patient straddles the kept/unused split. Then, for every
+  class that has a positive in the full set but none in the subsample, one more patient
+  holding a positive of that class is added (drawn with the same generator), so each
+  class can be learnt "where possible". The result can therefore be slightly larger
+  than the fraction asks for; the caller reports the actual count.
+
+  Args:
+    patient_ids: [n] any hashable ids (one per image); use arange(n) when unknown.
+    targets: [n] class ids (negative = undefined, ignored for the guarantee) or
+      [n, C] multi-hot.
+    fraction: in (0, 1]; 1.0 returns every index.
+    seed: fixes the subsample.
+
+  Returns:
+    sorted int64 indices into the n training examples.
+  """
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"label fraction {fraction} must be in (0, 1].")
+  patient_ids = np.asarray(patient_ids)
+  n = patient_ids.shape[0]
+  if fraction == 1.0:
+    return np.arange(n)
+  targets = np.asarray(targets)
+  if targets.ndim == 1:
+    defined = targets >= 0
+    num_classes = int(targets.max()) + 1 if defined.any() else 0
+    positives = np.zeros((n, num_classes), bool)
+    positives[np.flatnonzero(defined), targets[defined]] = True
+  else:
+    positives = targets.astype(bool)
+  unique_patients, patient_index = np.unique(patient_ids, return_inverse=True)
+  rng = np.random.default_rng(seed)
+  num_patients = unique_patients.size
+  num_drawn = max(1, int(round(fraction * num_patients)))
+  chosen = np.zeros(num_patients, bool)
+  chosen[rng.permutation(num_patients)[:num_drawn]] = True
+  for label in range(positives.shape[1]):
+    label_patients = np.unique(patient_index[positives[:, label]])
+    if label_patients.size and not chosen[label_patients].any():
+      chosen[rng.choice(label_patients)] = True
+  return np.flatnonzero(chosen[patient_index])
+
