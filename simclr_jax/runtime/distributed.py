@@ -16,27 +16,32 @@ from typing import Optional
 
 import jax
 
-_FLAGS_DEFINED = False
+# The absl FlagValues holding --coordinator_address etc. (`define_flags`), read by
+# `detect_launch`; None until a command line defines them.
+_flag_values = None
 
 
-def define_flags() -> None:
-  """--coordinator_address / --num_processes / --process_id (absl), once."""
-  global _FLAGS_DEFINED
-  if _FLAGS_DEFINED:
-    return
+def define_flags(flag_values=None) -> None:
+  """--coordinator_address / --num_processes / --process_id on `flag_values` (default
+  absl's global FLAGS), once per FlagValues; `initialize` then reads them."""
+  global _flag_values
   from absl import flags
-  flags.DEFINE_string("coordinator_address", None,
-                      "host:port of process 0, for an explicit multi-process launch.")
-  flags.DEFINE_integer("num_processes", None, "Total number of processes.")
-  flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
-  _FLAGS_DEFINED = True
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  if "coordinator_address" not in flag_values:
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit "
+                        "multi-process launch; SLURM and TPU pods are detected).",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "Total number of processes.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).",
+                         flag_values=flag_values)
+  _flag_values = flag_values
 
 
 def _flag(name: str):
-  if not _FLAGS_DEFINED:
+  if _flag_values is None or name not in _flag_values:
     return None
-  from absl import flags
-  return getattr(flags.FLAGS, name, None) if name in flags.FLAGS else None
+  return _flag_values[name].value
 
 
 def _int_or_none(value) -> Optional[int]:
