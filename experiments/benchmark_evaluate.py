@@ -57,15 +57,18 @@ def synthetic_nih_features(num_examples: int, feature_dim: int, num_findings: in
 
 
 def time_evaluators(args) -> dict:
+  from simclr_jax.evaluation import EVALUATORS
   from simclr_jax.evaluation import algorithms
+  from simclr_jax.evaluation import from_config
   from simclr_jax.evaluation import offline
   start = time.perf_counter()
   train = synthetic_nih_features(args.num_train, args.feature_dim, args.num_findings, 0)
   test = synthetic_nih_features(args.num_test, args.feature_dim, args.num_findings, 1)
   generation_seconds = time.perf_counter() - start
   start = time.perf_counter()
-  report, _ = offline.evaluate_features(test, train, kmeans_n_init=args.n_init,
-                                        probe_solver="jax", seed=0)
+  evaluators = from_config({name: {} for name in EVALUATORS} |
+                           {"clustering": {"n_init": args.n_init}})
+  report, _ = offline.evaluate_features(test, train, evaluators, seed=0)
   total_seconds = time.perf_counter() - start
   result = {
       "num_train": args.num_train, "num_test": args.num_test,
@@ -138,8 +141,10 @@ def time_online_monitor(args) -> dict:
   spec.loader.exec_module(module)
   config = module.get_config()
   config.data_dir = args.online_data_dir
-  if args.online_evaluators:
-    config.online_eval.evaluators = tuple(args.online_evaluators.split(","))
+  if args.online_evaluators:  # the config's settings, or the evaluator's defaults
+    names = args.online_evaluators.split(",")
+    config.online_eval.evaluators = {
+        name: config.online_eval.evaluators.get(name, {}) for name in names}
   with tempfile.TemporaryDirectory() as workdir:
     log_every = max(1, args.online_train_steps // 4)
     command = [sys.executable, "-m", "simclr_jax.train", "--config", args.online_config,
@@ -203,8 +208,8 @@ def main():
   parser.add_argument("--online_data_dir", default="runs/data")
   parser.add_argument("--online_train_steps", type=int, default=40)
   parser.add_argument("--online_calls", type=int, default=3)
-  parser.add_argument("--online_evaluators", help="override online_eval.evaluators, e.g. "
-                      "knn,kmeans")
+  parser.add_argument("--online_evaluators", help="the evaluators of online_eval.evaluators "
+                      "to run, e.g. knn,clustering")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
 

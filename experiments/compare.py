@@ -101,27 +101,31 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--model", help="architecture without a workdir / for torch weights")
   parser.add_argument("--image_size", type=int,
                       help="input size (default: the SimCLR run's; 224 without one)")
+  # Named as offline.Data's fields and offline.SETTING_FLAGS, with their defaults.
+  data = offline.Data
   parser.add_argument("--dataset", required=True)
   parser.add_argument("--data_dir", required=True)
-  parser.add_argument("--split", default="test")
-  parser.add_argument("--train_split", default="train")
+  parser.add_argument("--split", default=data.split)
+  parser.add_argument("--train_split", default=data.train_split)
   parser.add_argument("--out", required=True)
   parser.add_argument("--overwrite", action="store_true",
                       help="replace an earlier comparison in --out (all rows and plots)")
   parser.add_argument("--evaluators", default=",".join(EVALUATORS),
                       help=f"comma-separated evaluators; known: {', '.join(EVALUATORS)}")
-  parser.add_argument("--k", type=int, help="k-means clusters (default: the label mode's "
-                      "classes; 14 for NIH)")
-  parser.add_argument("--label_mode")
-  parser.add_argument("--labels_csv", help="Data_Entry CSV: exact order for --label_mode primary")
+  parser.add_argument("--k", type=int, default=offline.flag_default("k"),
+                      help="k-means clusters (default: the label mode's classes; 14 for NIH)")
+  parser.add_argument("--label_mode", default=data.label_mode)
+  parser.add_argument("--labels_csv", default=data.labels_csv,
+                      help="Data_Entry CSV: exact order for --label_mode primary")
   parser.add_argument("--label_fractions",
-                      default=",".join(map(str, label_efficiency.DEFAULT_FRACTIONS)))
-  parser.add_argument("--features", default="encoder", choices=encoders.FEATURE_KINDS)
-  parser.add_argument("--probe_solver", default="jax", choices=("jax", "sklearn"))
-  parser.add_argument("--batch_size", type=int, default=256)
-  parser.add_argument("--knn_k", type=int, default=20)
-  parser.add_argument("--kmeans_n_init", type=int, default=10)
-  parser.add_argument("--max_examples", type=int)
+                      default=",".join(map(str, offline.flag_default("label_fractions"))))
+  parser.add_argument("--features", default=data.features, choices=encoders.FEATURE_KINDS)
+  parser.add_argument("--probe_solver", default=offline.flag_default("probe_solver"),
+                      choices=("jax", "sklearn"))
+  parser.add_argument("--batch_size", type=int, default=data.batch_size)
+  parser.add_argument("--knn_k", type=int, default=offline.flag_default("knn_k"))
+  parser.add_argument("--kmeans_n_init", type=int, default=offline.flag_default("kmeans_n_init"))
+  parser.add_argument("--max_examples", type=int, default=data.max_examples)
   parser.add_argument("--plots", type=int, default=1, help="1: write PNG plots per row")
   parser.add_argument("--save_features", type=int, default=1)
   return parser
@@ -190,7 +194,6 @@ def main(argv=None) -> dict:
   # orbax/TFDS log every save/restore step through absl at INFO; keep ours only.
   logging.getLogger("absl").setLevel(logging.WARNING)
   fractions = label_efficiency.parse_fractions(args.label_fractions)
-  evaluators = [name.strip() for name in args.evaluators.split(",") if name.strip()]
   rows = _rows(args, parser)
   earlier = earlier_comparison_files(args.out)
   if earlier and not args.overwrite:
@@ -198,22 +201,9 @@ def main(argv=None) -> dict:
         f"--out={args.out} holds an earlier comparison ({len(earlier)} files, e.g. "
         f"{os.path.relpath(earlier[0], args.out)}); pass --overwrite to replace it (every row "
         f"and plot) or choose another --out.")
-  settings = dict(dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-                  train_split=args.train_split or None, k=args.k, label_mode=args.label_mode,
-                  evaluators=evaluators, label_fractions=fractions,
-                  feature_kind=args.features,
-                  batch_size=args.batch_size, knn_k=args.knn_k,
-                  kmeans_n_init=args.kmeans_n_init, probe_solver=args.probe_solver,
-                  max_examples=args.max_examples, labels_csv=args.labels_csv,
-                  plots=bool(args.plots), save_features=bool(args.save_features))
-  # Bad settings fail before any encoder is built or any earlier file is removed.
-  offline.check_settings(
-      dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-      train_split=args.train_split or None, out_dir=None, overwrite=True,
-      evaluators=evaluators, k=args.k, label_mode=args.label_mode,
-      max_examples=args.max_examples, feature_kind=args.features,
-      evaluator_options=dict(kmeans_n_init=args.kmeans_n_init, knn_k=args.knn_k,
-                             label_fractions=fractions, probe_solver=args.probe_solver))
+  # Bad settings fail here, once for every row, before any encoder is built or any
+  # earlier file is removed.
+  plan = offline.plan(offline.data_from_flags(args), offline.evaluators_config(args))
   # Every row's encoder loads (checkpoint, weights file) before anything earlier is removed.
   loaded = []
   for key, name, kwargs, labels_used in rows:
@@ -228,8 +218,10 @@ def main(argv=None) -> dict:
   reports, table_rows = {}, []
   for key, name, encoder, labels_used in loaded:
     logging.info("Evaluating %s", name)
-    report = offline.evaluate_encoder(encoder, out_dir=os.path.join(args.out, key),
-                                      overwrite=True, **settings)
+    report = offline.evaluate_encoder(
+        encoder, plan, offline.Output(os.path.join(args.out, key), overwrite=True,
+                                      plots=bool(args.plots),
+                                      save_features=bool(args.save_features)))
     if encoder.step is not None:
       name = f"{name}, step {report['checkpoint_step']}"
     reports[key] = report

@@ -71,12 +71,14 @@ def default_config() -> ml_collections.ConfigDict:
   # the trained weights).
   config.eval_every_steps = 0           # 0: off; else run config.online_eval every N steps
   config.online_eval = ml_collections.ConfigDict(dict(
-      evaluators=("knn",),              # knn (accuracy + AUROC); kmeans (NMI) optional
+      # {evaluator: settings}, as `python -m simclr_jax.evaluate` names and builds them
+      # (simclr_jax.evaluation.from_config): knn (accuracy + AUROC) always; clustering
+      # (k-means NMI) optional, e.g. "clustering": {"n_init": 1}.
+      evaluators={"knn": {"k": 20, "temperature": 0.07}},
       train_split="train",              # kNN memory bank
       eval_split="validation",          # queries
       max_train_examples=2048,
       max_eval_examples=1024,
-      knn_k=20,
       batch_size=256,
   ))
   # Bookkeeping.

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from typing import Sequence
 
 from simclr_jax.data import labels as labels_lib
 from simclr_jax.evaluation import EVALUATORS
 from simclr_jax.evaluation import encoders
-from simclr_jax.evaluation import label_efficiency
+from simclr_jax.evaluation import offline
 from simclr_jax.evaluation.encoders import load_encoder  # pylint: disable=unused-import
 from simclr_jax.evaluation.encoders import make_encode_fn  # pylint: disable=unused-import
+from simclr_jax.runtime import distributed
 
 SUMMARY_KEYS = ("cluster_accuracy", "nmi", "ari", "purity", "linear_auroc_macro",
                 "linear_accuracy", "knn_accuracy", "knn_auroc_macro", "num_examples", "k",
@@ -33,10 +33,16 @@ SUMMARY_KEYS = ("cluster_accuracy", "nmi", "ari", "purity", "linear_auroc_macro"
 
 
 def define_flags(flag_values) -> None:
-  """The evaluator's flags, defined on `flag_values` (an absl FlagValues)."""
+  """The evaluator's flags, defined on `flag_values` (an absl FlagValues).
+
+  The data flags are named as the fields of `offline.Data` and the evaluator settings as
+  `offline.SETTING_FLAGS`; their defaults are those of `offline.Data` and of the
+  evaluators' constructors.
+  """
   from absl import flags
   define = {"string": flags.DEFINE_string, "integer": flags.DEFINE_integer,
             "bool": flags.DEFINE_bool}
+  data = offline.Data
 
   def flag(kind, name, default, text):
     define[kind](name, default, text, flag_values=flag_values)
@@ -53,33 +59,34 @@ def define_flags(flag_values) -> None:
   flag("integer", "seed", None, "Seed for --random_init and k-means (default config.seed).")
   flag("string", "dataset", None, "TFDS name, e.g. synthetic_cxr/32 (required).")
   flag("string", "data_dir", None, "TFDS data_dir (required).")
-  flag("string", "split", "test", "Split to evaluate.")
-  flag("string", "train_split", "train", "Split for the linear probe / kNN; '' skips them.")
+  flag("string", "split", data.split, "Split to evaluate.")
+  flag("string", "train_split", data.train_split, "Split for the linear probe / kNN; '' "
+       "skips them.")
   flag("string", "out", None, "Output directory (required).")
   flag("bool", "overwrite", False, "Replace an earlier report in --out (all its files, "
        "plots included).")
   flag("string", "evaluators", ",".join(EVALUATORS), "Comma-separated evaluators to run, "
        f"in order; known: {', '.join(EVALUATORS)}.")
-  flag("integer", "k", None, "k-means clusters, >= 2 (default: the classes of the label "
-       "mode: 14 for NIH's default single_finding mode).")
-  flag("string", "label_mode", None, " | ".join(labels_lib.LABEL_MODES) + " (default: "
-       "single_finding for NIH, label otherwise).")
-  flag("string", "labels_csv", None, "ChestX-ray14 Data_Entry CSV: exact CSV order for "
-       "--label_mode=primary.")
-  flag("string", "label_fractions", ",".join(map(str, label_efficiency.DEFAULT_FRACTIONS)),
+  flag("integer", "k", offline.flag_default("k"), "k-means clusters, >= 2 (default: the "
+       "classes of the label mode: 14 for NIH's default single_finding mode).")
+  flag("string", "label_mode", data.label_mode, " | ".join(labels_lib.LABEL_MODES) +
+       " (default: single_finding for NIH, label otherwise).")
+  flag("string", "labels_csv", data.labels_csv, "ChestX-ray14 Data_Entry CSV: exact CSV "
+       "order for --label_mode=primary.")
+  flag("string", "label_fractions", ",".join(map(str, offline.flag_default("label_fractions"))),
        "Train-label fractions for label efficiency.")
-  flag("string", "features", "encoder", " | ".join(encoders.FEATURE_KINDS))
-  flag("string", "probe_solver", "jax", "Linear probe solver: jax (device L-BFGS) | sklearn.")
-  flag("integer", "batch_size", 256, "Images per extraction step (all local devices).")
-  flag("integer", "knn_k", 20, "Neighbours for kNN.")
-  flag("integer", "kmeans_n_init", 10, "k-means restarts.")
-  flag("integer", "max_examples", None, "Use only the first N examples of each split.")
+  flag("string", "features", data.features, " | ".join(encoders.FEATURE_KINDS))
+  flag("string", "probe_solver", offline.flag_default("probe_solver"),
+       "Linear probe solver: jax (device L-BFGS) | sklearn.")
+  flag("integer", "batch_size", data.batch_size, "Images per extraction step (all local "
+       "devices).")
+  flag("integer", "knn_k", offline.flag_default("knn_k"), "Neighbours for kNN.")
+  flag("integer", "kmeans_n_init", offline.flag_default("kmeans_n_init"), "k-means restarts.")
+  flag("integer", "max_examples", data.max_examples, "Use only the first N examples of each "
+       "split.")
   flag("bool", "plots", True, "Write PNG plots.")
   flag("bool", "save_features", True, "Write OUT/features.npz.")
-  flag("string", "coordinator_address", None, "host:port of process 0 (explicit multi-"
-       "process launch; SLURM and TPU pods are detected).")
-  flag("integer", "num_processes", None, "Total number of processes.")
-  flag("integer", "process_id", None, "This process's index in [0, num_processes).")
+  distributed.define_flags(flag_values)
 
 
 def _parse(argv: Sequence[str]):
@@ -96,18 +103,6 @@ def _parse(argv: Sequence[str]):
   return flag_values
 
 
-def _start_processes(options) -> None:
-  """jax.distributed for a multi-process launch (flags, SIMCLR_* variables or SLURM)."""
-  explicit = {"SIMCLR_COORDINATOR_ADDRESS": options.coordinator_address,
-              "SIMCLR_NUM_PROCESSES": options.num_processes,
-              "SIMCLR_PROCESS_ID": options.process_id}
-  for name, value in explicit.items():
-    if value is not None:
-      os.environ[name] = str(value)
-  from simclr_jax.runtime import distributed
-  distributed.initialize()
-
-
 def main(argv: Sequence[str]) -> int:
   """Runs the evaluator CLI; returns the exit status (0 ok, 2 bad settings or data)."""
   from absl import flags
@@ -119,34 +114,18 @@ def main(argv: Sequence[str]) -> int:
     options = _parse(argv)
     if options is None:
       return 0
-    _start_processes(options)
-    from simclr_jax.evaluation import offline
+    distributed.initialize()  # a multi-process launch (flags, SIMCLR_* variables or SLURM)
     offline.enable_compilation_cache(options.workdir)
-    evaluators = [name.strip() for name in options.evaluators.split(",") if name.strip()]
-    label_fractions = label_efficiency.parse_fractions(options.label_fractions)
-    # Bad settings fail here, before the encoder is built.
-    offline.check_settings(
-        dataset=options.dataset, data_dir=options.data_dir, split=options.split,
-        train_split=options.train_split, out_dir=options.out, overwrite=options.overwrite,
-        evaluators=evaluators, k=options.k, label_mode=options.label_mode,
-        max_examples=options.max_examples, feature_kind=options.features,
-        evaluator_options=dict(kmeans_n_init=options.kmeans_n_init, knn_k=options.knn_k,
-                               label_fractions=label_fractions,
-                               probe_solver=options.probe_solver))
+    output = offline.Output(options.out, overwrite=options.overwrite, plots=options.plots,
+                            save_features=options.save_features)
+    # Bad settings fail here, once, before the encoder is built.
+    plan = offline.plan(offline.data_from_flags(options), offline.evaluators_config(options),
+                        output)
     encoder = load_encoder(workdir=options.workdir, step=options.step,
                            random_init=options.random_init,
                            torch_weights=options.torch_weights, model=options.model,
                            image_size=options.image_size, seed=options.seed)
-    report = offline.evaluate_encoder(
-        encoder, dataset=options.dataset, data_dir=options.data_dir, split=options.split,
-        out_dir=options.out, train_split=options.train_split, evaluators=evaluators,
-        k=options.k, label_mode=options.label_mode,
-        label_fractions=label_fractions,
-        feature_kind=options.features, batch_size=options.batch_size, knn_k=options.knn_k,
-        kmeans_n_init=options.kmeans_n_init, probe_solver=options.probe_solver,
-        max_examples=options.max_examples, labels_csv=options.labels_csv,
-        plots=options.plots, save_features=options.save_features,
-        overwrite=options.overwrite)
+    report = offline.evaluate_encoder(encoder, plan, output)
   except (ValueError, FileNotFoundError, flags.Error) as error:
     message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
     print(f"error: {message}", file=sys.stderr)

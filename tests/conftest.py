@@ -86,6 +86,13 @@ def run_module(args: list, num_devices: int = 1, timeout: float = 600, check: bo
   return proc
 
 
+def every_evaluator(**settings) -> dict:
+  """{evaluator: settings} of every evaluator (the evaluate CLI's default --evaluators),
+  with `settings` for some: the mapping `simclr_jax.evaluation.from_config` builds."""
+  from simclr_jax.evaluation import EVALUATORS
+  return {name: settings.get(name, {}) for name in EVALUATORS}
+
+
 @pytest.fixture
 def shared_data() -> pathlib.Path:
   if not SHARED_DATA.exists():

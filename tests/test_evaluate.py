@@ -13,9 +13,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_module, run_python, subprocess_env
+from conftest import REPO_ROOT, every_evaluator, run_module, run_python, subprocess_env
 from simclr_jax import evaluate
 from simclr_jax.data import labels
+from simclr_jax.evaluation import EVALUATORS
+from simclr_jax.evaluation import encoders
+from simclr_jax.evaluation import from_config
 from simclr_jax.evaluation import offline
 from simclr_jax.evaluation import report as report_lib
 
@@ -158,8 +161,10 @@ def _split(num_per_class, seed, num_classes=3, dim=8):
 
 def test_evaluate_features_and_outputs(tmp_path):
   report, arrays = offline.evaluate_features(
-      _split(20, seed=1), _split(30, seed=2), class_names=["a", "b", "c"],
-      label_fractions=(0.1, 1.0), kmeans_n_init=2)
+      _split(20, seed=1), _split(30, seed=2),
+      from_config(every_evaluator(clustering={"n_init": 2},
+                                  label_efficiency={"fractions": (0.1, 1.0)})),
+      class_names=["a", "b", "c"])
   assert report["label_mode"] == "label" and report["k"] == 3
   assert report["num_examples"] == 60 and "a, b, c" in report["label_set"]
   assert report["cluster_accuracy"] == 1.0 and report["nmi"] == pytest.approx(1.0)
@@ -203,8 +208,9 @@ def test_nih_default_is_the_14_findings_with_k_14():
             "no_finding": multi_hot.sum(1) == 0, "patient_id": np.arange(n) // 3}
 
   evaluated = nih_like(300)
-  report, _ = offline.evaluate_features(evaluated, nih_like(400), label_fractions=(1.0,),
-                                        kmeans_n_init=1)
+  report, _ = offline.evaluate_features(
+      evaluated, nih_like(400), from_config(every_evaluator(
+          clustering={"n_init": 1}, label_efficiency={"fractions": (1.0,)})))
   assert report["label_mode"] == "single_finding" and report["k"] == 14
   assert report["num_classes"] == 14 and "No Finding" not in report["class_names"]
   assert report["num_examples"] == int((evaluated["labels"].sum(1) == 1).sum())
@@ -244,6 +250,11 @@ def test_cli_refuses_bad_settings_in_one_line(tmp_path, synthetic_data_dir, caps
                    "--features='logits'"),
       "image size": (["--dataset", "synthetic_cxr/32", "--image_size", "0"],
                      "--image_size=0"),
+      "knn k": (["--dataset", "synthetic_cxr/32", "--knn_k", "0"], "--knn_k=0"),
+      "k-means restarts": (["--dataset", "synthetic_cxr/32", "--kmeans_n_init", "0"],
+                           "--kmeans_n_init=0"),
+      "label fractions": (["--dataset", "synthetic_cxr/32", "--label_fractions", "0,1"],
+                          "--label_fractions='0,1'"),
       "earlier report": (["--dataset", "synthetic_cxr/32", "--out", tmp_path / "earlier"],
                          "holds an earlier report (cluster_confusion.png)"),
   }
@@ -254,6 +265,32 @@ def test_cli_refuses_bad_settings_in_one_line(tmp_path, synthetic_data_dir, caps
     assert stderr.count("\n") == 1 and stderr.startswith("error: "), (name, stderr)
     assert expected in stderr, (name, stderr)
   assert not (tmp_path / "new").exists()
+
+
+def test_cli_checks_settings_once_before_the_encoder(tmp_path, synthetic_data_dir, capsys,
+                                                    monkeypatch):
+  """The flags fill one mapping {evaluator: settings}; from_config builds (and checks) it
+  once per run, before the encoder is built, and the evaluators run as built."""
+  built, loaded = [], []
+  monkeypatch.setattr(offline, "from_config",
+                      lambda spec: built.append(spec) or from_config(spec))
+  monkeypatch.setattr(evaluate, "load_encoder",
+                      lambda **kwargs: loaded.append(kwargs) or encoders.load_encoder(**kwargs))
+  common = ["--model", "resnet_tiny", "--image_size", "32", "--random_init", "--dataset",
+            "synthetic_cxr/32", "--data_dir", synthetic_data_dir, "--train_split", "train",
+            "--evaluators", "knn,clustering", "--plots=false", "--save_features=false"]
+  status, _, stderr = _cli(common + ["--out", tmp_path / "bad", "--knn_k", "0"], capsys)
+  assert status == 2 and stderr == "error: --knn_k=0: must be >= 1.\n"
+  assert built == [{"knn": {"k": 0}, "clustering": {"n_init": 10}}] and not loaded
+  built.clear()
+  status, stdout, _ = _cli(common + ["--out", tmp_path / "good", "--knn_k", "3", "--k", "4"],
+                           capsys)
+  assert status == 0 and len(built) == len(loaded) == 1
+  assert built == [{"knn": {"k": 3}, "clustering": {"k": 4, "n_init": 10}}]
+  report = json.loads((tmp_path / "good" / "report.json").read_text())
+  assert report["evaluators"] == ["knn", "clustering"]
+  assert report["knn_k"] == 3 and report["k"] == 4 and report["kmeans_n_init"] == 10
+  assert json.loads(stdout.splitlines()[-1])["k"] == 4
 
 
 # ----------------------------------------------------------------------------- NIH thumbnails
@@ -285,11 +322,14 @@ def test_nih_label_modes_through_the_dataset(tmp_path, shared_data, nih_thumbs_d
   csv_path = shared_data / "nih_sample" / "Data_Entry_2017_v2020.csv.gz"
 
   encoder = evaluate.load_encoder(model="resnet_tiny", image_size=32, random_init=True)
-  report = offline.evaluate_encoder(
-      encoder, dataset="nih_chest_xray14/thumbs64", data_dir=str(nih_thumbs_dir),
-      split="test", train_split="train", out_dir=str(tmp_path), label_mode="primary",
-      labels_csv=str(csv_path), label_fractions=(0.5, 1.0), batch_size=64,
-      kmeans_n_init=1, plots=False)
+  output = offline.Output(str(tmp_path), plots=False)
+  plan = offline.plan(
+      offline.Data(dataset="nih_chest_xray14/thumbs64", data_dir=str(nih_thumbs_dir),
+                   split="test", train_split="train", label_mode="primary",
+                   labels_csv=str(csv_path), batch_size=64),
+      every_evaluator(clustering={"n_init": 1}, label_efficiency={"fractions": (0.5, 1.0)}),
+      output)
+  report = offline.evaluate_encoder(encoder, plan, output)
   assert report["label_mode"] == "primary" and report["k"] == 15
   assert report["num_examples"] == report["num_examples_total"] == len(test_files) == 200
   expected_primary = collections.Counter(f[0] for f in test_findings)
@@ -300,15 +340,15 @@ def test_nih_label_modes_through_the_dataset(tmp_path, shared_data, nih_thumbs_d
 
   saved = np.load(tmp_path / "features.npz")
   examples = {"features": saved["features"], "labels": saved["multi_hot"]}
-  single, _ = offline.evaluate_features(examples, label_mode="single", kmeans_n_init=1)
+  every = from_config(every_evaluator(clustering={"n_init": 1}))
+  single, _ = offline.evaluate_features(examples, None, every, label_mode="single")
   assert single["num_examples"] == sum(len(f) == 1 for f in test_findings)
   assert {n: c for n, c in single["class_counts"].items() if c} == collections.Counter(
       f[0] for f in test_findings if len(f) == 1)
-  default, _ = offline.evaluate_features(examples, kmeans_n_init=1)
+  default, _ = offline.evaluate_features(examples, None, every)
   assert default["k"] == 14 and default["num_examples"] == sum(
       len(f) == 1 and f != ["No Finding"] for f in test_findings)
-  binary, _ = offline.evaluate_features(examples, label_mode="binary:Effusion",
-                                        kmeans_n_init=1)
+  binary, _ = offline.evaluate_features(examples, None, every, label_mode="binary:Effusion")
   assert binary["k"] == 2 and binary["class_counts"]["Effusion"] == sum(
       "Effusion" in f for f in test_findings)
 
@@ -436,11 +476,10 @@ def _supervised_workdir(path, synthetic_data_dir):
           "batch_stats": variables["batch_stats"]["encoder"]}
 
 
-def test_compare_writes_the_seed_table(tmp_path, synthetic_data_dir):
+def test_compare_writes_the_seed_table(tmp_path, synthetic_data_dir, monkeypatch):
   """Rows SimCLR/supervised/random init/ImageNet, here a supervised run of this project
   (--supervised_workdir) and the fair random init; refuses an earlier comparison."""
   from experiments import compare
-  from simclr_jax.evaluation import encoders
   supervised = tmp_path / "supervised"
   supervised_variables = _supervised_workdir(supervised, synthetic_data_dir)
   out = tmp_path / "compare"
@@ -448,8 +487,12 @@ def test_compare_writes_the_seed_table(tmp_path, synthetic_data_dir):
           "--dataset", "synthetic_cxr/32", "--data_dir", str(synthetic_data_dir),
           "--split", "test", "--train_split", "train", "--label_fractions", "0.5,1.0",
           "--kmeans_n_init", "1", "--batch_size", "40", "--plots", "0", "--out", str(out)]
+  built = []   # the evaluators are built (their settings checked) once for every row
+  monkeypatch.setattr(offline, "from_config",
+                      lambda spec: built.append(spec) or from_config(spec))
   reports = compare.main(argv)
   assert list(reports) == ["supervised", "random_init"]
+  assert len(built) == 1 and list(built[0]) == list(EVALUATORS)
   table = (out / "report.md").read_text()
   assert ("| Method | clustering accuracy | NMI | ARI | linear AUROC | kNN accuracy | "
           "kNN AUROC | linear AUROC @ 0.5 labels | linear AUROC @ 1 labels | "

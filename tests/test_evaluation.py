@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import every_evaluator
 from simclr_jax import models
 from simclr_jax.config import default_config
 from simclr_jax.evaluation import EVALUATORS
@@ -72,16 +73,18 @@ def test_evaluators_are_plugins_configured_by_name():
     list(from_config({"clustering": {"k": 1}})[0][1].run(data))
 
 
-def test_online_monitor(tmp_path, synthetic_data_dir):
+def test_online_monitor(tmp_path, synthetic_data_dir, monkeypatch):
   """kNN accuracy/AUROC and k-means NMI of a tiny encoder, from the trainer's replicated
-  variables: keys prefixed online_, weights untouched, the data read once."""
+  variables: keys prefixed online_, weights untouched, the data read once; the evaluators
+  are the offline ones, built by from_config from config.online_eval.evaluators."""
   data_dir = tmp_path / "data"
   shutil.copytree(synthetic_data_dir, data_dir)
   config = default_config()
   config.update(dict(dataset="synthetic_cxr/32", data_dir=str(data_dir), image_size=32,
                      model="resnet_tiny", eval_every_steps=10))
-  config.online_eval.update(dict(evaluators=("knn", "kmeans"), max_train_examples=64,
-                                 max_eval_examples=16, batch_size=24))
+  config.online_eval.update(dict(evaluators={"knn": {"k": 20, "temperature": 0.07},
+                                             "clustering": {"n_init": 1}},
+                                 max_train_examples=64, max_eval_examples=16, batch_size=24))
   model = models.create_model(config)
 
   def replicated_variables(seed):
@@ -91,7 +94,12 @@ def test_online_monitor(tmp_path, synthetic_data_dir):
 
   params, batch_stats = replicated_variables(0)
   before = jax.tree_util.tree_map(np.array, (params, batch_stats))
+  built = []
+  monkeypatch.setattr(online, "from_config",
+                      lambda spec: built.append(spec) or from_config(spec))
   monitor = online.maybe_create(config)
+  assert built == [{"knn": {"k": 20, "temperature": 0.07}, "clustering": {"n_init": 1}}]
+  assert monitor.evaluators == ("knn", "clustering")
   first = monitor.run(10, params, batch_stats)
   assert set(first) == {"online_knn_accuracy", "online_knn_auroc", "online_kmeans_nmi",
                         "online_eval_seconds"}
@@ -105,14 +113,30 @@ def test_online_monitor(tmp_path, synthetic_data_dir):
       k: v for k, v in first.items() if k != "online_eval_seconds"}
   other = monitor.run(30, *replicated_variables(1))
   assert other["online_knn_auroc"] != first["online_knn_auroc"]
+  # The kNN's temperature is the knn evaluator's setting: it weights the neighbours behind
+  # the AUROC, not the majority vote behind the accuracy.
+  config.data_dir = str(synthetic_data_dir)
+  config.online_eval.evaluators.knn.temperature = 10.0
+  warm = online.maybe_create(config).run(40, params, batch_stats)
+  assert warm["online_knn_accuracy"] == first["online_knn_accuracy"]
+  assert warm["online_knn_auroc"] != first["online_knn_auroc"]
+  assert warm["online_kmeans_nmi"] == first["online_kmeans_nmi"]
 
   config.eval_every_steps = 0
   assert online.maybe_create(config) is None
-  config.online_eval.evaluators = ("knn", "linear_probe")
+  config.online_eval.evaluators = {"knn": {}, "linear_probe": {}}
   with pytest.raises(ValueError, match="online_eval.evaluators"):
     online.OnlineMonitor(config)
-  config.online_eval.evaluators = ("knn",)
-  config.data_dir = str(synthetic_data_dir)
+  config.online_eval.evaluators = {"clustering": {}}      # the kNN always runs
+  with pytest.raises(ValueError, match="must include 'knn'"):
+    online.OnlineMonitor(config)
+  config.online_eval.evaluators = {"knn": {"k": 0}}       # the evaluator's own check
+  with pytest.raises(ValueError, match="online_eval.evaluators: --knn_k=0"):
+    online.OnlineMonitor(config)
+  config.online_eval.evaluators = {"knn": {}, "clustering": {"k": 17}}  # > 16 examples
+  with pytest.raises(ValueError, match="clustering.*--k=17 is larger than the 16"):
+    online.OnlineMonitor(config)
+  config.online_eval.evaluators = {"knn": {}}
   config.online_eval.eval_split = "valid"   # fails when the monitor is made, not mid-run
   with pytest.raises(ValueError, match="split 'valid'"):
     online.OnlineMonitor(config)
@@ -134,11 +158,11 @@ def test_binary_label_mode_on_multi_label_data_probes_the_binary_question():
     return {"features": features, "labels": multi_hot, "patient_id": np.arange(count)}
 
   train, evaluated = split(1), split(2)
-  binary, _ = offline.evaluate_features(evaluated, train, label_mode="binary:No Finding",
-                                        kmeans_n_init=1, label_fractions=(1.0,))
+  every = from_config(every_evaluator(clustering={"n_init": 1},
+                                      label_efficiency={"fractions": (1.0,)}))
+  binary, _ = offline.evaluate_features(evaluated, train, every, label_mode="binary:No Finding")
   assert set(binary["linear_auroc"]) == {"any finding", "No Finding"}
   assert binary["linear_auroc_macro"] > 0.9 and binary["knn_auroc_macro"] > 0.9
   assert "binary" in binary["linear_probe_targets"]
-  findings, _ = offline.evaluate_features(evaluated, train, label_mode="single",
-                                          kmeans_n_init=1, label_fractions=(1.0,))
+  findings, _ = offline.evaluate_features(evaluated, train, every, label_mode="single")
   assert set(findings["linear_auroc"]) == set(labels_lib.FINDINGS)

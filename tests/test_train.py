@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_module, run_python
+from conftest import REPO_ROOT, every_evaluator, run_module, run_python
 
 # A step function run on 1 device and on 4 fake CPU devices with the same global batch.
 # Augmentation is on (defaults), optimiser is SGD+momentum so any gradient-scale error
@@ -215,7 +215,7 @@ def test_supervised_run_with_online_monitor_beats_random_init(tmp_path, syntheti
                          f"--config.eval_every_steps={every}",
                          "--config.online_eval.max_train_examples=64",
                          "--config.online_eval.max_eval_examples=16",
-                         "--config.online_eval.knn_k=5"))
+                         "--config.online_eval.evaluators.knn.k=5"))
   config = json.loads((workdir / "config.json").read_text())
   assert config["objective"] == "supervised" and config["supervised"]["num_classes"] == 5
   records = {r["step"]: r for r in map(json.loads, (workdir / "metrics.jsonl").read_text()
@@ -228,13 +228,16 @@ def test_supervised_run_with_online_monitor_beats_random_init(tmp_path, syntheti
   assert 0.0 <= records[200]["online_knn_accuracy"] <= 1.0
 
   from simclr_jax.evaluation import encoders, offline
-  common = dict(dataset="synthetic_cxr/32", data_dir=str(synthetic_data_dir), split="test",
-                train_split="train", label_fractions=(1.0,), batch_size=40, kmeans_n_init=1,
-                plots=False, save_features=False)
-  trained = offline.evaluate_encoder(encoders.load_encoder(workdir=str(workdir)),
-                                     out_dir=str(tmp_path / "trained"), **common)
-  random = offline.evaluate_encoder(encoders.load_encoder(workdir=str(workdir), random_init=True),
-                                    out_dir=str(tmp_path / "random"), **common)
+  plan = offline.plan(offline.Data(dataset="synthetic_cxr/32", data_dir=str(synthetic_data_dir),
+                                   split="test", train_split="train", batch_size=40),
+                      every_evaluator(clustering={"n_init": 1},
+                                      label_efficiency={"fractions": (1.0,)}))
+  trained = offline.evaluate_encoder(
+      encoders.load_encoder(workdir=str(workdir)), plan,
+      offline.Output(str(tmp_path / "trained"), plots=False, save_features=False))
+  random = offline.evaluate_encoder(
+      encoders.load_encoder(workdir=str(workdir), random_init=True), plan,
+      offline.Output(str(tmp_path / "random"), plots=False, save_features=False))
   assert "supervised" in trained["encoder_init"] and "random" in random["encoder_init"]
   assert trained["linear_auroc_macro"] > random["linear_auroc_macro"] + 0.08, (
       trained["linear_auroc_macro"], random["linear_auroc_macro"])

@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from simclr_jax.data import labels as labels_lib
 from simclr_jax.evaluation import algorithms
 from simclr_jax.evaluation.representations import Representations
 
@@ -40,15 +41,23 @@ class Evaluator:
   """
 
   def __init__(self, k: Optional[int] = None, n_init: int = 10, max_iter: int = 300):
+    if k is not None:
+      check_k(int(k))
     if n_init < 1:
       raise ValueError(f"--kmeans_n_init={n_init}: must be >= 1.")
     self.k, self.n_init, self.max_iter = k, int(n_init), int(max_iter)
 
+  def clusters(self, label_set: labels_lib.LabelSet) -> int:
+    """k for these labels (the setting, or the number of classes), checked against the
+    examples the label mode keeps."""
+    k = int(self.k if self.k is not None else len(label_set.class_names))
+    check_k(k, label_set.num_kept, f"examples kept by label mode {label_set.mode!r}")
+    return k
+
   def run(self, representations: Representations) -> Iterator[tuple]:
     label_set = representations.label_set
     kept = label_set.kept
-    k = int(self.k if self.k is not None else len(label_set.class_names))
-    check_k(k, label_set.num_kept, f"examples kept by label mode {label_set.mode!r}")
+    k = self.clusters(label_set)
     start = time.perf_counter()
     clustering = algorithms.kmeans(representations.eval_features[kept], k, n_init=self.n_init,
                                 max_iter=self.max_iter, seed=representations.seed)

@@ -8,24 +8,30 @@ kNN, google-research/simclr's `lineareval_while_pretraining`): every
 
 and logs the returned scalars (keys prefixed `online_`) with the loss. The encoder's
 current features (eval mode: BatchNorm running averages) of
-`online_eval.max_train_examples` images of `online_eval.train_split` form a kNN memory
-bank; `online_eval.max_eval_examples` images of `online_eval.eval_split` are classified
-by cosine kNN (k = `online_eval.knn_k`):
+`online_eval.max_train_examples` images of `online_eval.train_split` form the train split
+(the kNN memory bank); `online_eval.max_eval_examples` images of `online_eval.eval_split`
+are evaluated by the evaluators of `config.online_eval.evaluators`, a mapping
+{evaluator name: settings} built by `simclr_jax.evaluation.from_config`, as
+`python -m simclr_jax.evaluate` builds its own (same names, same settings):
 
-  online_knn_accuracy   majority vote over the default label mode's classes
-                        (synthetic_cxr: its 5 classes; NIH: the 14 single-finding classes)
-  online_knn_auroc      macro AUROC of the weighted neighbour fractions (NIH: per finding)
-  online_kmeans_nmi     with "kmeans" in online_eval.evaluators: NMI of k-means
-                        (k = the number of classes, one restart) on the eval features
-  online_eval_seconds   wall time of this call
+  knn (always)   k, temperature: the kNN evaluator's settings (default k = 20, T = 0.07)
+    online_knn_accuracy   majority vote over the default label mode's classes
+                          (synthetic_cxr: its 5 classes; NIH: the 14 single-finding classes)
+    online_knn_auroc      macro AUROC of the exp(cos / T)-weighted neighbour fractions
+                          (NIH: per finding)
+  clustering     k, n_init, max_iter: the clustering evaluator's settings (one restart,
+                 {"n_init": 1}, keeps it cheap)
+    online_kmeans_nmi     NMI of k-means (k = the number of classes) on the eval features
+  online_eval_seconds     wall time of this call
 
-The images are read once, when the monitor is made (a fixed-seed random subset of each
-split, uint8, kept in host memory; a missing split or a label mode keeping too few
-examples fails then, before training starts), so each call costs only forward passes on
-the local devices plus the kNN. The
-weights are only read: the parameters are passed in the trainer's pmap layout (leading
-local-device axis) and used as they are. Every process computes the same numbers on its
-own devices (no collective, so no process can wait on another); process 0 logs them.
+(`LOGGED` maps each evaluator's outputs to these names.) The images are read once, when the
+monitor is made (a fixed-seed random subset of each split, uint8, kept in host memory; a
+missing split, a bad evaluator setting or a label mode keeping too few examples for the
+kNN or k clusters fails then, before training starts), so each call costs only forward
+passes on the local devices plus the evaluators. The weights are only read: the
+parameters are passed in the trainer's pmap layout (leading local-device axis) and used
+as they are. Every process computes the same numbers on its own devices (no collective,
+so no process can wait on another); process 0 logs them.
 """
 from __future__ import annotations
 
@@ -36,14 +42,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from simclr_jax.evaluation import algorithms
 from simclr_jax.evaluation import encoders
 from simclr_jax.evaluation import features as features_lib
-from simclr_jax.evaluation import knn
+from simclr_jax.evaluation import from_config
 from simclr_jax.evaluation import representations as representations_lib
 
-ONLINE_EVALUATORS = ("knn", "kmeans")
 PREFIX = "online_"
+# The evaluators the monitor can run, in the order it runs them, and what it logs of
+# each: {evaluator: {its output: the metrics.jsonl / TensorBoard name}}.
+LOGGED = {
+    "knn": {"knn_accuracy": f"{PREFIX}knn_accuracy",
+            "knn_auroc_macro": f"{PREFIX}knn_auroc"},
+    "clustering": {"nmi": f"{PREFIX}kmeans_nmi"},
+}
+FIELD = "config.online_eval.evaluators"
 
 
 def read_examples(dataset: str, data_dir: str, split: str, max_examples: int, seed: int
@@ -68,42 +80,57 @@ def read_examples(dataset: str, data_dir: str, split: str, max_examples: int, se
 
 
 class OnlineMonitor:
-  """kNN (and optionally k-means NMI) of the current encoder on held-out images.
+  """The evaluators of `config.online_eval.evaluators` on the current encoder's features
+  of held-out images.
 
   Args:
     config: the experiment config; reads dataset, data_dir, image_size, augment, seed,
       model settings (`models.create_encoder`) and the `online_eval` section
-      (evaluators, train_split, eval_split, max_train_examples, max_eval_examples, knn_k,
+      (evaluators, train_split, eval_split, max_train_examples, max_eval_examples,
       batch_size).
 
   Raises:
-    ValueError: an unknown online evaluator or a non-positive size, naming the field.
+    ValueError: an evaluator the monitor cannot run, a bad setting or a non-positive
+      size, naming the field.
   """
 
   def __init__(self, config: ml_collections.ConfigDict):
     from simclr_jax import models
     online = config.online_eval
-    self.evaluators = tuple(online.evaluators)
-    unknown = [name for name in self.evaluators if name not in ONLINE_EVALUATORS]
-    if unknown or "knn" not in self.evaluators:
-      raise ValueError(f"config.online_eval.evaluators={list(self.evaluators)}: must include "
-                       f"'knn'; accepted: {', '.join(ONLINE_EVALUATORS)}.")
-    for field in ("max_train_examples", "max_eval_examples", "knn_k", "batch_size"):
+    names = list(online.evaluators)
+    unknown = [name for name in names if name not in LOGGED]
+    if unknown or "knn" not in names:
+      raise ValueError(f"{FIELD}={names}: must include 'knn'; accepted: "
+                       f"{', '.join(LOGGED)}.")
+    try:
+      self._evaluators = from_config({name: online.evaluators[name].to_dict()
+                                      for name in LOGGED if name in names})
+    except ValueError as error:
+      raise ValueError(f"{FIELD}: {error}") from None
+    self.evaluators = tuple(name for name, _ in self._evaluators)
+    for field in ("max_train_examples", "max_eval_examples", "batch_size"):
       if int(online[field]) < 1:
         raise ValueError(f"config.online_eval.{field}={online[field]}: must be >= 1.")
     self._config = config
-    self._online = online
+    self._seed = int(config.seed)
     num_devices = jax.local_device_count()
     self._batch_size = -(-int(online.batch_size) // num_devices) * num_devices
     self._network = models.create_encoder(config)  # eval mode: no cross-device BN needed
     self._encode = {}   # input channels -> pmapped encode function
     # Read once, now: a split or label problem stops the run before training starts.
-    seed = int(config.get("seed", 0))
     self._train_examples = read_examples(config.dataset, config.data_dir, online.train_split,
-                                         int(online.max_train_examples), seed)
+                                         int(online.max_train_examples), self._seed)
     self._eval_examples = read_examples(config.dataset, config.data_dir, online.eval_split,
-                                        int(online.max_eval_examples), seed + 1)
-    representations_lib.build(self._eval_examples, self._train_examples, seed=seed)
+                                        int(online.max_eval_examples), self._seed + 1)
+    label_set = representations_lib.build(self._eval_examples, self._train_examples,
+                                          seed=self._seed).label_set
+    for name, evaluator in self._evaluators:
+      if name == "clustering":
+        try:
+          evaluator.clusters(label_set)
+        except ValueError as error:
+          raise ValueError(f"{FIELD}.clustering with config.online_eval.max_eval_examples="
+                           f"{online.max_eval_examples}: {error}") from None
 
   def _p_encode(self, input_channels: int):
     if input_channels not in self._encode:
@@ -133,7 +160,7 @@ class OnlineMonitor:
 
     Returns:
       {'online_knn_accuracy', 'online_knn_auroc', ['online_kmeans_nmi'],
-       'online_eval_seconds'} as Python floats.
+       'online_eval_seconds'} as Python floats (NaN where an evaluator had no score).
     """
     del step
     start = time.perf_counter()
@@ -145,25 +172,18 @@ class OnlineMonitor:
                                                          train_examples["image"]))
     evaluated = dict(eval_examples, features=self._features(p_encode, variables,
                                                             eval_examples["image"]))
-    representations = representations_lib.build(
-        evaluated, train, seed=int(self._config.get("seed", 0)))
-    scores = knn.knn_scores(representations, int(self._online.knn_k), temperature=0.07)
-    result = {f"{PREFIX}knn_accuracy": scores.get("knn_accuracy", float("nan")),
-              f"{PREFIX}knn_auroc": scores.get("knn_auroc_macro", float("nan"))}
-    if "kmeans" in self.evaluators:
-      label_set = representations.label_set
-      k = len(label_set.class_names)
-      if 2 <= k <= label_set.num_kept:
-        assignments = algorithms.kmeans(representations.eval_features[label_set.kept], k,
-                                     n_init=1, seed=int(self._config.get("seed", 0))).assignments
-        result[f"{PREFIX}kmeans_nmi"] = algorithms.clustering_scores(
-            label_set.labels[label_set.kept], assignments)["nmi"]
+    representations = representations_lib.build(evaluated, train, seed=self._seed)
+    result = {}
+    for name, evaluator in self._evaluators:
+      outputs = dict(evaluator.run(representations))
+      for output, logged_name in LOGGED[name].items():
+        result[logged_name] = outputs.get(output, float("nan"))
     result[f"{PREFIX}eval_seconds"] = time.perf_counter() - start
     return {key: float(value) for key, value in result.items()}
 
 
 def maybe_create(config: ml_collections.ConfigDict) -> Optional[OnlineMonitor]:
   """The monitor when `config.eval_every_steps` > 0, else None."""
-  if int(config.get("eval_every_steps", 0) or 0) <= 0:
+  if int(config.eval_every_steps) <= 0:
     return None
   return OnlineMonitor(config)
