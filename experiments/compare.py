@@ -140,9 +140,9 @@ def _rows(args, parser) -> list:
                    else None)
   supervised_config = (checkpointing.read_config(args.supervised_workdir)
                        if args.supervised_workdir else None)
-  if supervised_config is not None and supervised_config.get("objective") != "supervised":
+  if supervised_config is not None and encoders.objective_of(supervised_config) != "supervised":
     raise ValueError(f"--supervised_workdir={args.supervised_workdir}: its config.json has "
-                     f"objective={supervised_config.get('objective', 'simclr')!r}, not "
+                     f"objective={encoders.objective_of(supervised_config)!r}, not "
                      f"'supervised'; pass SimCLR runs as --simclr_workdir.")
   architecture_config = simclr_config or supervised_config
   model = args.model or (architecture_config.model if architecture_config else None)

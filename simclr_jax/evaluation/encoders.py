@@ -38,6 +38,12 @@ RANDOM_INIT_DESCRIPTION = ("random, torchvision-style: kaiming-normal fan-out co
                            "BatchNorm scale 1 (zero_init_residual=False)")
 
 
+def objective_of(config: ml_collections.ConfigDict) -> str:
+  """The objective a run's config trained with (workdirs written before
+  config.objective existed trained SimCLR)."""
+  return str(config.get("objective", "simclr"))
+
+
 @dataclasses.dataclass
 class Encoder:
   """A network to evaluate and where it came from."""
@@ -56,7 +62,7 @@ class Encoder:
 
   @property
   def objective(self) -> str:
-    return str(self.config.get("objective", "simclr"))
+    return objective_of(self.config)
 
   def encoder_variables(self) -> dict:
     if not self.has_subtrees:
@@ -93,7 +99,7 @@ def random_init_variables(config: ml_collections.ConfigDict) -> dict:
   config.zero_init_residual = False
   network = _simclr_network(config)
   dummy = jnp.zeros((1, config.image_size, config.image_size, 1), jnp.float32)
-  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.get("seed", 0)))
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   variables = jax.jit(lambda rng: network.init(rng, dummy, train=False))(init_rng)
   return jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(variables))
 
@@ -154,17 +160,16 @@ def load_encoder(*, workdir: Optional[str] = None, step: Optional[int] = None,
                    init=f"torchvision state_dict {name}",
                    description=f"torchvision weights {name}", imagenet_rgb_input=True)
   if random_init:
-    seed_used = config.get("seed", 0)
     return Encoder(config, random_init_variables(config), source="random_init",
-                   init=f"{RANDOM_INIT_DESCRIPTION}, seed {seed_used}",
-                   description=f"random init (seed {seed_used})")
+                   init=f"{RANDOM_INIT_DESCRIPTION}, seed {config.seed}",
+                   description=f"random init (seed {config.seed})")
   if not workdir:
     raise ValueError("Give --workdir (a training run), --random_init or --torch_weights.")
   # Keep `config` (with the --image_size / --seed overrides); take the variables.
   _, variables, restored_step = checkpointing.load_for_eval(workdir, step)
-  objective = config.get("objective", "simclr")
   return Encoder(config, dict(variables), source="checkpoint",
-                 init=f"trained ({objective} objective), checkpoint step {restored_step}",
+                 init=f"trained ({objective_of(config)} objective), checkpoint step "
+                      f"{restored_step}",
                  step=restored_step, description=f"{workdir} step {restored_step}")
 
 
