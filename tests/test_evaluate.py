@@ -341,7 +341,7 @@ def test_cli_restores_a_checkpoint_written_by_train(tmp_path, synthetic_data_dir
   trained = run_module(["simclr_jax.evaluate", "--workdir", workdir, "--out", out, *common],
                        num_devices=2)
   assert "[features test] batch 4/4" in trained.stdout      # 40 images / 12 per batch
-  assert "[evaluators] evaluator 5/5" in trained.stdout
+  assert "[evaluators] evaluator 6/6" in trained.stdout
   report = json.loads((out / "report.json").read_text())
   assert report["checkpoint_step"] == 2 and report["encoder_source"] == "checkpoint"
   assert report["encoder_init"].startswith("trained (simclr objective), checkpoint step 2")

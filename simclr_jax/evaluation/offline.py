@@ -176,7 +176,7 @@ def check_settings(*, dataset: str, data_dir: str, split: str, train_split: Opti
     raise ValueError(f"--features={feature_kind!r}: accepted values are "
                      f"{', '.join(encoders.FEATURE_KINDS)}.")
   settings = evaluator_settings(k=k, **(evaluator_options or {}))
-  from_config({name: settings[name] for name in evaluators})
+  from_config({name: settings.get(name, {}) for name in evaluators})
   count = data.num_examples(dataset, data_dir, split)  # unknown dataset / split raise here
   if max_examples:
     count = min(count, int(max_examples))
