@@ -270,14 +270,17 @@ def prepare(args) -> dict:
   if 'prepare_counts' in metadata:
     counts = metadata['prepare_counts']
     summary['counts'] = counts
-    columns = ('csv_rows', 'found', 'missing_from_disk', 'written', 'corrupt')
+    total = counts['total']
+    columns = [column for column in ('csv_rows', 'found', 'missing_from_disk', 'written',
+                                     'corrupt', 'images', 'patients') if column in total]
     print(f'{"split":<12}' + ''.join(f'{column:>19}' for column in columns))
     for split, row in counts.items():
       print(f'{split:<12}' + ''.join(f'{row.get(column, 0):>19}' for column in columns))
-    total = counts['total']
-    print(f"images without a CSV row (skipped): {total.get('not_in_csv', 0)}; labels from "
-          f"{total.get('csv')}; patients {total.get('patients')}, in several splits "
-          f"{total.get('patients_in_several_splits')}")
+    if 'csv' in total:
+      print(f"images without a CSV row (skipped): {total.get('not_in_csv', 0)}; labels from "
+            f"{total.get('csv')}")
+    print(f"patients {total.get('patients')}, in several splits "
+          f"{metadata.get('patients_in_several_splits')}")
     if total.get('patients_moved'):
       print(f"patient-wise splits: {total['patients_moved']} patient(s) in several split "
             f"folders moved wholly into one split; images moved: " + ', '.join(

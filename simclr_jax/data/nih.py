@@ -420,7 +420,8 @@ def plan_splits(manual_dir, *, layout='archives', csv_path=None, test_fraction=0
     counts = {'total': {...}, split: {...}} with csv_rows, found, missing_from_disk,
     written, corrupt (written/corrupt filled while generating; csv_rows and
     missing_from_disk by the split of the folders or lists), and in 'total' also
-    not_in_csv, patients, patients_in_several_splits (in the written splits),
+    not_in_csv, patients (also per split), patients_in_several_splits (in the written
+    splits),
     patients_in_several_split_folders (before any reassignment), patients_moved and
     images_moved ({'from->to': images}).
 
@@ -507,6 +508,8 @@ def plan_splits(manual_dir, *, layout='archives', csv_path=None, test_fraction=0
     plan[split].append((images[name], rows[name]))
     counts[split]['found'] += 1
     counts['total']['found'] += 1
+  for split in splits:
+    counts[split]['patients'] = len({row.patient_id for _, row in plan[split]})
   if layout == 'thumbs':
     for split in splits:
       counts[split]['csv_rows'] = counts[split]['found']
