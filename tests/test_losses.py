@@ -163,7 +163,7 @@ def test_patient_masked_loss_and_gradient_match_float64_reference(use_weights):
   weights = (np.random.default_rng(6).uniform(0.2, 3.0, 8).astype(np.float32)
              if use_weights else None)
   loss_fn = lambda a, b: losses.nt_xent(a, b, 0.1, weights=weights, patient_ids=PATIENT_IDS)
-  loss, grads = jax.value_and_grad(loss_fn, argnums=(0, 1))(z1, z2)
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))(z1, z2)
   np.testing.assert_allclose(
       float(loss), reference_nt_xent(z1, z2, 0.1, weights, PATIENT_IDS), rtol=1e-5)
   for grad, expected in zip(grads, reference_nt_xent_gradient(z1, z2, 0.1, weights,

@@ -1,6 +1,4 @@
 """Same-patient masking in NT-Xent: 4 devices (ids gathered across them) equal 1 device."""
-import functools
-
 import jax
 from jax import lax
 import numpy as np
@@ -16,9 +14,8 @@ def _masked_loss(z1, z2, weights, patient_ids, axis_name=None):
   return jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(z1, z2)
 
 
-def _on_each_device(z1, z2, weights, patient_ids, use_weights):
-  (loss, metrics), grads = _masked_loss(z1, z2, weights if use_weights else None,
-                                        patient_ids, axis_name='batch')
+def _on_each_device(z1, z2, weights, patient_ids):
+  (loss, metrics), grads = _masked_loss(z1, z2, weights, patient_ids, axis_name='batch')
   return lax.pmean(loss, 'batch'), lax.pmean(metrics, 'batch'), grads
 
 
@@ -34,21 +31,19 @@ def test_patient_masking_on_four_devices_equals_one_device():
   patient_ids = np.array([5, 1, 8, 2, 5, 2, 8, 4, 6, 5, 7, 8], np.int32)
   shard = lambda x: x.reshape(DEVICES, PER_DEVICE, *x.shape[1:])
 
-  for use_weights in (False, True):
-    w = weights if use_weights else None
-    p_loss, p_metrics, (g1, g2) = jax.pmap(
-        functools.partial(_on_each_device, use_weights=use_weights), axis_name='batch')(
-            shard(z1), shard(z2), shard(weights), shard(patient_ids))
-    (loss, metrics), (s1, s2) = _masked_loss(z1, z2, w, patient_ids)
-    np.testing.assert_allclose(np.asarray(p_loss), float(loss), rtol=1e-5, atol=1e-6)
-    for name, value in metrics.items():
-      np.testing.assert_allclose(np.asarray(p_metrics[name]), float(value), rtol=1e-5,
-                                 atol=1e-6, err_msg=name)
-    # Each device's grad is devices x d(global loss)/dz (all_gather's transpose sums).
-    np.testing.assert_allclose(np.asarray(g1).reshape(size, DIM), DEVICES * np.asarray(s1),
-                               rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(g2).reshape(size, DIM), DEVICES * np.asarray(s2),
-                               rtol=1e-4, atol=1e-6)
-    # Not vacuous: the mask changes the loss.
-    unmasked = losses.nt_xent(z1, z2, TEMPERATURE, weights=w)
-    assert abs(float(unmasked) - float(loss)) > 1e-3
+  # Weighted: the weights' psum runs beside the ids' all_gather (the mask itself does not
+  # depend on the weights; tests/test_losses.py covers masking without them).
+  p_loss, p_metrics, (g1, g2) = jax.pmap(_on_each_device, axis_name='batch')(
+      shard(z1), shard(z2), shard(weights), shard(patient_ids))
+  (loss, metrics), (s1, s2) = _masked_loss(z1, z2, weights, patient_ids)
+  np.testing.assert_allclose(np.asarray(p_loss), float(loss), rtol=1e-5, atol=1e-6)
+  for name, value in metrics.items():
+    np.testing.assert_allclose(np.asarray(p_metrics[name]), float(value), rtol=1e-5,
+                               atol=1e-6, err_msg=name)
+  # Each device's grad is devices x d(global loss)/dz (all_gather's transpose sums).
+  np.testing.assert_allclose(np.asarray(g1).reshape(size, DIM), DEVICES * np.asarray(s1),
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(g2).reshape(size, DIM), DEVICES * np.asarray(s2),
+                             rtol=1e-4, atol=1e-6)
+  # Not vacuous: the mask changes the loss.
+  assert abs(float(losses.nt_xent(z1, z2, TEMPERATURE, weights=weights)) - float(loss)) > 1e-3
