@@ -67,6 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                            '(default 0.2)')
   parser.add_argument('--validation_fraction', type=float, default=None,
                       help='nih: fraction of the non-test patients in validation (default 0.1)')
+  parser.add_argument('--keep_folder_splits', action=argparse.BooleanOptionalAction,
+                      default=None,
+                      help='nih: keep split folders (thumbs layout) or lists that put a '
+                           'patient in several splits, and record the leak; default: move '
+                           'each such patient wholly into one split (see data/nih.py)')
   for split, size in synthetic_cxr.DEFAULT_SPLIT_SIZES.items():
     parser.add_argument(f'--{split}_size', type=int, default=None,
                         help=f'synthetic_cxr: examples in {split} (default {size})')
@@ -128,7 +133,8 @@ def _builder(args):
                                              ('validation_fraction', args.validation_fraction))
                if value is not None}
   builder = registry.get_builder(name, args.data_dir, csv_path=args.csv,
-                                 num_workers=args.num_workers, **fractions)
+                                 num_workers=args.num_workers,
+                                 keep_folder_splits=bool(args.keep_folder_splits), **fractions)
   return name, builder, manual_dir
 
 
@@ -162,7 +168,8 @@ def requested_options(args) -> dict:
     return {option: getattr(args, option) for option in SPLIT_SIZE_OPTIONS
             if getattr(args, option) is not None}
   options = {option: getattr(args, option) for option in ('test_fraction',
-                                                          'validation_fraction')
+                                                          'validation_fraction',
+                                                          'keep_folder_splits')
              if getattr(args, option) is not None}
   if args.csv:
     options['csv_sha256'] = nih.file_sha256(nih.find_csv(args.manual_dir, args.csv))
@@ -258,18 +265,26 @@ def prepare(args) -> dict:
   summary = {'dataset': name, 'data_dir': str(args.data_dir), 'path': str(builder.data_path),
              'already_prepared': already_prepared, 'splits': splits,
              'options': metadata.get('prepare_options'),
+             'patients_in_several_splits': metadata.get('patients_in_several_splits'),
              'seconds': round(time.time() - start, 2)}
   if 'prepare_counts' in metadata:
     counts = metadata['prepare_counts']
     summary['counts'] = counts
-    columns = ('csv_rows', 'found', 'missing_from_disk', 'written', 'corrupt')
+    total = counts['total']
+    columns = [column for column in ('csv_rows', 'found', 'missing_from_disk', 'written',
+                                     'corrupt', 'images', 'patients') if column in total]
     print(f'{"split":<12}' + ''.join(f'{column:>19}' for column in columns))
     for split, row in counts.items():
       print(f'{split:<12}' + ''.join(f'{row.get(column, 0):>19}' for column in columns))
-    total = counts['total']
-    print(f"images without a CSV row (skipped): {total.get('not_in_csv', 0)}; labels from "
-          f"{total.get('csv')}; patients {total.get('patients')}, in several splits "
-          f"{total.get('patients_in_several_splits')}")
+    if 'csv' in total:
+      print(f"images without a CSV row (skipped): {total.get('not_in_csv', 0)}; labels from "
+            f"{total.get('csv')}")
+    print(f"patients {total.get('patients')}, in several splits "
+          f"{metadata.get('patients_in_several_splits')}")
+    if total.get('patients_moved'):
+      print(f"patient-wise splits: {total['patients_moved']} patient(s) in several split "
+            f"folders moved wholly into one split; images moved: " + ', '.join(
+                f'{pair} {count}' for pair, count in total['images_moved'].items()))
   print(f"use: config.dataset='{name}' config.data_dir='{args.data_dir}'")
   return summary
 

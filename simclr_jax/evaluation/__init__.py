@@ -10,6 +10,7 @@
                        knn               cosine kNN accuracy and AUROC
                        label_efficiency  the probe on patient-wise label fractions
                        similarity        cosine similarity within vs between classes
+                       patient_shortcut  nearest neighbour of the same patient vs chance
   report.py          report.json / report.md / plots, and the --out / --overwrite rules
   offline.py         one encoder on one split: features -> evaluators -> report
   online.py          OnlineMonitor: cheap evaluators on held-out data while training
@@ -38,7 +39,8 @@ import importlib
 import inspect
 from typing import Any, Mapping, Sequence, Union
 
-EVALUATORS = ("clustering", "linear_probe", "knn", "label_efficiency", "similarity")
+EVALUATORS = ("clustering", "linear_probe", "knn", "label_efficiency", "similarity",
+              "patient_shortcut")
 
 
 def _module(name: str):
