@@ -175,7 +175,8 @@ def _caption(figure, report: dict) -> None:
           f"{report.get('dataset')} split {report.get('split')} | label mode "
           f"{report.get('label_mode')}, k = {report.get('k')}")
   figure.text(0.5, 0.005, text, ha="center", va="bottom", fontsize=6, wrap=True)
-  figure.subplots_adjust(bottom=max(figure.subplotpars.bottom, 0.14))
+  # Lay the axes out above a strip for it (a fixed height: tall figures keep their spacing).
+  figure.tight_layout(rect=(0, min(0.14, 0.45 / figure.get_figheight()), 1, 1))
 
 
 def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5000,
@@ -194,7 +195,6 @@ def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5
   written = []
 
   def save(figure, name: str) -> None:
-    figure.tight_layout()
     path = os.path.join(out_dir, name)
     _caption(figure, report)
     figure.savefig(path, dpi=110)
