@@ -11,7 +11,8 @@
      (`data/labels.py`), giving the `Representations` every evaluator reads.
   4. The plan's evaluators run in order; each yields (name, value) pairs that become
      report entries (arrays go to features.npz).
-  5. Process 0 writes OUT/report.json, report.md, features.npz and the plots.
+  5. Process 0 writes OUT/report.json, report.md, features.npz and the plots (with the
+     pictures of `pictures.py`, whose neighbours and saliency it prepares here).
 
 The command lines (`python -m simclr_jax.evaluate`, `experiments.compare`) name their
 flags as the fields of `Data` and the keys of `SETTING_FLAGS`, and fill both from them.
@@ -33,6 +34,7 @@ from simclr_jax.evaluation import default_settings
 from simclr_jax.evaluation import encoders
 from simclr_jax.evaluation import features as features_lib
 from simclr_jax.evaluation import from_config
+from simclr_jax.evaluation import pictures as pictures_lib
 from simclr_jax.evaluation import report as report_lib
 from simclr_jax.evaluation import representations as representations_lib
 from simclr_jax.runtime.progress import Progress
@@ -315,6 +317,13 @@ def evaluate_encoder(encoder: encoders.Encoder, plan: Plan, output: Output) -> d
   report["total_seconds"] = time.perf_counter() - total_start
   if jax.process_index() != 0:
     return report_lib.clean_for_json(report)
+  pictures = None
+  if output.plots:
+    pictures = pictures_lib.prepare(
+        encoder, eval_examples, train_examples, report, class_names=plan.class_names,
+        dataset=data.dataset, data_dir=data.data_dir, split=split, train_split=train_split,
+        seed=seed)
   return report_lib.write_report(report, arrays, output.out_dir, plots=output.plots,
                                  save_features=output.save_features,
-                                 overwrite=output.overwrite, seed=seed)
+                                 overwrite=output.overwrite, seed=seed,
+                                 pictures=pictures)

@@ -13,8 +13,11 @@ import os
 
 import numpy as np
 
+from simclr_jax.evaluation import pictures as pictures_lib
+
 REPORT_FILES = ("report.json", "report.md", "features.npz")
-PLOT_FILES = ("embedding_pca.png", "cluster_confusion.png", "label_efficiency.png")
+PLOT_FILES = ("embedding_pca.png", "cluster_confusion.png", "label_efficiency.png",
+              *pictures_lib.FILES)
 
 METRIC_DEFINITIONS = {
     "encoder_init": "how the evaluated weights were obtained (trained checkpoint, "
@@ -163,7 +166,9 @@ def report_markdown(report: dict) -> str:
             "| class | examples |", "|---|---|"]
   lines += [f"| {name} | {count} |" for name, count in report["class_counts"].items()]
   if report.get("plots"):
-    lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in report["plots"]]
+    captions = report.get("plot_captions") or {}
+    lines += ["", "## Plots", ""] + [f"![{name}]({name})" + (
+        f"\n\n*{captions[name]}*\n" if name in captions else "") for name in report["plots"]]
   lines += ["", "## Definitions", ""]
   lines += [f"- **{name}**: {text}" for name, text in METRIC_DEFINITIONS.items()]
   return "\n".join(lines) + "\n"
@@ -180,8 +185,9 @@ def _caption(figure, report: dict) -> None:
 
 
 def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5000,
-                seed: int = 0) -> list:
-  """PCA embedding (by label, by cluster), cluster-vs-label matrix, label-efficiency curve.
+                seed: int = 0, pictures: pictures_lib.Prepared | None = None) -> list:
+  """PCA embedding (by label, by cluster), cluster-vs-label matrix, label-efficiency curve,
+  and the pictures (`pictures.draw`: embedding map, neighbours, saliency).
 
   Returns:
     paths of the PNG files written.
@@ -267,12 +273,13 @@ def write_plots(report: dict, arrays: dict, out_dir: str, *, max_points: int = 5
     axis.grid(True, alpha=0.3)
     axis.legend()
     save(figure, "label_efficiency.png")
+  pictures_lib.draw(report, arrays, pictures, save, seed=seed)
   return written
 
 
 def write_report(report: dict, arrays: dict, out_dir: str, *, plots: bool = True,
                  save_features: bool = True, overwrite: bool = False,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, pictures: pictures_lib.Prepared | None = None) -> dict:
   """Writes report.json, report.md, features.npz and the plots into `out_dir`.
 
   An earlier report there is refused (ReportExistsError) unless `overwrite`, which removes
@@ -288,7 +295,8 @@ def write_report(report: dict, arrays: dict, out_dir: str, *, plots: bool = True
     np.savez(os.path.join(out_dir, "features.npz"), **arrays)
   report = dict(report)
   report["plots"] = ([os.path.basename(path) for path in
-                      write_plots(report, arrays, out_dir, seed=seed)] if plots else [])
+                      write_plots(report, arrays, out_dir, seed=seed, pictures=pictures)]
+                     if plots else [])
   report = clean_for_json(report)
   write_json(os.path.join(out_dir, "report.json"), report)
   with open(os.path.join(out_dir, "report.md"), "w") as file:
