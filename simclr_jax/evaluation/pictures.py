@@ -37,8 +37,9 @@ from simclr_jax.evaluation.algorithms import neighbours as neighbours_lib
 FILES = ("neighbours.png", "embedding_map.png", "saliency.png")
 NUM_QUERIES = 8
 NUM_NEIGHBOURS = 8
-MAP_MAX_POINTS = 3000
+MAP_MAX_POINTS = 2000
 MAP_PCA_DIMS = 50          # features are reduced to this many principal components first
+TSNE_ITERATIONS = 500      # demo's 1,000 points: the layout of 1,000 iterations, half the time
 SALIENCY_PER_CLASS = 3
 SALIENCY_MAX_CLASSES = 6   # the most frequent classes of the evaluated split
 SALIENCY_SAMPLES = 16      # SmoothGrad: noisy copies averaged ...
@@ -363,9 +364,11 @@ def embedding_map(features, *, seed: int = 0) -> tuple[np.ndarray, str]:
   import sklearn.manifold
   perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
   coordinates = sklearn.manifold.TSNE(n_components=2, perplexity=perplexity, init="pca",
+                                      max_iter=TSNE_ITERATIONS,
                                       random_state=seed).fit_transform(features)
   return np.asarray(coordinates), (f"t-SNE (scikit-learn {sklearn.__version__}, "
-                                   f"perplexity {perplexity:g}, seed {seed})")
+                                   f"perplexity {perplexity:g}, {TSNE_ITERATIONS} "
+                                   f"iterations, seed {seed})")
 
 
 # ---------------------------------------------------------------------------------- draw
@@ -454,13 +457,17 @@ def _draw_embedding_map(plt, report: dict, arrays: dict, save, seed: int) -> Opt
   coordinates, method = embedding_map(arrays["features"][shown], seed=seed)
   labels = arrays["labels"][shown]
   names = report["class_names"]
-  colours = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20
+  # Ten distinct hues, then their light shades (tab20 in its own order pairs neighbouring
+  # classes in two shades of one hue).
+  colours = [plt.cm.tab20(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
   figure, axis = plt.subplots(figsize=(7.5, 6.2))
   for class_id, name in enumerate(names):
     members = labels == class_id
     if members.any():
-      axis.scatter(coordinates[members, 0], coordinates[members, 1], s=7, alpha=0.75,
-                   color=colours(class_id % colours.N), label=f"{name} ({members.sum()})")
+      axis.scatter(coordinates[members, 0], coordinates[members, 1], alpha=0.75,
+                   s=float(np.clip(4000 / shown.size, 7, 30)),  # fewer points, larger
+                   color=colours[class_id % len(colours)],
+                   label=f"{name} ({members.sum()})")
   axis.set_xticks([])
   axis.set_yticks([])
   axis.set_title(f"{method.split(' (')[0]} of {report.get('features')} features, "
