@@ -358,7 +358,8 @@ def embedding_map(features, *, seed: int = 0) -> tuple[np.ndarray, str]:
   if umap is not None:
     neighbours = int(min(15, n - 1))
     coordinates = umap.UMAP(n_components=2, n_neighbors=neighbours, min_dist=0.1,
-                            random_state=seed).fit_transform(features)
+                            random_state=seed, n_jobs=1,  # seeded: one thread anyway
+                            ).fit_transform(features)
     return np.asarray(coordinates), (f"UMAP (umap-learn {umap.__version__}, n_neighbors "
                                      f"{neighbours}, seed {seed})")
   import sklearn.manifold
