@@ -177,6 +177,7 @@ def check_settings(*, dataset: str, data_dir: str, split: str, train_split: Opti
                      f"{', '.join(encoders.FEATURE_KINDS)}.")
   settings = evaluator_settings(k=k, **(evaluator_options or {}))
   from_config({name: settings[name] for name in evaluators})
+  data.check_labelled(dataset, data_dir, f"--evaluators={','.join(evaluators)}")
   count = data.num_examples(dataset, data_dir, split)  # unknown dataset / split raise here
   if max_examples:
     count = min(count, int(max_examples))
