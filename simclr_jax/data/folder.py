@@ -130,12 +130,14 @@ def plan(manual_dir, *, name: str, unlabelled: bool = False, patient_regex=None,
   for split, part in parts.items():
     found[split], skipped = _images_of_part(part, unlabelled)
     ignored += skipped
-  labelled = {split: any(cls is not None for cls, _ in items) for split, items in found.items()}
+  labelled = {split: any(cls is not None for cls, _ in items)
+              for split, items in found.items() if items}  # an empty split folder: no say
   if len(set(labelled.values())) > 1:
     raise own_data.BadInput(
-        f'--manual_dir {root}: split folders {", ".join(parts[s].name for s in parts if labelled[s])} '
-        f'have class folders but {", ".join(parts[s].name for s in parts if not labelled[s])} '
-        f'not; give every split the same class folders (or pass --unlabelled)')
+        f'--manual_dir {root}: split folders '
+        f'{", ".join(parts[s].name for s in labelled if labelled[s])} have class folders but '
+        f'{", ".join(parts[s].name for s in labelled if not labelled[s])} not; give every '
+        f'split the same class folders (or pass --unlabelled)')
   total = sum(len(items) for items in found.values())
   if total == 0:
     raise own_data.BadInput(

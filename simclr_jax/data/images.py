@@ -148,10 +148,14 @@ def dicom_to_grayscale_uint8(dataset) -> np.ndarray:
 
 
 def is_dicom(path, head: bytes | None = None) -> bool:
-  """A .dcm/.dicom file name, or the 'DICM' marker after the 128-byte preamble."""
-  if str(path).lower().endswith(DICOM_EXTENSIONS):
+  """A .dcm/.dicom file name, or the 'DICM' marker after the 128-byte preamble (read from
+  the file unless `head` is given or the name says PNG/JPEG)."""
+  name = str(path).lower()
+  if name.endswith(DICOM_EXTENSIONS):
     return True
   if head is None:
+    if name.endswith(PIL_EXTENSIONS):
+      return False
     try:
       with open(path, 'rb') as f:
         head = f.read(132)
