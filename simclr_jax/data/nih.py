@@ -31,23 +31,19 @@ Splits (always patient-wise: no patient is in two splits):
 
 Per split the builder counts CSV rows, images found, rows whose image is missing from
 disk (normal when only some archives were downloaded: the sample has 41 of 112,120),
-images written, corrupt images (logged and skipped); images on disk without a CSV row
-are counted and logged. The counts are in `builder.prepare_counts` and, once prepared,
-in `builder.info.metadata['prepare_counts']`; what the split depends on (manual dir,
-label table and its SHA-256, fractions, keep_folder_splits) in
-`builder.info.metadata['prepare_options']`.
-No usable image is an error naming the manual dir.
+images written, corrupt, blank and too small images (logged and skipped); images on disk
+without a CSV row are counted and logged. The counts are in `builder.prepare_counts`
+and, once prepared, in `builder.info.metadata['prepare_counts']`; what the split depends
+on (manual dir, label table and its SHA-256, fractions, keep_folder_splits) in
+`builder.info.metadata['prepare_options']`, with `patients_in_several_splits` and
+`label_names` (FINDINGS) beside them. No usable image is an error naming the manual dir.
 
-Pixels: converted to 8-bit grayscale:
-  * L: as is. LA: the gray channel (alpha ignored).
-  * RGB/RGBA/P: ITU-R 601-2 luma of R, G, B (PIL `convert('L')`), alpha ignored. The
-    RGBA files of the release carry the gray image in R = G = B with alpha 255
-    everywhere, so this returns exactly their gray values.
-  * 16-bit (I;16, I;16B, I): value * 255 / 65535, rounded (full 16-bit range; an 8-bit
-    image stored as 16-bit, v * 257, comes back exactly).
-Geometry: aspect kept: the centred square of side min(H, W) is cut out and resized
-to S x S with PIL LANCZOS (antialiased) after an exact box-filter `reduce` down to no
-less than 2 S (`reducing_gap=2`), which is faster and visually the same.
+Pixels and geometry as for every decoded file (data/images.py): 8-bit grey (L as is;
+RGB/RGBA/P by the ITU-R 601-2 luma of R, G, B, alpha ignored: the RGBA files of the
+release carry the gray image in R = G = B with alpha 255 everywhere, so this returns
+exactly their gray values; 16-bit scaled by 255 / 65535), the centred square cut out and
+resized to S x S with antialiasing. A blank (constant) image or one under 8 px is skipped,
+counted ('blank', 'too_small') and logged like a corrupt one.
 
 Features: `image` uint8 [S, S, 1]; `labels` uint8 [14] multi-hot over FINDINGS (order
 below); `no_finding` bool; `label` ClassLabel over LABEL_NAMES (= FINDINGS + 'No Finding'):
@@ -56,23 +52,19 @@ findings; `patient_id` int64; `view_position` ('PA'/'AP'); `age` int32 (years);
 `sex` ('M'/'F'); `image_index` (file name).
 """
 import collections
-import concurrent.futures
 import dataclasses
 import inspect
-import functools
-import hashlib
-import io
 import logging
-import multiprocessing
 import os
 import pathlib
 
 from etils import epath
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
+from simclr_jax.data import images
 from simclr_jax.data import tfds_features
+from simclr_jax.data.tfds_features import file_sha256 as file_sha256
 # The findings, the CSV and the `label` feature are defined once, in labels.py.
 from simclr_jax.data.labels import CSV_COLUMNS  # pylint: disable=unused-import
 from simclr_jax.data.labels import CsvRow  # pylint: disable=unused-import
@@ -82,7 +74,10 @@ from simclr_jax.data.labels import NO_FINDING  # pylint: disable=unused-import
 from simclr_jax.data.labels import label_features
 from simclr_jax.data.labels import parse_finding_labels  # pylint: disable=unused-import
 from simclr_jax.data.labels import read_data_entry_csv
-from simclr_jax.runtime.progress import Progress
+# Pixels are read by the shared image code; these names stay importable from here.
+from simclr_jax.data.images import load_image as load_image
+from simclr_jax.data.images import to_grayscale_uint8 as to_grayscale_uint8
+from simclr_jax.data.subsets import patient_split
 
 IMAGE_SIZES = (64, 224, 256, 512)
 THUMBS_CONFIG = 'thumbs64'
@@ -119,15 +114,6 @@ def find_csv(manual_dir, csv_path=None) -> pathlib.Path:
       f'a sibling folder; pass it with --csv PATH (csv_path=)')
 
 
-def file_sha256(path) -> str:
-  """Hex SHA-256 of a file's bytes (identifies a label table wherever it is stored)."""
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def is_thumbs_layout(manual_dir) -> bool:
   """True for the `{train,valid,test}/{0_normal,1_abnormal}/*.png` layout."""
   manual_dir = pathlib.Path(manual_dir)
@@ -146,102 +132,6 @@ def find_images(manual_dir) -> dict:
   return images
 
 
-def _patient_fraction(patient_id: int, salt: str) -> float:
-  digest = hashlib.sha256(f'{salt}:{patient_id}'.encode()).digest()
-  return int.from_bytes(digest[:8], 'big') / 2.0**64
-
-
-def patient_split(patient_id: int, test_fraction: float = 0.2,
-                  validation_fraction: float = 0.1, official_test: bool | None = None) -> str:
-  """Deterministic patient-wise split: 'train', 'validation' or 'test'.
-
-  Args:
-    patient_id: Patient ID from the CSV.
-    test_fraction: fraction of patients in test (ignored when `official_test` is given).
-    validation_fraction: fraction of the non-test patients in validation.
-    official_test: membership in the official test_list.txt, if that list is used.
-  """
-  if official_test is None:
-    official_test = _patient_fraction(patient_id, 'test') < test_fraction
-  if official_test:
-    return 'test'
-  if _patient_fraction(patient_id, 'validation') < validation_fraction:
-    return 'validation'
-  return 'train'
-
-
-def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
-  """A PIL image of any ChestX-ray14 mode -> uint8 [H, W] (rules in the module docstring)."""
-  mode = image.mode
-  if mode == 'L':
-    return np.asarray(image, np.uint8)
-  if mode == 'LA':
-    return np.asarray(image.getchannel('L'), np.uint8)
-  if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
-    values = np.asarray(image).astype(np.int64)
-    if values.min() < 0 or values.max() > 65535:
-      raise ValueError(f'mode {mode} image with values outside [0, 65535] '
-                       f'({values.min()}..{values.max()})')
-    return ((values * 255 + 32767) // 65535).astype(np.uint8)
-  if mode in ('RGB', 'RGBA', 'RGBX', 'P', 'PA', '1', 'CMYK', 'YCbCr'):
-    if mode in ('P', 'PA', 'CMYK', 'YCbCr'):
-      image = image.convert('RGB')
-    return np.asarray(image.convert('L'), np.uint8)  # luma of R, G, B; alpha ignored
-  raise ValueError(f'unsupported PNG mode {mode!r}; accepted: L, LA, RGB, RGBA, P, I;16, I')
-
-
-def resize_square(gray: np.ndarray, image_size: int) -> np.ndarray:
-  """uint8 [H, W] -> uint8 [S, S]: centred square crop, antialiased LANCZOS resize."""
-  height, width = gray.shape
-  side = min(height, width)
-  left, top = (width - side) // 2, (height - side) // 2
-  image = Image.fromarray(gray, mode='L')
-  if side == image_size and (height, width) == (side, side):
-    return gray.copy()
-  resized = image.resize((image_size, image_size), Image.Resampling.LANCZOS,
-                         box=(left, top, left + side, top + side), reducing_gap=2.0)
-  return np.asarray(resized, np.uint8)
-
-
-def load_image(path, image_size: int) -> np.ndarray:
-  """Decodes a PNG file to uint8 [S, S, 1]. Raises on a corrupt or unsupported file."""
-  with open(path, 'rb') as f:
-    data = f.read()
-  with Image.open(io.BytesIO(data)) as image:
-    image.load()
-    gray = to_grayscale_uint8(image)
-  return resize_square(gray, image_size)[..., None]
-
-
-def _decode_chunk(paths, image_size):
-  """Worker: [(image uint8 [S, S, 1] or None, error or None)] for `paths`."""
-  results = []
-  for path in paths:
-    try:
-      results.append((load_image(path, image_size), None))
-    except Exception as e:  # pylint: disable=broad-except  # a corrupt file is skipped
-      results.append((None, f'{type(e).__name__}: {e}'))
-  return results
-
-
-def _ordered_parallel_map(function, chunks, num_workers, max_in_flight):
-  """Like executor.map, but with at most `max_in_flight` chunks pending (bounded memory)."""
-  if num_workers <= 1:
-    for chunk in chunks:
-      yield function(chunk)
-    return
-  # fork: workers need numpy + PIL only, and start in milliseconds.
-  with concurrent.futures.ProcessPoolExecutor(
-      num_workers, mp_context=multiprocessing.get_context('fork')) as pool:
-    pending = collections.deque()
-    for chunk in chunks:
-      pending.append(pool.submit(function, chunk))
-      if len(pending) >= max_in_flight:
-        yield pending.popleft().result()
-    while pending:
-      yield pending.popleft().result()
-
-
 @dataclasses.dataclass
 class NihConfig(tfds.core.BuilderConfig):
   image_size: int = 256
@@ -255,7 +145,8 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {'1.0.0': 'First release.', '1.1.0': 'image stored as raw bytes.',
                    '1.2.0': 'patient-wise splits: patients in several split folders '
                             '(thumbs layout) reassigned unless keep_folder_splits; '
-                            'patients_in_several_splits recorded.'}
+                            'patients_in_several_splits recorded; blank (constant) and '
+                            'under-8-px images skipped and counted.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
       NihConfig(name=str(size), image_size=size, description=f'{size}x{size} grayscale')
@@ -353,54 +244,40 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
     self.info.metadata['manual_dir'] = str(manual_dir)
     self.info.metadata['prepare_options'] = self.prepare_options(
         manual_dir, counts['total']['csv'])
+    self.info.metadata['label_names'] = list(FINDINGS)
     return {split: self._generate_examples(split, items, manual_dir)
             for split, items in plan.items() if items}
 
   def _generate_examples(self, split, items, manual_dir):
     """Yields (image_index, example); items: [(path, CsvRow)] in a fixed order."""
-    size = self.builder_config.image_size
     counts = self.prepare_counts[split]
-    chunk_size = 16
-    chunks = [[path for path, _ in items[start:start + chunk_size]]
-              for start in range(0, len(items), chunk_size)]
-    results = _ordered_parallel_map(
-        functools.partial(_decode_chunk, image_size=size), chunks, self._num_workers,
-        max_in_flight=4 * self._num_workers)
-    progress = Progress(len(items), desc=f'prepare {self.name}/{self.builder_config.name} '
-                        f'{split}', unit='image', every=tfds_features.progress_every(len(items)))
-    position = 0
-    for chunk_results in results:
-      for image, error in chunk_results:
-        path, row = items[position]
-        position += 1
-        progress.update(1, **{'images/s': int(position / max(progress.elapsed(), 1e-9))})
-        if image is None:
-          counts['corrupt'] += 1
-          self.prepare_counts['total']['corrupt'] += 1
-          logging.warning('nih_chest_xray14: skipping corrupt image %s (%s)', path, error)
-          continue
-        counts['written'] += 1
-        self.prepare_counts['total']['written'] += 1
-        yield row.image_index, {
-            'image': image, **label_features(row.findings),
-            'patient_id': row.patient_id, 'view_position': row.view_position,
-            'age': row.age, 'sex': row.sex, 'image_index': row.image_index}
-    seconds = progress.elapsed()
+    total = self.prepare_counts['total']
     missing = (f", {counts['missing_from_disk']} CSV rows without an image"
                if self.builder_config.layout == 'archives' else '')
-    progress.close(
-        f"{counts['written']} images written, {counts['corrupt']} corrupt (skipped){missing}, "
-        f"in {seconds:.1f} s ({len(items) / max(seconds, 1e-9):.0f} images/s)")
+    decoded = images.decode_files(
+        [path for path, _ in items], self.builder_config.image_size,
+        num_workers=self._num_workers, counts=(counts, total),
+        desc=f'prepare {self.name}/{self.builder_config.name} {split}',
+        log_name='nih_chest_xray14', extra_summary=missing)
+    for position, image, _ in decoded:
+      row = items[position][1]
+      counts['written'] += 1
+      total['written'] += 1
+      yield row.image_index, {
+          'image': image, **label_features(row.findings),
+          'patient_id': row.patient_id, 'view_position': row.view_position,
+          'age': row.age, 'sex': row.sex, 'image_index': row.image_index}
     self.info.metadata['prepare_counts'] = self.prepare_counts
     logging.info('nih_chest_xray14 %s: %s', split, counts)
     if counts['written'] == 0:
-      raise RuntimeError(
+      raise ValueError(
           f'nih_chest_xray14: none of the {len(items)} {split} images in manual_dir '
-          f'{manual_dir} could be decoded (all corrupt); see the warnings above')
+          f'{manual_dir} could be used (corrupt, blank or too small); see the warnings above')
 
 
 def _empty_counts():
-  return {'csv_rows': 0, 'found': 0, 'missing_from_disk': 0, 'written': 0, 'corrupt': 0}
+  return {'csv_rows': 0, 'found': 0, 'missing_from_disk': 0, 'written': 0, 'corrupt': 0,
+          'blank': 0, 'too_small': 0}
 
 
 def plan_splits(manual_dir, *, layout='archives', csv_path=None, test_fraction=0.2,
@@ -418,12 +295,11 @@ def plan_splits(manual_dir, *, layout='archives', csv_path=None, test_fraction=0
   Returns:
     (plan, counts): plan = {split: [(path, CsvRow)] sorted by image index};
     counts = {'total': {...}, split: {...}} with csv_rows, found, missing_from_disk,
-    written, corrupt (written/corrupt filled while generating; csv_rows and
-    missing_from_disk by the split of the folders or lists), and in 'total' also
-    not_in_csv, patients (also per split), patients_in_several_splits (in the written
-    splits),
-    patients_in_several_split_folders (before any reassignment), patients_moved and
-    images_moved ({'from->to': images}).
+    written, corrupt, blank, too_small (written .. too_small filled while generating;
+    csv_rows and missing_from_disk by the split of the folders or lists), and in 'total'
+    also not_in_csv, patients (also per split), patients_in_several_splits (in the written
+    splits), patients_in_several_split_folders (before any reassignment), patients_moved
+    and images_moved ({'from->to': images}).
 
   Raises:
     FileNotFoundError: no usable image (none on disk that has a CSV row), naming manual_dir.

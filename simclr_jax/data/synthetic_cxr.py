@@ -75,11 +75,9 @@ Features: `image` uint8 [S, S, 1] (`tfds.features.Tensor`, no TensorFlow needed)
 Build: `python -m simclr_jax.prepare synthetic_cxr --data_dir DIR --image_size 64`.
 """
 import bisect
-import concurrent.futures
 import dataclasses
 import functools
 import inspect
-import multiprocessing
 import os
 import typing
 import zlib
@@ -88,6 +86,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from simclr_jax.data import images
 from simclr_jax.data import tfds_features
 from simclr_jax.runtime.progress import Progress
 
@@ -462,12 +461,11 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
                         f'{split}', unit='image', every=tfds_features.progress_every(num_examples))
     if self._num_workers <= 1 or num_examples < 512:  # small jobs: in this process
       results = (_make_examples(split, indices, size) for indices in chunks)
-      yield from self._yield_with_progress(chunks, results, progress)
-    else:  # fork: the workers need only numpy
-      with concurrent.futures.ProcessPoolExecutor(
-          self._num_workers, mp_context=multiprocessing.get_context('fork')) as pool:
-        results = pool.map(_make_examples, [split] * len(chunks), chunks, [size] * len(chunks))
-        yield from self._yield_with_progress(chunks, results, progress)
+    else:  # fork: the workers need only numpy; they ignore Ctrl-C, which stops this process
+      results = images.ordered_parallel_map(
+          functools.partial(_make_examples, split, image_size=size), chunks,
+          self._num_workers, max_in_flight=4 * self._num_workers)
+    yield from self._yield_with_progress(chunks, results, progress)
     seconds = progress.elapsed()
     progress.close(f'generated {num_examples} images in {seconds:.1f} s '
                    f'({num_examples / max(seconds, 1e-9):.0f} images/s)')

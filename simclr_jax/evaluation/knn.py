@@ -13,7 +13,6 @@ from typing import Iterator
 import numpy as np
 
 from simclr_jax.evaluation import algorithms
-from simclr_jax.data import labels as labels_lib
 from simclr_jax.evaluation.representations import Representations
 
 
@@ -47,7 +46,7 @@ def knn_scores(representations: Representations, k: int, temperature: float) -> 
                                          temperature=temperature)
     truth = np.asarray(representations.eval_examples["labels"])
     per_finding = {name: algorithms.auroc_or_nan(truth[:, j], fractions[:, j])
-                   for j, name in enumerate(labels_lib.FINDINGS)}
+                   for j, name in enumerate(representations.label_names)}
     scores["knn_auroc"] = per_finding
     scores["knn_auroc_macro"] = algorithms.nan_mean(list(per_finding.values()))
   return scores
