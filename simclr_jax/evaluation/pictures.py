@@ -224,17 +224,21 @@ def _read_images(dataset: str, data_dir: str, split: str, rows) -> dict:
   return {int(row): np.asarray(source[int(row)]["image"]) for row in np.unique(rows)}
 
 
-def _tile_labels(examples: dict, label_set: labels_lib.LabelSet, rows) -> list:
+def _tile_labels(examples: dict, label_set: labels_lib.LabelSet, rows,
+                 class_names=None) -> list:
   """A short label for each of `rows`: its class under the label mode; for an example the
-  mode leaves out, its findings (multi-label data) or '(left out)'."""
+  mode leaves out, its positive labels (multi-label data: the dataset's label names, see
+  `labels.multi_label_names`) or '(left out)'."""
   names = []
+  if labels_lib.is_multi_label(examples):
+    columns, none = labels_lib.multi_label_names(np.shape(examples["labels"])[1], class_names)
   for row in np.asarray(rows).reshape(-1):
     label = label_set.labels[row]
     if label >= 0:
       names.append(str(label_set.class_names[label]))
     elif labels_lib.is_multi_label(examples):
-      findings = [labels_lib.FINDINGS[j] for j in np.flatnonzero(examples["labels"][row])]
-      names.append("+".join(findings) if findings else labels_lib.NO_FINDING)
+      positives = [columns[j] for j in np.flatnonzero(examples["labels"][row])]
+      names.append("+".join(positives) if positives else none)
     else:
       names.append("(left out)")
   return names
@@ -259,8 +263,8 @@ def _prepare_neighbours(eval_examples: dict, train_examples: dict, report: dict,
   return {"query_images": _read_images(dataset, data_dir, split, queries),
           "neighbour_images": _read_images(dataset, data_dir, train_split, found.index),
           "queries": queries, "neighbours": found,
-          "query_labels": _tile_labels(eval_examples, eval_labels, queries),
-          "neighbour_labels": [_tile_labels(train_examples, train_labels, rows)
+          "query_labels": _tile_labels(eval_examples, eval_labels, queries, class_names),
+          "neighbour_labels": [_tile_labels(train_examples, train_labels, rows, class_names)
                                for rows in found.index],
           "query_patients_in_train": patients_in_train, "train_split": train_split}
 
