@@ -10,6 +10,8 @@
                        knn               cosine kNN accuracy and AUROC
                        label_efficiency  the probe on patient-wise label fractions
                        similarity        cosine similarity within vs between classes
+                       classifier        a supervised / fine-tuned run's own head: AUROC
+                                         (and accuracy) on the targets it was trained on
   report.py          report.json / report.md / plots, and the --out / --overwrite rules
   offline.py         one encoder on one split: features -> evaluators -> report
   online.py          OnlineMonitor: cheap evaluators on held-out data while training
@@ -38,7 +40,8 @@ import importlib
 import inspect
 from typing import Any, Mapping, Sequence, Union
 
-EVALUATORS = ("clustering", "linear_probe", "knn", "label_efficiency", "similarity")
+EVALUATORS = ("clustering", "linear_probe", "knn", "label_efficiency", "similarity",
+              "classifier")
 
 
 def _module(name: str):
