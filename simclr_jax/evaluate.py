@@ -148,7 +148,7 @@ def main(argv: Sequence[str]) -> int:
       if options["evaluators"].present:  # asked for by name: required, not skipped
         offline.check_classifier(plan, encoder)
       report = offline.evaluate_encoder(encoder, plan, output)
-  except (ValueError, FileNotFoundError, flags.Error) as error:
+  except (ValueError, OSError, flags.Error) as error:  # OSError: e.g. no space for --out
     message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
     print(f"error: {message}", file=sys.stderr)
     return 2

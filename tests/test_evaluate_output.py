@@ -191,15 +191,16 @@ def _finish(processes, timeout=300):
 
 def test_two_evaluations_into_one_out_give_one_report(tmp_path, synthetic_data_dir,
                                                       report_figures):
-  """Two evaluations started at once into one --out (20 and 30 examples), without and
-  with --overwrite: one complete report (report.json, report.md and features.npz of the
-  same run) and one clear refusal, never a mix; the user's own file is never touched."""
+  """Two `python -m simclr_jax.evaluate --overwrite` started at once into one --out (20
+  and 30 examples): one complete report (report.json, report.md and features.npz of the
+  same run) and one clear refusal, never a mix; the user's own file is never touched.
+  (More tries, with and without overwrite: test_concurrent_report_writers_never_mix.)"""
   out = tmp_path / "out"
   out.mkdir()
   (out / "notes.txt").write_text("mine")
   common = ["--data_dir", synthetic_data_dir, "--train_split=", "--evaluators", "similarity"]
   figures = []
-  for attempt, overwrite in enumerate([[], ["--overwrite"]]):
+  for attempt, overwrite in enumerate([["--overwrite"]]):
     processes = [_evaluate_process(out, "--max_examples", count, *common, *overwrite)
                  for count in (20, 30)]
     outputs = _finish(processes)
@@ -221,7 +222,7 @@ def test_two_evaluations_into_one_out_give_one_report(tmp_path, synthetic_data_d
   assert sorted(p.name for p in out.iterdir()) == ["features.npz", "notes.txt", "report.json",
                                                   "report.md"]
   assert (out / "notes.txt").read_text() == "mine"
-  # Started together, they overlapped: one was refused at least once with --overwrite.
+  # Started together, they overlapped: one was refused (without a lock both exit 0).
   assert any(2 in entry["exit codes"] for entry in figures)
   report_figures({"runs": figures})
 
@@ -230,15 +231,15 @@ _WRITER = """
 import sys, time
 import numpy as np
 from simclr_jax.evaluation import report as report_lib
-out, count, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+out, count, hold, overwrite = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
 arrays = {"features": np.full((count, 2), count, np.float32), "labels": np.zeros(count, int)}
 report = {"num_examples": count, "num_examples_total": count, "label_mode": "label",
           "num_classes": 1, "class_counts": {"a": count}}
 try:
-  with report_lib.reserve(out, overwrite=True):   # as the command line holds --out
+  with report_lib.reserve(out, overwrite):   # as the command line holds --out
     time.sleep(hold)
-    report_lib.write_report(report, arrays, out, plots=False, overwrite=True)
-except report_lib.ReportBusyError as error:
+    report_lib.write_report(report, arrays, out, plots=False, overwrite=overwrite)
+except ValueError as error:  # ReportBusyError, ReportExistsError
   print(error, file=sys.stderr)
   sys.exit(2)
 """
@@ -246,28 +247,33 @@ except report_lib.ReportBusyError as error:
 
 def test_concurrent_report_writers_never_mix(tmp_path):
   """Several tries of two processes writing a report into one folder at once (the
-  report module alone, so tries are cheap): each time one complete report, the other
-  refused while the first holds the folder, or replacing it whole afterwards."""
-  out = tmp_path / "out"
+  report module alone, so tries are cheap), into a new folder and with overwrite into one
+  holding a report: each time one complete report, the other refused while the first
+  holds the folder (or, without overwrite, after it wrote), or replacing it whole."""
   outcomes = []
-  for attempt in range(5):
-    hold = "0.5" if attempt % 2 == 0 else "0"   # 0: only the write itself overlaps
-    processes = [subprocess.Popen([sys.executable, "-c", _WRITER, str(out), str(count), hold],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  cwd=REPO_ROOT, env=subprocess_env())
-                 for count in (3 + attempt, 30 + attempt)]
+  for attempt in range(6):
+    overwrite = attempt % 2
+    out = tmp_path / ("out" if overwrite else f"new{attempt}")
+    hold = "0.5" if attempt < 4 else "0"   # 0: only the writes themselves overlap
+    processes = [subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(out), str(count), hold, str(overwrite)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        env=subprocess_env()) for count in (3 + attempt, 30 + attempt)]
     outputs = _finish(processes, timeout=120)
     codes = [process.returncode for process in processes]
     assert 0 in codes and set(codes) <= {0, 2}, outputs
-    assert all("being written by another evaluation" in stderr
-               for code, (_, stderr) in zip(codes, outputs) if code == 2), outputs
+    for code, (_, stderr) in zip(codes, outputs):
+      assert code == 0 or "being written by another evaluation" in stderr or (
+          not overwrite and "holds an earlier report" in stderr), stderr
     report = json.loads((out / "report.json").read_text())
     count = report["num_examples"]
     assert count in (3 + attempt, 30 + attempt)
     features = np.load(out / "features.npz")["features"]
     assert features.shape == (count, 2) and (features == count).all()
     assert f"{count} of {count} examples kept" in (out / "report.md").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == ["features.npz", "report.json",
+                                                    "report.md"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     outcomes.append(codes)
   assert any(2 in codes for codes in outcomes), outcomes  # they did overlap
 

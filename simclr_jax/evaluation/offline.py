@@ -135,7 +135,8 @@ def evaluators_config(options: Any) -> dict:
 
 def reserve_output(output: Output):
   """Holds OUT for one evaluation (`report.reserve`) on process 0, the one that writes;
-  a context manager (a no-op on the other processes)."""
+  a context manager (a no-op on the other processes, which never write: if process 0 is
+  refused, they stop when the distributed run does)."""
   if jax.process_index() != 0:
     return contextlib.nullcontext()
   return report_lib.reserve(output.out_dir, output.overwrite)

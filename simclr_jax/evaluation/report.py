@@ -135,7 +135,14 @@ def _take_lock(out_dir: str) -> int:
     ReportBusyError: another process holds it (naming its pid).
   """
   path = _beside(out_dir, ".report-lock")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.access(os.path.dirname(path), os.W_OK):
+      raise PermissionError("not writable")
+  except OSError as error:
+    raise ValueError(f"--out={out_dir}: its folder {os.path.dirname(path)} cannot be written "
+                     f"({error}); a report is staged beside --out before it goes in, so "
+                     f"choose an --out in a writable folder.") from None
   while True:
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
