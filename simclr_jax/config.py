@@ -44,6 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
       example_weights="none",           # none | inverse_frequency (per-example loss weights)
       scale=1.0,                        # multiplies the loss (2.0 = google-research/simclr's sum
                                         # of the two directions; matters under LARS)
+      mask_same_patient=False,          # True: other images of an anchor's patient (anywhere in
+                                        # the global batch) are not its negatives (NT-Xent
+                                        # patient_ids; needs batches with 'patient_id')
   ))
   # objective = "supervised": one view per image, a linear classifier on the encoder's
   # pooled features; sigmoid BCE when batches hold 'labels' [n, C] (multi-label, NIH

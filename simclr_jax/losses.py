@@ -14,11 +14,36 @@ Under `jax.pmap` with `axis_name`, each device holds n = N / devices images. The
 same 2N - 1 candidates as on one device with the concatenated global batch, and
 `lax.pmean(loss, axis_name)` equals that single-device loss.
 
+Same-patient negatives (optional `patient_ids`, MICLe / MedAug's concern): two films of
+one patient are not a pair to push apart. With patient ids given, every candidate c that
+is another image of the anchor's patient (either view; anywhere in the global batch: the
+ids are all_gather'ed like the projections) is removed from the anchor's denominator, as
+its self-similarity is; its positive stays. With C(a) the candidates kept for anchor a:
+
+  loss(a) = -log( exp(sim(a, pos(a)) / T) / sum_{c in C(a)} exp(sim(a, c) / T) )
+
+Without ids (or with all ids distinct) C(a) is every candidate but a itself, the formula
+above; the masked logits are exactly those of the unmasked loss, so the loss is equal
+bit for bit.
+
+Gradient of one anchor's loss with respect to its similarities s_ac = cos(z_a, z_c):
+with p_ac = exp(s_ac / T) / sum_{c' in C(a)} exp(s_ac' / T) (the softmax over C(a)),
+
+  d loss(a) / d s_ac = (p_ac - [c = pos(a)]) / T   for c in C(a),   0 otherwise,
+
+so a removed candidate (self, or another image of the anchor's patient) receives no
+gradient through that anchor: it is neither pulled nor pushed by it. It still receives
+gradient as the anchor of its own row and as a candidate of other patients' anchors. The
+similarity matrix then passes the gradient to the normalised projections
+(d/d zhat_a and d/d zhat_c, both ends of every s_ac) and through the L2 normalisation
+(d zhat / d z = (I - zhat zhat^T) / |z|). The ids and the weights are constants.
+
 Gradients under pmap: the transpose of `all_gather` is a `psum_scatter`, so the gradient
 that `jax.grad` returns on device k for its local z is d(sum_j loss_j)/dz_k, i.e.
 `num_devices` times the gradient of the global (pmean'ed) loss. Taking `lax.pmean` of the
 parameter gradients, as the train step does, therefore gives exactly the gradient of the
-global loss with respect to the parameters.
+global loss with respect to the parameters. The patient mask does not change this: it is
+a function of the gathered ids only (integers, no gradient).
 """
 from typing import Optional
 
@@ -36,7 +61,7 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
   return x * lax.rsqrt(jnp.maximum(squared_norm, _NORM_EPSILON**2))
 
 
-def _check_inputs(z1, z2, temperature, weights) -> None:
+def _check_inputs(z1, z2, temperature, weights, patient_ids) -> None:
   if z1.ndim != 2 or z1.shape != z2.shape:
     raise ValueError(
         f"losses.nt_xent: z1 and z2 must both be [n, d] with the same shape; got "
@@ -49,6 +74,11 @@ def _check_inputs(z1, z2, temperature, weights) -> None:
     raise ValueError(
         f"losses.nt_xent: weights must be [n] = ({z1.shape[0]},) (one per image); got "
         f"{weights.shape}.")
+  if patient_ids is not None and (patient_ids.shape != (z1.shape[0],) or
+                                  not jnp.issubdtype(patient_ids.dtype, jnp.integer)):
+    raise ValueError(
+        f"losses.nt_xent: patient_ids must be integers [n] = ({z1.shape[0]},) (one per "
+        f"image); got {patient_ids.dtype} {patient_ids.shape}.")
 
 
 def nt_xent_with_metrics(
@@ -57,6 +87,7 @@ def nt_xent_with_metrics(
     temperature: float = 0.07,
     axis_name: Optional[str] = None,
     weights: Optional[jax.Array] = None,
+    patient_ids: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """NT-Xent loss and contrastive metrics for the two views of a batch.
 
@@ -75,6 +106,12 @@ def nt_xent_with_metrics(
       the global batch (a device's loss alone is then not a weighted mean of its own
       anchors). Weighted images still act as negatives for everyone with full weight;
       the weights are treated as constants (no gradient). All-zero weights give 0 loss.
+    patient_ids: optional [n] integer patient id of each image. When given, other images
+      of an anchor's patient (both views, on any device) are not its negatives: their
+      logits leave the softmax denominator like the self-similarity (see the module
+      docstring); the positive pair stays. Ids are compared as they are: under JAX's
+      default 32-bit mode int64 ids are truncated to int32 on the way in, so map larger
+      ids to int32 first (two patients sharing an id only lose each other as negatives).
 
   Returns:
     (loss, metrics): loss is a float32 scalar, the (weighted) mean over this device's 2n
@@ -83,9 +120,11 @@ def nt_xent_with_metrics(
       positive_accuracy: fraction of anchors whose most similar candidate among the
         2N - 1 is their positive.
       positive_similarity: mean cosine similarity of the positive pairs.
-      negative_similarity: mean cosine similarity of an anchor with its 2N - 2 negatives.
+      negative_similarity: mean cosine similarity of an anchor with its negatives
+        (2N - 2, fewer with patient_ids).
   """
-  _check_inputs(z1, z2, temperature, weights)
+  patient_ids = None if patient_ids is None else jnp.asarray(patient_ids)
+  _check_inputs(z1, z2, temperature, weights, patient_ids)
   n = z1.shape[0]
   z1 = _l2_normalize(z1.astype(jnp.float32))
   z2 = _l2_normalize(z2.astype(jnp.float32))
@@ -116,7 +155,16 @@ def nt_xent_with_metrics(
   is_self = columns == self_column[:, None]  # [2n, 2N]
   is_positive = columns == positive_column[:, None]  # [2n, 2N]
 
-  logits = jnp.where(is_self, -jnp.inf, similarity / temperature)
+  is_removed = is_self  # [2n, 2N]: candidates left out of an anchor's denominator
+  if patient_ids is not None:
+    global_ids = (patient_ids if axis_name is None else
+                  lax.all_gather(patient_ids, axis_name, tiled=True))  # [N]
+    anchor_ids = jnp.concatenate([patient_ids, patient_ids])  # [2n]
+    candidate_ids = jnp.concatenate([global_ids, global_ids])  # [2N]
+    same_patient = anchor_ids[:, None] == candidate_ids[None, :]  # [2n, 2N]
+    is_removed = is_self | (same_patient & ~is_positive)
+
+  logits = jnp.where(is_removed, -jnp.inf, similarity / temperature)
   positive_logit = jnp.sum(jnp.where(is_positive, logits, 0.0), axis=1)  # [2n]
   per_anchor_loss = jax.nn.logsumexp(logits, axis=1) - positive_logit  # [2n]
 
@@ -134,15 +182,15 @@ def nt_xent_with_metrics(
     loss = num_devices * jnp.sum(anchor_weights * per_anchor_loss) / (2.0 * weight_sum)
 
   similarity = lax.stop_gradient(similarity)
-  is_negative = ~(is_self | is_positive)
+  is_negative = ~(is_removed | is_positive)
+  num_negatives = jnp.maximum(jnp.sum(is_negative, axis=1), 1)  # [2n]; 2N - 2 unmasked
   metrics = {
       "positive_accuracy": jnp.mean(
           (jnp.argmax(logits, axis=1) == positive_column).astype(jnp.float32)),
       "positive_similarity": jnp.mean(
           jnp.sum(jnp.where(is_positive, similarity, 0.0), axis=1)),
       "negative_similarity": jnp.mean(
-          jnp.sum(jnp.where(is_negative, similarity, 0.0), axis=1)
-          / max(2 * global_n - 2, 1)),
+          jnp.sum(jnp.where(is_negative, similarity, 0.0), axis=1) / num_negatives),
   }
   return loss, metrics
 
@@ -153,6 +201,7 @@ def nt_xent(
     temperature: float = 0.07,
     axis_name: Optional[str] = None,
     weights: Optional[jax.Array] = None,
+    patient_ids: Optional[jax.Array] = None,
 ) -> jax.Array:
   """NT-Xent loss of the two views of a batch; see `nt_xent_with_metrics`.
 
@@ -163,9 +212,11 @@ def nt_xent(
     axis_name: pmap axis name; candidates are then gathered from all devices and
       `lax.pmean(loss, axis_name)` equals the loss of the concatenated global batch.
     weights: optional [n] per-image weights (see `nt_xent_with_metrics`).
+    patient_ids: optional [n] integer patient ids: other images of an anchor's patient
+      are not its negatives (see `nt_xent_with_metrics`).
 
   Returns:
     float32 scalar loss, the mean over this device's 2n anchors.
   """
-  loss, _ = nt_xent_with_metrics(z1, z2, temperature, axis_name, weights)
+  loss, _ = nt_xent_with_metrics(z1, z2, temperature, axis_name, weights, patient_ids)
   return loss

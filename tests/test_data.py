@@ -12,6 +12,7 @@ from sklearn.neighbors import NearestCentroid
 from conftest import run_python
 from simclr_jax import data
 from simclr_jax.data import synthetic_cxr
+from simclr_jax.evaluation import algorithms
 
 DATASET = 'synthetic_cxr/16'
 SPLIT_SIZES = {'train': 60, 'validation': 10, 'test': 30}
@@ -51,9 +52,24 @@ def test_builder_features_and_splits(data_dir):
   record = data.data_source(DATASET, data_dir, 'train')[0]
   assert record['image'].dtype == np.uint8 and record['image'].shape == (16, 16, 1)
   # Stored examples are the generator's, and the generator is deterministic.
-  expected = synthetic_cxr.make_example('train', int(record['patient_id']), 16)
-  np.testing.assert_array_equal(record['image'], expected['image'])
-  assert record['label'] == expected['label']
+  source = data.data_source(DATASET, data_dir, 'train')
+  generated = {example['image'].tobytes(): (example['label'], example['patient_id'])
+               for example in (synthetic_cxr.make_example('train', i, 16) for i in range(60))}
+  assert sorted((int(source[i]['label']), int(source[i]['patient_id'])) for i in range(60)) == (
+      sorted(generated.values()))
+  assert all(generated[source[i]['image'].tobytes()] == (source[i]['label'],
+                                                         source[i]['patient_id'])
+             for i in range(60))
+  # Patient-wise: every split has its own patients, and the metadata says so.
+  metadata = builder.info.metadata
+  assert metadata['patients_in_several_splits'] == 0
+  patients = {split: {int(r['patient_id']) for r in data.data_source(DATASET, data_dir, split)}
+              for split in SPLIT_SIZES}
+  assert not (patients['train'] & patients['test'] or patients['train'] & patients['validation']
+              or patients['validation'] & patients['test'])
+  for split, count in SPLIT_SIZES.items():
+    assert metadata['prepare_counts'][split]['images'] == count
+    assert metadata['prepare_counts'][split]['patients'] == len(patients[split])
   with pytest.raises(ValueError, match="split 'nope' not in dataset"):
     data.num_examples(DATASET, data_dir, 'nope')
   with pytest.raises(FileNotFoundError, match='simclr_jax.prepare synthetic_cxr'):
@@ -81,6 +97,31 @@ def test_classes_differ_in_structure_not_mean_intensity():
   pixels = (pixels - pixels.mean(1, keepdims=True)) / pixels.std(1, keepdims=True)
   accuracy = cross_val_score(LogisticRegression(C=0.1, max_iter=500), pixels, labels, cv=4).mean()
   assert accuracy > 0.6, accuracy
+
+
+def test_synthetic_patients_have_follow_up_films_of_the_same_chest():
+  films = [synthetic_cxr.film_of('train', i) for i in range(400)]
+  films_per_patient = np.bincount([film.patient for film in films])
+  assert films_per_patient.min() >= 1 and films_per_patient.max() <= 4
+  assert np.mean(films_per_patient >= 2) > 0.5
+  # Balanced: every complete group of 5 patients holds k films of every class.
+  assert np.ptp(np.bincount([film.label for film in films], minlength=5)) <= 4
+  # A patient's films usually share its first film's finding, but not always.
+  first = {}
+  for film in films:
+    first.setdefault(film.patient, film.label)
+  same = [film.label == first[film.patient] for film in films if film.visit > 0]
+  assert 0.6 < np.mean(same) < 1.0
+  # Same chest: on raw standardised pixels the nearest other image is mostly one of the
+  # patient's other films, far above what a random neighbour gives.
+  examples = [synthetic_cxr.make_example('train', i, 16) for i in range(400)]
+  pixels = np.stack([e['image'].reshape(-1) for e in examples]).astype(np.float64)
+  pixels = pixels - pixels.mean(1, keepdims=True)
+  rate, chance, _ = algorithms.patient_shortcut(
+      pixels, [e['patient_id'] for e in examples])
+  assert rate > 0.3 and chance < 0.01, (rate, chance)  # 0.51 and 0.0054 at 16 px
+  assert [e['patient_id'] for e in examples] == [
+      synthetic_cxr.patient_id('train', film.patient) for film in films]
 
 
 def test_train_iterator_shapes_and_determinism(data_dir):
@@ -183,8 +224,9 @@ def test_eval_iterator_pads_the_last_batch(data_dir):
   assert masks.sum() == 30 and not masks[-2:].any()
   last = batches[-1]
   assert (last['image'][6:] == 0).all() and (last['label'][6:] == -1).all()
-  patient_ids = np.concatenate([b['patient_id'] for b in batches])[masks]
-  assert len(set(patient_ids.tolist())) == 30  # every example once
+  images = np.concatenate([b['image'] for b in batches])[masks]
+  assert len(np.unique(images.reshape(30, -1), axis=0)) == 30  # every example once
+  assert np.concatenate([b['patient_id'] for b in batches])[masks].dtype == np.int64
   with pytest.raises(ValueError, match='num_shards=4'):
     next(data.iterate_eval(DATASET, data_dir, 'test', batch_size=6, num_shards=4))
 
@@ -226,8 +268,10 @@ def test_class_balanced_sampling_moves_toward_balance(data_dir):
 
 def test_supervised_batches_carry_the_labels_of_their_images(data_dir):
   assert data.supervised_target_spec(DATASET, data_dir) == ('label', 5, False)
-  np.testing.assert_allclose(data.class_frequencies(DATASET, data_dir, 'train'), [0.2] * 5)
   source = data.data_source(DATASET, data_dir, 'train')
+  stored_labels = [int(source[i]['label']) for i in range(len(source))]
+  np.testing.assert_allclose(data.class_frequencies(DATASET, data_dir, 'train'),
+                             np.bincount(stored_labels, minlength=5) / len(source))
   label_of_image = {source[i]['image'].tobytes(): int(source[i]['label'])
                     for i in range(len(source))}
   config = make_config(data_dir, objective='supervised')

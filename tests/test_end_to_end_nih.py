@@ -20,7 +20,11 @@ def test_prepare_train_evaluate_on_real_nih_thumbnails(tmp_path, shared_data):
   prepared = run_module(["simclr_jax.prepare", "nih", "--manual_dir", manual_dir / "nih_thumbs",
                          "--csv", manual_dir / "Data_Entry_2017_v2020.csv.gz",
                          "--data_dir", data_dir, "--image_size", "64", "--num_workers", "1"])
-  assert "600" in prepared.stdout + prepared.stderr     # train images written
+  # Patient-wise by default: the 30 patients the folders put in two splits are moved wholly
+  # into one (600/200/200 folders -> 595/202/203 images).
+  summary = json.loads(prepared.stdout.strip().splitlines()[-1])
+  assert summary["patients_in_several_splits"] == 0
+  assert "595" in prepared.stdout + prepared.stderr     # train images written
 
   workdir = tmp_path / "run"
   run_module(["simclr_jax.train", "--config", REPO_ROOT / "experiments/configs/nih_r50.py",
@@ -45,7 +49,7 @@ def test_prepare_train_evaluate_on_real_nih_thumbnails(tmp_path, shared_data):
               "--label_fractions", "0.1,1.0", "--kmeans_n_init", "2", "--batch_size", "64"])
   report = json.loads((out / "report.json").read_text())
   assert report["checkpoint_step"] == 3
-  assert report["num_examples"] == 200 and report["k"] == 2
+  assert report["num_examples"] == 203 and report["k"] == 2
   assert report["label_mode"] == "binary:No Finding"
   for key in ("cluster_accuracy", "nmi", "ari", "purity", "knn_accuracy"):
     assert report[key] is not None and np.isfinite(report[key]), key

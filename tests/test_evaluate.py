@@ -305,7 +305,9 @@ def nih_thumbs_dir(tmp_path_factory):
   import tensorflow_datasets as tfds
   from simclr_jax.data import NihChestXray14
   data_dir = tmp_path_factory.mktemp("nih_tfds")
-  builder = NihChestXray14(config="thumbs64", data_dir=str(data_dir), num_workers=1)
+  # The folders as they are: the test counts the test folder's files independently.
+  builder = NihChestXray14(config="thumbs64", data_dir=str(data_dir), num_workers=1,
+                           keep_folder_splits=True)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(SHARED_DATA / "nih_thumbs")))
   return data_dir
@@ -381,7 +383,7 @@ def test_cli_restores_a_checkpoint_written_by_train(tmp_path, synthetic_data_dir
   trained = run_module(["simclr_jax.evaluate", "--workdir", workdir, "--out", out, *common],
                        num_devices=2)
   assert "[features test] batch 4/4" in trained.stdout      # 40 images / 12 per batch
-  assert "[evaluators] evaluator 6/6" in trained.stdout   # classifier: skipped, no head
+  assert "[evaluators] evaluator 7/7" in trained.stdout   # classifier: skipped, no head
   report = json.loads((out / "report.json").read_text())
   assert report["checkpoint_step"] == 2 and report["encoder_source"] == "checkpoint"
   assert report["encoder_init"].startswith("trained (simclr objective), checkpoint step 2")

@@ -168,14 +168,24 @@ def test_no_usable_image_is_an_error_naming_the_manual_dir(tmp_path, shared_data
     nih.plan_splits(manual_dir)
 
 
-def test_thumbs_layout_uses_its_split_folders(tmp_path, shared_data):
+def link_thumbs(shared_data, manual_dir, per_folder=3, patients=()):
+  """A thumbs-layout manual dir: the first `per_folder` images of every split/class folder,
+  plus every image of `patients` (Patient IDs), each in its own folder."""
   thumbs = shared_data / 'nih_thumbs'
-  manual_dir = tmp_path / 'thumbs'
+  patient_of = ({name: patient for name, (_, patient) in csv_labels(shared_data).items()}
+                if patients else {})
   for split in ('train', 'valid', 'test'):
     for cls in nih.THUMBS_CLASS_FOLDERS:
       (manual_dir / split / cls).mkdir(parents=True)
-      for path in sorted((thumbs / split / cls).glob('*.png'))[:3]:
-        (manual_dir / split / cls / path.name).symlink_to(path)
+      for position, path in enumerate(sorted((thumbs / split / cls).glob('*.png'))):
+        if position < per_folder or patient_of.get(path.name) in patients:
+          (manual_dir / split / cls / path.name).symlink_to(path)
+  return manual_dir
+
+
+def test_thumbs_layout_uses_its_split_folders(tmp_path, shared_data):
+  thumbs = shared_data / 'nih_thumbs'
+  manual_dir = link_thumbs(shared_data, tmp_path / 'thumbs')
   assert nih.is_thumbs_layout(manual_dir)
   result = run_module(['simclr_jax.prepare', 'nih', '--data_dir', tmp_path / 'tfds',
                        '--manual_dir', manual_dir,
@@ -265,3 +275,64 @@ def test_prepare_again_with_other_options_is_refused(prepared, shared_data, tmp_
     assert f'; asked for {asked}' in err and err.count('\n') == 1
     assert err.endswith(f'prepare into a new --data_dir, or delete {version_folder} and run '
                         f'again\n')
+
+
+def test_reassign_patient_wise_rule():
+  # Folders: train 6, validation 3, test 3. Patients 1, 2, 5 stay; 3, 4, 6 are leaked.
+  folders = {'a': ('train', 1), 'b': ('train', 1), 'c': ('train', 1), 'd': ('validation', 2),
+             'e': ('train', 3), 'f': ('train', 3), 'g': ('test', 3),
+             'h': ('validation', 4), 'i': ('test', 4), 'j': ('test', 5),
+             'k': ('train', 6), 'l': ('validation', 6)}
+  image_split = {name: split for name, (split, _) in folders.items()}
+  patient_of = {name: patient for name, (_, patient) in folders.items()}
+  assert nih.patients_in_several_splits(image_split, patient_of) == 3
+  result, moved, images_moved = nih.reassign_patient_wise(image_split, patient_of)
+  # Patient 3 (most images) first: test is 2/3 below its size, train 1/2 -> test, although
+  # train holds most of its images. Then patient 4 -> validation (test is now over), 6 -> train.
+  assert {patient_of[name]: split for name, split in result.items()} == {
+      1: 'train', 2: 'validation', 3: 'test', 4: 'validation', 5: 'test', 6: 'train'}
+  assert moved == 3 and nih.patients_in_several_splits(result, patient_of) == 0
+  assert images_moved == {'train->test': 2, 'validation->train': 1, 'test->validation': 1}
+  assert list(images_moved) == ['train->test', 'validation->train', 'test->validation']
+  # The order of the input does not matter.
+  reordered = dict(reversed(list(image_split.items())))
+  assert nih.reassign_patient_wise(reordered, patient_of) == (result, moved, images_moved)
+
+
+def test_thumbs_patients_in_several_folders_are_reassigned_or_kept(tmp_path, shared_data,
+                                                                    capsys):
+  from simclr_jax import prepare  # pylint: disable=g-import-not-at-top
+  # Patient 205 has one image in valid/ and one in test/, 153 one in train/ and one in valid/.
+  manual_dir = link_thumbs(shared_data, tmp_path / 'thumbs', per_folder=1, patients=(205, 153))
+  base = ['nih', '--manual_dir', str(manual_dir), '--csv',
+          str(shared_data / 'nih_sample' / CSV_NAME), '--num_workers', '1']
+  dataset = 'nih_chest_xray14/thumbs64'
+  summaries = {}
+  for name, flags in (('moved', []), ('kept', ['--keep_folder_splits'])):
+    data_dir = str(tmp_path / name)
+    assert prepare.run(base + ['--data_dir', data_dir] + flags) == 0
+    out = capsys.readouterr().out
+    summaries[name] = json.loads(out.strip().splitlines()[-1])
+    metadata = data.get_builder(dataset, data_dir).info.metadata
+    assert metadata['patients_in_several_splits'] == summaries[name][
+        'patients_in_several_splits']
+  moved, kept = summaries['moved'], summaries['kept']
+  assert kept['patients_in_several_splits'] == 2 and kept['options']['keep_folder_splits']
+  assert kept['splits'] == {'train': 3, 'validation': 4, 'test': 3}  # the folders
+  assert moved['patients_in_several_splits'] == 0
+  assert not moved['options']['keep_folder_splits']
+  total = moved['counts']['total']
+  assert (total['patients_in_several_split_folders'], total['patients_moved']) == (2, 2)
+  assert sum(total['images_moved'].values()) == 2
+  assert sum(moved['splits'].values()) == 10
+  records = [(int(source[i]['patient_id']), split) for split in moved['splits']
+             for source in [data.data_source(dataset, str(tmp_path / 'moved'), split)]
+             for i in range(len(source))]
+  for patient in (205, 153):
+    assert len({split for p, split in records if p == patient}) == 1
+  # The option decides the content: asking for the other value is refused.
+  assert prepare.run(base + ['--data_dir', str(tmp_path / 'moved'),
+                             '--keep_folder_splits']) == 2
+  assert 'was prepared with keep_folder_splits False; asked for keep_folder_splits True' in (
+      capsys.readouterr().err)
+  assert prepare.run(base + ['--data_dir', str(tmp_path / 'kept')]) == 0  # left out: as is

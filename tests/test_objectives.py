@@ -261,7 +261,7 @@ def test_supervised_training_on_phantoms_beats_the_untrained_network():
   trained = flax.jax_utils.unreplicate(replicated)
   after = accuracy_and_auroc(trained.params, trained.batch_stats)
   assert np.isfinite(float(metrics["loss"][0]))
-  # Measured: accuracy 0.18 -> 0.34, macro AUROC 0.48 -> 0.64 (chance: 0.2 and 0.5).
+  # Measured: accuracy 0.17 -> 0.35, macro AUROC 0.49 -> 0.66 (chance: 0.2 and 0.5).
   assert after[0] >= before[0] + 0.08, (before, after)
   assert after[1] >= before[1] + 0.08, (before, after)
 

@@ -22,11 +22,13 @@ def run_prepare(capsys, *argv):
 
 def test_unknown_dataset_is_one_line_listing_the_known_names(tmp_path, caplog):
   known = ('synthetic_cxr/16|32|64|96|128|224|256, '
-           'nih_chest_xray14/64|224|256|512|thumbs64')
+           'nih_chest_xray14/64|224|256|512|thumbs64, '
+           'folder/NAME/SIZE, csv/NAME/SIZE, medmnist/NAME/SIZE')
   for name in ('imagenet2012', 'synthetic_cxr/17', 'nih_chest_xray14/thumbs32'):
     with pytest.raises(ValueError) as error:
       data.get_builder(name, str(tmp_path))
-    assert str(error.value) == f'unknown dataset {name!r}; known datasets: {known}'
+    assert str(error.value) == (f'unknown dataset {name!r}; known datasets: {known} '
+                                f'(none prepared in {tmp_path})')
   with pytest.raises(ValueError, match="unknown dataset 'synthetic_cxr/17'; known datasets"):
     data.num_examples('synthetic_cxr/17', str(tmp_path), 'train')
   # A known name that is not prepared keeps its hint: the command that prepares it.
@@ -85,8 +87,8 @@ def test_unknown_dataset_exits_2_with_one_line(tmp_path):
   result = run_module(['simclr_jax.prepare', 'imagenet', '--data_dir', tmp_path], check=False)
   assert result.returncode == 2, result.stderr
   assert result.stderr.startswith("error: unknown dataset 'imagenet'; prepare takes "
-                                  "synthetic_cxr or nih, or one of the known datasets: "
-                                  "synthetic_cxr/16|32|64")
+                                  "synthetic_cxr, nih, folder, csv or medmnist, or one of "
+                                  "the known datasets: synthetic_cxr/16|32|64")
   assert result.stderr.count('\n') == 1 and not list(tmp_path.iterdir())
 
 

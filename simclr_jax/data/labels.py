@@ -20,8 +20,17 @@ accuracy, NMI and kNN need exactly one class per example:
                    binary:No Finding is normal (1) vs any finding (0).
   label           the dataset's own 'label' feature (-1 = undefined, dropped).
 
-For single-label datasets (synthetic_cxr) the class is the 'label' feature whatever the
-mode, except `binary:<class name>`.
+Every multi-label dataset works the same way with ITS label names (`multi_label_names`):
+an own CSV table's columns, ChestMNIST's findings, ... The names come with the dataset's
+`label` ClassLabel, which holds the C label names followed by the "none of them" class
+(NIH: the 14 FINDINGS + No Finding; own data: info.metadata['label_names'] + its no-finding
+name), so `class_names` gives both; without names (e.g. the online monitor) a 14-column
+multi-hot is NIH's and other widths are named 'label 0', 'label 1', ...
+For the modes above, read "the C labels" for "the 14 findings" and the dataset's no-finding
+class for No Finding; `primary` takes the alphabetically first present label.
+
+For single-label datasets (synthetic_cxr, class folders) the class is the 'label' feature
+whatever the mode, except `binary:<class name>`.
 """
 from __future__ import annotations
 
@@ -78,22 +87,29 @@ def parse_finding_labels(text: str) -> tuple:
   return names
 
 
+def multi_label_features(positives) -> dict:
+  """Multi-hot `labels` [C] uint8 and the single-label `label` of one image.
+
+  `label` is the index of the one positive label, C (the "none of them" class) when there
+  is none and -1 when there are several (the classes of label mode 'single').
+  """
+  labels = np.asarray(positives, np.uint8)
+  present = np.flatnonzero(labels)
+  label = len(labels) if present.size == 0 else int(present[0]) if present.size == 1 else -1
+  return {"labels": labels, "label": label}
+
+
 def label_features(findings: tuple) -> dict:
   """Multi-hot `labels` [14] uint8, `no_finding` and the single-label `label` of a row.
 
   `label` is the finding's index for exactly one finding, 14 for No Finding and -1 for
   several findings (the classes of label mode 'single').
   """
-  labels = np.zeros(len(FINDINGS), np.uint8)
-  for name in findings:
-    labels[FINDINGS.index(name)] = 1
-  if not findings:
-    label = LABEL_NAMES.index(NO_FINDING)
-  elif len(findings) == 1:
-    label = FINDINGS.index(findings[0])
-  else:
-    label = -1
-  return {"labels": labels, "no_finding": not findings, "label": label}
+  features = multi_label_features([name in findings for name in FINDINGS])
+  unknown = [name for name in findings if name not in FINDINGS]
+  if unknown:
+    raise ValueError(f"unknown finding(s) {unknown}; known: {list(FINDINGS)}")
+  return {**features, "no_finding": not findings}
 
 
 def read_data_entry_csv(path) -> dict:
@@ -154,6 +170,7 @@ class LabelSet:
   labels: np.ndarray       # [n] int64, -1 where the mode drops the example
   class_names: tuple       # names of class ids 0..C-1
   description: str = ""    # which examples are kept and what the classes are
+  label_names: tuple = ()  # multi-label data: names of the multi-hot columns
 
   @property
   def kept(self) -> np.ndarray:
@@ -170,39 +187,56 @@ def is_multi_label(examples: dict) -> bool:
 
 
 def default_label_mode(examples: dict) -> str:
-  """'single_finding' (the 14 findings, k = 14) for multi-label data, else 'label'."""
+  """'single_finding' (the C labels, k = C; NIH: 14) for multi-label data, else 'label'."""
   return "single_finding" if is_multi_label(examples) else "label"
 
 
+def multi_label_names(num_labels: int, class_names: Optional[Sequence[str]] = None
+                      ) -> tuple:
+  """(names of the C multi-hot columns, name of the "none of them" class).
+
+  Args:
+    num_labels: C, the width of the multi-hot 'labels'.
+    class_names: the dataset's 'label' ClassLabel names: the C label names and then the
+      no-finding class (NIH: FINDINGS + No Finding), when known.
+  """
+  if class_names is not None and len(class_names) == num_labels + 1:
+    return tuple(map(str, class_names[:num_labels])), str(class_names[num_labels])
+  if num_labels == len(FINDINGS):
+    return FINDINGS, NO_FINDING
+  return tuple(f"label {j}" for j in range(num_labels)), NO_FINDING
+
+
 def single_labels(multi_hot: np.ndarray) -> np.ndarray:
-  """Class id of images with exactly one of the 15 labels (14 = No Finding), else -1."""
+  """Class id of images with exactly one of the C + 1 labels (C = none of them), else -1."""
   multi_hot = np.asarray(multi_hot).astype(bool)
   counts = multi_hot.sum(axis=1)
   labels = np.full(multi_hot.shape[0], -1, np.int64)
-  labels[counts == 0] = len(FINDINGS)
+  labels[counts == 0] = multi_hot.shape[1]
   labels[counts == 1] = np.argmax(multi_hot[counts == 1], axis=1)
   return labels
 
 
 def single_finding_labels(multi_hot: np.ndarray) -> np.ndarray:
-  """Class id (0..13) of images with exactly one finding, else -1 (incl. No Finding)."""
+  """Class id (0..C-1) of images with exactly one positive label, else -1 (incl. none)."""
   labels = single_labels(multi_hot)
-  labels[labels == len(FINDINGS)] = -1
+  labels[labels == np.shape(multi_hot)[1]] = -1
   return labels
 
 
-def primary_labels(multi_hot: np.ndarray, finding_labels: Optional[Sequence[str]] = None
-                   ) -> np.ndarray:
-  """Class id of the first listed finding (14 = No Finding) for every image.
+def primary_labels(multi_hot: np.ndarray, finding_labels: Optional[Sequence[str]] = None,
+                   names: Sequence[str] = FINDINGS) -> np.ndarray:
+  """Class id of the first listed label (C = none of them) for every image.
 
   Args:
-    multi_hot: [n, 14] in FINDINGS order.
-    finding_labels: optional [n] CSV 'Finding Labels' strings; when given, their order
-      decides. Without them the first finding in alphabetical order is used, which is
-      the CSV order in all but 31 of the 112,120 official rows.
+    multi_hot: [n, C] in the order of `names`.
+    finding_labels: optional [n] ChestX-ray14 CSV 'Finding Labels' strings; when given,
+      their order decides. Without them the first label in alphabetical order is used,
+      which for NIH is the CSV order in all but 31 of the 112,120 official rows.
+    names: the C label names (default NIH's FINDINGS).
   """
   multi_hot = np.asarray(multi_hot).astype(bool)
-  labels = np.full(multi_hot.shape[0], len(FINDINGS), np.int64)
+  labels = np.full(multi_hot.shape[0], len(names), np.int64)
   if finding_labels is not None:
     for i, text in enumerate(finding_labels):
       text = text.decode() if isinstance(text, bytes) else str(text)
@@ -210,29 +244,48 @@ def primary_labels(multi_hot: np.ndarray, finding_labels: Optional[Sequence[str]
       if present:
         labels[i] = FINDINGS.index(present[0])
     return labels
-  alphabetical = sorted(range(len(FINDINGS)), key=lambda j: FINDINGS[j])
-  for j in reversed(alphabetical):  # the last write is the alphabetically first finding
+  alphabetical = sorted(range(len(names)), key=lambda j: names[j])
+  for j in reversed(alphabetical):  # the last write is the alphabetically first label
     labels[multi_hot[:, j]] = j
   return labels
+
+
+def _describe(mode: str, names: tuple, no_finding: str) -> str:
+  """The report's description of a multi-label mode: NIH's own words for its findings."""
+  if names == FINDINGS:
+    return LABEL_SET_DESCRIPTIONS[mode]
+  listed = f"the {len(names)} labels ({', '.join(names)})"
+  return {
+      "single_finding": f"{listed}; images with exactly one of them ({no_finding} and "
+                        f"multi-label images left out)",
+      "single": f"{listed} + {no_finding}; images with exactly one of these "
+                f"{len(names) + 1} classes",
+      "primary": f"{listed} + {no_finding}; every image, class = its alphabetically first "
+                 f"label",
+  }[mode]
 
 
 def _binary_labels(mode: str, examples: dict, class_names) -> LabelSet:
   target = mode.split(":", 1)[1]
   describe = LABEL_SET_DESCRIPTIONS["binary"].format
   if is_multi_label(examples):
-    if target.lower() == NO_FINDING.lower():
-      # Normal vs abnormal: 1 for images without any of the 14 findings.
-      no_finding = (np.asarray(examples["labels"]).sum(axis=1) == 0).astype(np.int64)
-      return LabelSet(f"binary:{NO_FINDING}", no_finding, ("any finding", NO_FINDING),
-                      describe(target=NO_FINDING))
-    by_lower = {name.lower(): j for j, name in enumerate(FINDINGS)}
+    multi_hot = np.asarray(examples["labels"])
+    names, no_finding = multi_label_names(multi_hot.shape[1], class_names)
+    by_lower = {name.lower(): j for j, name in enumerate(names)}
+    if target.lower() == no_finding.lower() and target.lower() not in by_lower:
+      # Normal vs abnormal: 1 for images without any of the C labels.
+      none = (multi_hot.sum(axis=1) == 0).astype(np.int64)
+      any_label = "any finding" if names == FINDINGS else "any label"
+      return LabelSet(f"binary:{no_finding}", none, (any_label, no_finding),
+                      describe(target=no_finding), names)
     if target.lower() not in by_lower:
       raise ValueError(f"--label_mode={mode!r}: unknown finding {target!r}; accepted: "
-                       f"{', '.join('binary:' + name for name in LABEL_NAMES)}.")
+                       f"{', '.join('binary:' + name for name in names + (no_finding,))}.")
     column = by_lower[target.lower()]
-    name = FINDINGS[column]
-    labels = np.asarray(examples["labels"])[:, column].astype(np.int64)
-    return LabelSet(f"binary:{name}", labels, (f"no {name}", name), describe(target=name))
+    name = names[column]
+    labels = multi_hot[:, column].astype(np.int64)
+    return LabelSet(f"binary:{name}", labels, (f"no {name}", name), describe(target=name),
+                    names)
   names = list(class_names or [])
   by_lower = {str(n).lower(): j for j, n in enumerate(names)}
   if target.lower() not in by_lower:
@@ -251,14 +304,15 @@ def select_labels(mode: Optional[str], examples: dict,
   """Applies a label mode to the per-example arrays of one split.
 
   Args:
-    mode: one of LABEL_MODES ('binary:<Finding or class name>'); None = the default
+    mode: one of LABEL_MODES ('binary:<label or class name>'); None = the default
       (`default_label_mode`).
-    examples: arrays with 'labels' [n, 14] (multi-label data) and/or 'label' [n].
-    class_names: names of the 'label' classes of a single-label dataset.
+    examples: arrays with 'labels' [n, C] (multi-label data) and/or 'label' [n].
+    class_names: names of the dataset's 'label' classes (multi-label data: the C label
+      names + the no-finding class, see `multi_label_names`).
 
   Returns:
     LabelSet(mode actually applied, labels [n] with -1 = dropped, class names,
-    description).
+    description, names of the multi-hot columns).
 
   Raises:
     ValueError: an unknown mode or class, naming what is accepted.
@@ -268,15 +322,21 @@ def select_labels(mode: Optional[str], examples: dict,
     return _binary_labels(mode, examples, class_names)
   if mode not in ("single_finding", "single", "primary", "label"):
     raise ValueError(f"--label_mode={mode!r}: accepted values are {', '.join(LABEL_MODES)}.")
-  if is_multi_label(examples) and mode != "label":
+  label_names = ()
+  if is_multi_label(examples):
     multi_hot = examples["labels"]
+    label_names, no_finding = multi_label_names(np.shape(multi_hot)[1], class_names)
+    with_none = label_names + (no_finding,)
     if mode == "single_finding":
-      return LabelSet(mode, single_finding_labels(multi_hot), FINDINGS,
-                      LABEL_SET_DESCRIPTIONS[mode])
+      return LabelSet(mode, single_finding_labels(multi_hot), label_names,
+                      _describe(mode, label_names, no_finding), label_names)
     if mode == "single":
-      return LabelSet(mode, single_labels(multi_hot), LABEL_NAMES, LABEL_SET_DESCRIPTIONS[mode])
-    return LabelSet(mode, primary_labels(multi_hot, examples.get("finding_labels")),
-                    LABEL_NAMES, LABEL_SET_DESCRIPTIONS[mode])
+      return LabelSet(mode, single_labels(multi_hot), with_none,
+                      _describe(mode, label_names, no_finding), label_names)
+    if mode == "primary":
+      text = examples.get("finding_labels") if label_names == FINDINGS else None
+      return LabelSet(mode, primary_labels(multi_hot, text, label_names), with_none,
+                      _describe(mode, label_names, no_finding), label_names)
   if "label" not in examples:
     raise ValueError(f"--label_mode={mode!r}: the dataset has no 'label' feature; its "
                      f"features are {sorted(examples)}.")
@@ -284,7 +344,7 @@ def select_labels(mode: Optional[str], examples: dict,
   names = tuple(class_names) if class_names else tuple(
       str(i) for i in range(int(labels.max()) + 1 if labels.size else 0))
   return LabelSet("label", labels, names, LABEL_SET_DESCRIPTIONS["label"] +
-                  f" ({', '.join(map(str, names))})")
+                  f" ({', '.join(map(str, names))})", label_names)
 
 
 def check_label_mode(mode: Optional[str], class_names: Optional[Sequence[str]]) -> None:

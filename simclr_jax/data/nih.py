@@ -20,26 +20,30 @@ Splits (always patient-wise: no patient is in two splits):
   * validation = the non-test patients with an independent hash(Patient ID) <
     `validation_fraction` (default 0.1; a fraction of the non-test patients).
   * train = the rest. The hash is SHA-256, so the split is the same on every machine.
-  * thumbs layout: the folders decide (`valid` -> `validation`).
+  * thumbs layout: the folders decide (`valid` -> `validation`), then the patients are
+    checked: nih_thumbs' folders are not patient-wise (30 of its 264 patients have
+    images in two or three of them). By default such a patient is reassigned wholly to
+    one split (`reassign_patient_wise`, the rule is there); with `keep_folder_splits=True`
+    (`--keep_folder_splits`) the folders are kept and the leak is recorded. The same
+    check runs on the official test_list.txt split.
+  Recorded: `patients_in_several_splits` (after reassignment: 0) in the metadata, and in
+  the counts the patients and images moved (per pair of splits, 'from->to').
 
 Per split the builder counts CSV rows, images found, rows whose image is missing from
 disk (normal when only some archives were downloaded: the sample has 41 of 112,120),
-images written, corrupt images (logged and skipped); images on disk without a CSV row
-are counted and logged. The counts are in `builder.prepare_counts` and, once prepared,
-in `builder.info.metadata['prepare_counts']`; what the split depends on (manual dir,
-label table and its SHA-256, fractions) in `builder.info.metadata['prepare_options']`.
-No usable image is an error naming the manual dir.
+images written, corrupt, blank and too small images (logged and skipped); images on disk
+without a CSV row are counted and logged. The counts are in `builder.prepare_counts`
+and, once prepared, in `builder.info.metadata['prepare_counts']`; what the split depends
+on (manual dir, label table and its SHA-256, fractions, keep_folder_splits) in
+`builder.info.metadata['prepare_options']`, with `patients_in_several_splits` and
+`label_names` (FINDINGS) beside them. No usable image is an error naming the manual dir.
 
-Pixels: converted to 8-bit grayscale:
-  * L: as is. LA: the gray channel (alpha ignored).
-  * RGB/RGBA/P: ITU-R 601-2 luma of R, G, B (PIL `convert('L')`), alpha ignored. The
-    RGBA files of the release carry the gray image in R = G = B with alpha 255
-    everywhere, so this returns exactly their gray values.
-  * 16-bit (I;16, I;16B, I): value * 255 / 65535, rounded (full 16-bit range; an 8-bit
-    image stored as 16-bit, v * 257, comes back exactly).
-Geometry: aspect kept: the centred square of side min(H, W) is cut out and resized
-to S x S with PIL LANCZOS (antialiased) after an exact box-filter `reduce` down to no
-less than 2 S (`reducing_gap=2`), which is faster and visually the same.
+Pixels and geometry as for every decoded file (data/images.py): 8-bit grey (L as is;
+RGB/RGBA/P by the ITU-R 601-2 luma of R, G, B, alpha ignored: the RGBA files of the
+release carry the gray image in R = G = B with alpha 255 everywhere, so this returns
+exactly their gray values; 16-bit scaled by 255 / 65535), the centred square cut out and
+resized to S x S with antialiasing. A blank (constant) image or one under 8 px is skipped,
+counted ('blank', 'too_small') and logged like a corrupt one.
 
 Features: `image` uint8 [S, S, 1]; `labels` uint8 [14] multi-hot over FINDINGS (order
 below); `no_finding` bool; `label` ClassLabel over LABEL_NAMES (= FINDINGS + 'No Finding'):
@@ -48,23 +52,19 @@ findings; `patient_id` int64; `view_position` ('PA'/'AP'); `age` int32 (years);
 `sex` ('M'/'F'); `image_index` (file name).
 """
 import collections
-import concurrent.futures
 import dataclasses
 import inspect
-import functools
-import hashlib
-import io
 import logging
-import multiprocessing
 import os
 import pathlib
 
 from etils import epath
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
+from simclr_jax.data import images
 from simclr_jax.data import tfds_features
+from simclr_jax.data.tfds_features import file_sha256 as file_sha256
 # The findings, the CSV and the `label` feature are defined once, in labels.py.
 from simclr_jax.data.labels import CSV_COLUMNS  # pylint: disable=unused-import
 from simclr_jax.data.labels import CsvRow  # pylint: disable=unused-import
@@ -74,12 +74,16 @@ from simclr_jax.data.labels import NO_FINDING  # pylint: disable=unused-import
 from simclr_jax.data.labels import label_features
 from simclr_jax.data.labels import parse_finding_labels  # pylint: disable=unused-import
 from simclr_jax.data.labels import read_data_entry_csv
-from simclr_jax.runtime.progress import Progress
+# Pixels are read by the shared image code; these names stay importable from here.
+from simclr_jax.data.images import load_image as load_image
+from simclr_jax.data.images import to_grayscale_uint8 as to_grayscale_uint8
+from simclr_jax.data.subsets import patient_split
 
 IMAGE_SIZES = (64, 224, 256, 512)
 THUMBS_CONFIG = 'thumbs64'
 THUMBS_SPLIT_FOLDERS = {'train': 'train', 'valid': 'validation', 'test': 'test'}
 THUMBS_CLASS_FOLDERS = ('0_normal', '1_abnormal')
+SPLITS = ('train', 'validation', 'test')
 CSV_GLOBS = ('Data_Entry_2017*.csv', 'Data_Entry_2017*.csv.gz')
 
 _MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -110,15 +114,6 @@ def find_csv(manual_dir, csv_path=None) -> pathlib.Path:
       f'a sibling folder; pass it with --csv PATH (csv_path=)')
 
 
-def file_sha256(path) -> str:
-  """Hex SHA-256 of a file's bytes (identifies a label table wherever it is stored)."""
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def is_thumbs_layout(manual_dir) -> bool:
   """True for the `{train,valid,test}/{0_normal,1_abnormal}/*.png` layout."""
   manual_dir = pathlib.Path(manual_dir)
@@ -137,102 +132,6 @@ def find_images(manual_dir) -> dict:
   return images
 
 
-def _patient_fraction(patient_id: int, salt: str) -> float:
-  digest = hashlib.sha256(f'{salt}:{patient_id}'.encode()).digest()
-  return int.from_bytes(digest[:8], 'big') / 2.0**64
-
-
-def patient_split(patient_id: int, test_fraction: float = 0.2,
-                  validation_fraction: float = 0.1, official_test: bool | None = None) -> str:
-  """Deterministic patient-wise split: 'train', 'validation' or 'test'.
-
-  Args:
-    patient_id: Patient ID from the CSV.
-    test_fraction: fraction of patients in test (ignored when `official_test` is given).
-    validation_fraction: fraction of the non-test patients in validation.
-    official_test: membership in the official test_list.txt, if that list is used.
-  """
-  if official_test is None:
-    official_test = _patient_fraction(patient_id, 'test') < test_fraction
-  if official_test:
-    return 'test'
-  if _patient_fraction(patient_id, 'validation') < validation_fraction:
-    return 'validation'
-  return 'train'
-
-
-def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
-  """A PIL image of any ChestX-ray14 mode -> uint8 [H, W] (rules in the module docstring)."""
-  mode = image.mode
-  if mode == 'L':
-    return np.asarray(image, np.uint8)
-  if mode == 'LA':
-    return np.asarray(image.getchannel('L'), np.uint8)
-  if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
-    values = np.asarray(image).astype(np.int64)
-    if values.min() < 0 or values.max() > 65535:
-      raise ValueError(f'mode {mode} image with values outside [0, 65535] '
-                       f'({values.min()}..{values.max()})')
-    return ((values * 255 + 32767) // 65535).astype(np.uint8)
-  if mode in ('RGB', 'RGBA', 'RGBX', 'P', 'PA', '1', 'CMYK', 'YCbCr'):
-    if mode in ('P', 'PA', 'CMYK', 'YCbCr'):
-      image = image.convert('RGB')
-    return np.asarray(image.convert('L'), np.uint8)  # luma of R, G, B; alpha ignored
-  raise ValueError(f'unsupported PNG mode {mode!r}; accepted: L, LA, RGB, RGBA, P, I;16, I')
-
-
-def resize_square(gray: np.ndarray, image_size: int) -> np.ndarray:
-  """uint8 [H, W] -> uint8 [S, S]: centred square crop, antialiased LANCZOS resize."""
-  height, width = gray.shape
-  side = min(height, width)
-  left, top = (width - side) // 2, (height - side) // 2
-  image = Image.fromarray(gray, mode='L')
-  if side == image_size and (height, width) == (side, side):
-    return gray.copy()
-  resized = image.resize((image_size, image_size), Image.Resampling.LANCZOS,
-                         box=(left, top, left + side, top + side), reducing_gap=2.0)
-  return np.asarray(resized, np.uint8)
-
-
-def load_image(path, image_size: int) -> np.ndarray:
-  """Decodes a PNG file to uint8 [S, S, 1]. Raises on a corrupt or unsupported file."""
-  with open(path, 'rb') as f:
-    data = f.read()
-  with Image.open(io.BytesIO(data)) as image:
-    image.load()
-    gray = to_grayscale_uint8(image)
-  return resize_square(gray, image_size)[..., None]
-
-
-def _decode_chunk(paths, image_size):
-  """Worker: [(image uint8 [S, S, 1] or None, error or None)] for `paths`."""
-  results = []
-  for path in paths:
-    try:
-      results.append((load_image(path, image_size), None))
-    except Exception as e:  # pylint: disable=broad-except  # a corrupt file is skipped
-      results.append((None, f'{type(e).__name__}: {e}'))
-  return results
-
-
-def _ordered_parallel_map(function, chunks, num_workers, max_in_flight):
-  """Like executor.map, but with at most `max_in_flight` chunks pending (bounded memory)."""
-  if num_workers <= 1:
-    for chunk in chunks:
-      yield function(chunk)
-    return
-  # fork: workers need numpy + PIL only, and start in milliseconds.
-  with concurrent.futures.ProcessPoolExecutor(
-      num_workers, mp_context=multiprocessing.get_context('fork')) as pool:
-    pending = collections.deque()
-    for chunk in chunks:
-      pending.append(pool.submit(function, chunk))
-      if len(pending) >= max_in_flight:
-        yield pending.popleft().result()
-    while pending:
-      yield pending.popleft().result()
-
-
 @dataclasses.dataclass
 class NihConfig(tfds.core.BuilderConfig):
   image_size: int = 256
@@ -242,8 +141,12 @@ class NihConfig(tfds.core.BuilderConfig):
 class NihChestXray14(tfds.core.GeneratorBasedBuilder):
   """NIH ChestX-ray14, resized to S x S uint8 grayscale; see the module docstring."""
 
-  VERSION = tfds.core.Version('1.1.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.', '1.1.0': 'image stored as raw bytes.'}
+  VERSION = tfds.core.Version('1.2.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.', '1.1.0': 'image stored as raw bytes.',
+                   '1.2.0': 'patient-wise splits: patients in several split folders '
+                            '(thumbs layout) reassigned unless keep_folder_splits; '
+                            'patients_in_several_splits recorded; blank (constant) and '
+                            'under-8-px images skipped and counted.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
       NihConfig(name=str(size), image_size=size, description=f'{size}x{size} grayscale')
@@ -259,10 +162,13 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
     return epath.Path(inspect.getfile(cls))
 
   def __init__(self, *, csv_path=None, test_fraction: float = 0.2,
-               validation_fraction: float = 0.1, num_workers: int | None = None, **kwargs):
+               validation_fraction: float = 0.1, keep_folder_splits: bool = False,
+               num_workers: int | None = None, **kwargs):
     """Args: csv_path: label table (default: searched, see find_csv); test_fraction,
-    validation_fraction: patient fractions of the hash split; num_workers: decode
-    processes (default all cores; 1 = in this process). Other kwargs go to TFDS."""
+    validation_fraction: patient fractions of the hash split; keep_folder_splits: keep
+    split folders (or lists) that put a patient in several splits instead of
+    reassigning the patient; num_workers: decode processes (default all cores; 1 = in
+    this process). Other kwargs go to TFDS."""
     kwargs.setdefault('file_format', 'array_record')  # random access, no TensorFlow
     super().__init__(**kwargs)
     for name, value in (('test_fraction', test_fraction),
@@ -272,6 +178,7 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
     self._csv_path = csv_path
     self._test_fraction = test_fraction
     self._validation_fraction = validation_fraction
+    self._keep_folder_splits = bool(keep_folder_splits)
     self._num_workers = num_workers or os.cpu_count() or 1
     self.prepare_counts = {}  # filled while generating; see the module docstring
 
@@ -305,9 +212,10 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
       csv_file: the label table used (see find_csv).
 
     Returns:
-      {'manual_dir', 'csv', 'csv_sha256', 'test_fraction', 'validation_fraction'}; a
-      fraction is None where it does not apply (the thumbs layout's folders decide the
-      splits; test_list.txt decides the test split).
+      {'manual_dir', 'csv', 'csv_sha256', 'test_fraction', 'validation_fraction',
+      'keep_folder_splits'}; None where an option does not apply (the thumbs layout's
+      folders decide the splits; test_list.txt decides the test split; the hash split
+      is patient-wise by construction, so there is nothing to keep or reassign).
     """
     manual_dir = pathlib.Path(manual_dir)
     thumbs = self.builder_config.layout == 'thumbs'
@@ -318,6 +226,8 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
         'csv_sha256': file_sha256(csv_file),
         'test_fraction': None if thumbs or official_test else float(self._test_fraction),
         'validation_fraction': None if thumbs else float(self._validation_fraction),
+        'keep_folder_splits': (self._keep_folder_splits if thumbs or official_test
+                               else None),
     }
 
   def _split_generators(self, dl_manager):
@@ -325,64 +235,53 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
     tfds_features.allow_large_splits_without_tensorflow()  # splits > 1 GB (NIH at 256 px)
     plan, counts = plan_splits(
         manual_dir, layout=self.builder_config.layout, csv_path=self._csv_path,
-        test_fraction=self._test_fraction, validation_fraction=self._validation_fraction)
+        test_fraction=self._test_fraction, validation_fraction=self._validation_fraction,
+        keep_folder_splits=self._keep_folder_splits)
     self.prepare_counts = counts
     self.info.metadata['prepare_counts'] = counts
+    self.info.metadata['patients_in_several_splits'] = (
+        counts['total']['patients_in_several_splits'])
     self.info.metadata['manual_dir'] = str(manual_dir)
     self.info.metadata['prepare_options'] = self.prepare_options(
         manual_dir, counts['total']['csv'])
+    self.info.metadata['label_names'] = list(FINDINGS)
     return {split: self._generate_examples(split, items, manual_dir)
             for split, items in plan.items() if items}
 
   def _generate_examples(self, split, items, manual_dir):
     """Yields (image_index, example); items: [(path, CsvRow)] in a fixed order."""
-    size = self.builder_config.image_size
     counts = self.prepare_counts[split]
-    chunk_size = 16
-    chunks = [[path for path, _ in items[start:start + chunk_size]]
-              for start in range(0, len(items), chunk_size)]
-    results = _ordered_parallel_map(
-        functools.partial(_decode_chunk, image_size=size), chunks, self._num_workers,
-        max_in_flight=4 * self._num_workers)
-    progress = Progress(len(items), desc=f'prepare {self.name}/{self.builder_config.name} '
-                        f'{split}', unit='image', every=tfds_features.progress_every(len(items)))
-    position = 0
-    for chunk_results in results:
-      for image, error in chunk_results:
-        path, row = items[position]
-        position += 1
-        progress.update(1, **{'images/s': int(position / max(progress.elapsed(), 1e-9))})
-        if image is None:
-          counts['corrupt'] += 1
-          self.prepare_counts['total']['corrupt'] += 1
-          logging.warning('nih_chest_xray14: skipping corrupt image %s (%s)', path, error)
-          continue
-        counts['written'] += 1
-        self.prepare_counts['total']['written'] += 1
-        yield row.image_index, {
-            'image': image, **label_features(row.findings),
-            'patient_id': row.patient_id, 'view_position': row.view_position,
-            'age': row.age, 'sex': row.sex, 'image_index': row.image_index}
-    seconds = progress.elapsed()
+    total = self.prepare_counts['total']
     missing = (f", {counts['missing_from_disk']} CSV rows without an image"
                if self.builder_config.layout == 'archives' else '')
-    progress.close(
-        f"{counts['written']} images written, {counts['corrupt']} corrupt (skipped){missing}, "
-        f"in {seconds:.1f} s ({len(items) / max(seconds, 1e-9):.0f} images/s)")
+    decoded = images.decode_files(
+        [path for path, _ in items], self.builder_config.image_size,
+        num_workers=self._num_workers, counts=(counts, total),
+        desc=f'prepare {self.name}/{self.builder_config.name} {split}',
+        log_name='nih_chest_xray14', extra_summary=missing)
+    for position, image, _ in decoded:
+      row = items[position][1]
+      counts['written'] += 1
+      total['written'] += 1
+      yield row.image_index, {
+          'image': image, **label_features(row.findings),
+          'patient_id': row.patient_id, 'view_position': row.view_position,
+          'age': row.age, 'sex': row.sex, 'image_index': row.image_index}
     self.info.metadata['prepare_counts'] = self.prepare_counts
     logging.info('nih_chest_xray14 %s: %s', split, counts)
     if counts['written'] == 0:
-      raise RuntimeError(
+      raise ValueError(
           f'nih_chest_xray14: none of the {len(items)} {split} images in manual_dir '
-          f'{manual_dir} could be decoded (all corrupt); see the warnings above')
+          f'{manual_dir} could be used (corrupt, blank or too small); see the warnings above')
 
 
 def _empty_counts():
-  return {'csv_rows': 0, 'found': 0, 'missing_from_disk': 0, 'written': 0, 'corrupt': 0}
+  return {'csv_rows': 0, 'found': 0, 'missing_from_disk': 0, 'written': 0, 'corrupt': 0,
+          'blank': 0, 'too_small': 0}
 
 
 def plan_splits(manual_dir, *, layout='archives', csv_path=None, test_fraction=0.2,
-                validation_fraction=0.1):
+                validation_fraction=0.1, keep_folder_splits=False):
   """Matches the CSV to the images on disk and assigns splits.
 
   Args:
@@ -390,12 +289,17 @@ def plan_splits(manual_dir, *, layout='archives', csv_path=None, test_fraction=0
     layout: 'archives' (images anywhere below, hash/official split) or 'thumbs'.
     csv_path: the label table; default find_csv(manual_dir).
     test_fraction, validation_fraction: see patient_split.
+    keep_folder_splits: keep a folder (or list) split that puts a patient in several
+      splits; by default such patients are reassigned (`reassign_patient_wise`).
 
   Returns:
     (plan, counts): plan = {split: [(path, CsvRow)] sorted by image index};
     counts = {'total': {...}, split: {...}} with csv_rows, found, missing_from_disk,
-    written, corrupt (written/corrupt filled while generating), and in 'total' also
-    not_in_csv and the number of patients in more than one split.
+    written, corrupt, blank, too_small (written .. too_small filled while generating;
+    csv_rows and missing_from_disk by the split of the folders or lists), and in 'total'
+    also not_in_csv, patients (also per split), patients_in_several_splits (in the written
+    splits), patients_in_several_split_folders (before any reassignment), patients_moved
+    and images_moved ({'from->to': images}).
 
   Raises:
     FileNotFoundError: no usable image (none on disk that has a CSV row), naming manual_dir.
@@ -406,7 +310,7 @@ def plan_splits(manual_dir, *, layout='archives', csv_path=None, test_fraction=0
   csv_file = find_csv(manual_dir, csv_path)
   logging.info('nih_chest_xray14: labels from %s', csv_file)
   rows = read_data_entry_csv(csv_file)
-  splits = ('train', 'validation', 'test')
+  splits = SPLITS
   counts = {'total': {**_empty_counts(), 'not_in_csv': 0, 'csv': str(csv_file)}}
   counts.update({split: _empty_counts() for split in splits})
   plan = {split: [] for split in splits}
@@ -452,26 +356,39 @@ def plan_splits(manual_dir, *, layout='archives', csv_path=None, test_fraction=0
   if not_in_csv:
     logging.warning('nih_chest_xray14: %d image(s) without a CSV row in %s, skipped: %s',
                     len(not_in_csv), csv_file, not_in_csv[:10])
-  for name in sorted(images):
-    if name in rows:
-      split = image_split[name]
-      plan[split].append((images[name], rows[name]))
-      counts[split]['found'] += 1
-      counts['total']['found'] += 1
+  found = {name: image_split[name] for name in images if name in rows}
+  patient_of = {name: rows[name].patient_id for name in found}
+  leaked = patients_in_several_splits(found, patient_of)
+  counts['total']['patients'] = len(set(patient_of.values()))
+  counts['total']['patients_in_several_split_folders'] = leaked
+  counts['total']['patients_moved'] = 0
+  counts['total']['images_moved'] = {}
+  if leaked and keep_folder_splits:
+    logging.warning('nih_chest_xray14: %d patient(s) have images in more than one split; '
+                    'the split folders (or lists) of %s are kept (keep_folder_splits), so '
+                    'figures on these splits can reward recognising the patient',
+                    leaked, manual_dir)
+  elif leaked:
+    found, moved_patients, images_moved = reassign_patient_wise(found, patient_of)
+    counts['total']['patients_moved'] = moved_patients
+    counts['total']['images_moved'] = images_moved
+    logging.warning('nih_chest_xray14: the split folders (or lists) of %s are not '
+                    'patient-wise: %d patient(s) in several splits, each moved wholly to '
+                    'one split (images moved: %s); --keep_folder_splits keeps the folders',
+                    manual_dir, moved_patients,
+                    ', '.join(f'{pair} {n}' for pair, n in images_moved.items()))
+  counts['total']['patients_in_several_splits'] = patients_in_several_splits(
+      found, patient_of)
+  for name in sorted(found):
+    split = found[name]
+    plan[split].append((images[name], rows[name]))
+    counts[split]['found'] += 1
+    counts['total']['found'] += 1
+  for split in splits:
+    counts[split]['patients'] = len({row.patient_id for _, row in plan[split]})
   if layout == 'thumbs':
     for split in splits:
       counts[split]['csv_rows'] = counts[split]['found']
-  patient_splits = collections.defaultdict(set)
-  for split, items in plan.items():
-    for _, row in items:
-      patient_splits[row.patient_id].add(split)
-  counts['total']['patients'] = len(patient_splits)
-  counts['total']['patients_in_several_splits'] = sum(
-      len(s) > 1 for s in patient_splits.values())
-  if counts['total']['patients_in_several_splits']:
-    logging.warning('nih_chest_xray14: %d patient(s) have images in more than one split '
-                    '(the split folders of %s are not patient-wise)',
-                    counts['total']['patients_in_several_splits'], manual_dir)
   if counts['total'].get('folder_label_mismatch'):
     logging.warning('nih_chest_xray14: %d image(s) in 0_normal/1_abnormal disagree with the '
                     'CSV; the CSV labels are used', counts['total']['folder_label_mismatch'])
@@ -485,6 +402,70 @@ def plan_splits(manual_dir, *, layout='archives', csv_path=None, test_fraction=0
     if not plan[split]:
       logging.warning('nih_chest_xray14: split %s has no images; it is not written', split)
   return plan, counts
+
+
+def patients_in_several_splits(image_split: dict, patient_of: dict) -> int:
+  """Number of patients with images in more than one split ({image: split}, {image: id})."""
+  splits_of = collections.defaultdict(set)
+  for name, split in image_split.items():
+    splits_of[patient_of[name]].add(split)
+  return sum(len(splits) > 1 for splits in splits_of.values())
+
+
+def reassign_patient_wise(image_split: dict, patient_of: dict) -> tuple[dict, int, dict]:
+  """Moves every patient found in several splits wholly into one of them.
+
+  The rule (deterministic, keeps each split's size close to its folder's):
+    * a patient whose images all lie in one split stays there;
+    * the others ("leaked" patients) are placed one at a time, most images first (ties:
+      the smaller patient id), each into the split, among those holding some of its
+      images, that is furthest below its folder size relative to that size, i.e. the
+      largest (folder size - images placed so far) / folder size, counting the images
+      of the patients that stay and of the leaked patients placed before; ties go to
+      the split holding more of the patient's images, then to train, validation, test
+      in that order.
+  So a patient is never moved into a split it had no image in. Moving each leaked
+  patient to the split holding most of its images would move fewer images but let the
+  sizes drift (nih_thumbs: validation 200 -> 165, test 200 -> 228); this rule ends at
+  595 / 202 / 203 for nih_thumbs' 600 / 200 / 200.
+
+  Args:
+    image_split: {image: split} as the folders (or lists) give it.
+    patient_of: {image: patient id}.
+
+  Returns:
+    ({image: split} patient-wise, number of patients moved, {'from->to': images moved}
+    for the pairs with at least one image, in SPLITS order).
+  """
+  folder_size = collections.Counter(image_split.values())
+  images_of = collections.defaultdict(list)
+  for name in sorted(image_split):
+    images_of[patient_of[name]].append(name)
+  placed = collections.Counter()
+  leaked = []
+  for patient, names in images_of.items():
+    splits = {image_split[name] for name in names}
+    if len(splits) == 1:
+      placed[splits.pop()] += len(names)
+    else:
+      leaked.append(patient)
+  order = {split: position for position, split in enumerate(SPLITS)}
+  result = dict(image_split)
+  moved = collections.Counter()
+  for patient in sorted(leaked, key=lambda patient: (-len(images_of[patient]), patient)):
+    names = images_of[patient]
+    held = collections.Counter(image_split[name] for name in names)
+    target = max(held, key=lambda split: ((folder_size[split] - placed[split])
+                                          / folder_size[split], held[split],
+                                          -order.get(split, len(order))))
+    placed[target] += len(names)
+    for name in names:
+      if image_split[name] != target:
+        moved[(image_split[name], target)] += 1
+      result[name] = target
+  images_moved = {f'{source}->{target}': moved[(source, target)]
+                  for source in SPLITS for target in SPLITS if moved[(source, target)]}
+  return result, len(leaked), images_moved
 
 
 def _read_list(manual_dir, file_name):

@@ -35,6 +35,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from simclr_jax.data.registry import check_labelled
 from simclr_jax.data.registry import check_split
 from simclr_jax.data.registry import data_source
 from simclr_jax.data.registry import num_examples
@@ -189,6 +190,7 @@ def supervised_target_spec(dataset: str, data_dir: str) -> tuple:
     multi-hot 'labels' feature (NIH: the 14 findings), else ('label', num_classes, False)
     for its single-label ClassLabel 'label' (synthetic_cxr: 5 classes).
   """
+  check_labelled(dataset, data_dir, "objective='supervised'")
   features = prepared_builder(dataset, str(data_dir)).info.features
   if 'labels' in features:
     return 'labels', int(features['labels'].shape[-1]), True
@@ -217,6 +219,18 @@ def class_frequencies(dataset: str, data_dir: str, split: str) -> np.ndarray:
   defined = labels[labels >= 0]
   counts = np.bincount(defined, minlength=num_classes).astype(np.float64)
   return counts / max(1, len(defined))
+
+
+def check_labels_needed(config) -> None:
+  """Raises ValueError (one line) when the config samples or weighs by labels (or learns
+  them) on an unlabelled dataset."""
+  needs = [name for name, wanted in (
+      ('config.input.class_balanced=True', config.get('input', {}).get('class_balanced')),
+      ('config.loss.example_weights=inverse_frequency',
+       str(config.get('loss', {}).get('example_weights', 'none')) != 'none'),
+      ("config.objective='supervised'", config.get('objective') == 'supervised')) if wanted]
+  if needs:
+    check_labelled(config.dataset, config.data_dir, ' and '.join(needs))
 
 
 def create_train_iterator(config, *, process_index=None, process_count=None,

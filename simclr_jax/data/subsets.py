@@ -1,7 +1,40 @@
-"""Patient-wise subsets of a split: a label fraction that keeps every patient whole."""
+"""Patient-wise subsets: the hash split of a dataset's patients into train / validation /
+test, and a label fraction of a split that keeps every patient whole."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
+
+
+def _patient_fraction(patient_id: int, salt: str) -> float:
+  digest = hashlib.sha256(f'{salt}:{patient_id}'.encode()).digest()
+  return int.from_bytes(digest[:8], 'big') / 2.0**64
+
+
+def patient_split(patient_id: int, test_fraction: float = 0.2,
+                  validation_fraction: float = 0.1, official_test: bool | None = None,
+                  seed: int = 0) -> str:
+  """Deterministic patient-wise split: 'train', 'validation' or 'test'.
+
+  The patient's place is a SHA-256 hash of its id, so the split is the same on every
+  machine and does not depend on which other patients are there.
+
+  Args:
+    patient_id: the patient's int64 id.
+    test_fraction: fraction of patients in test (ignored when `official_test` is given).
+    validation_fraction: fraction of the non-test patients in validation.
+    official_test: membership in an official test list, if one is used.
+    seed: another seed gives another split (0: NIH's split of its Patient IDs).
+  """
+  salt = '' if not seed else f'{int(seed)}:'
+  if official_test is None:
+    official_test = _patient_fraction(patient_id, f'{salt}test') < test_fraction
+  if official_test:
+    return 'test'
+  if _patient_fraction(patient_id, f'{salt}validation') < validation_fraction:
+    return 'validation'
+  return 'train'
 
 
 def patient_subsample(patient_ids, targets, fraction: float, *, seed: int = 0) -> np.ndarray:

@@ -1,5 +1,7 @@
-"""What every dataset builder shares: one image format, how often progress is logged, and
-TFDS's writer working without TensorFlow on splits larger than memory."""
+"""What every dataset builder shares: one image format, how often progress is logged, the
+fingerprint of an input file, and TFDS's writer working without TensorFlow on splits
+larger than memory."""
+import hashlib
 import importlib.util
 import logging
 import math
@@ -21,6 +23,15 @@ def grey_image(size: int) -> tfds.features.Tensor:
   """
   return tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8,
                               encoding=tfds.features.Encoding.BYTES)
+
+
+def file_sha256(path) -> str:
+  """Hex SHA-256 of a file's bytes (identifies a label table wherever it is stored)."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def progress_every(num_images: int) -> int:

@@ -10,6 +10,7 @@
                        knn               cosine kNN accuracy and AUROC
                        label_efficiency  the probe on patient-wise label fractions
                        similarity        cosine similarity within vs between classes
+                       patient_shortcut  nearest neighbour of the same patient vs chance
                        classifier        a supervised / fine-tuned run's own head: AUROC
                                          (and accuracy) on the targets it was trained on
   report.py          report.json / report.md / plots, and the --out / --overwrite rules
@@ -41,7 +42,7 @@ import inspect
 from typing import Any, Mapping, Sequence, Union
 
 EVALUATORS = ("clustering", "linear_probe", "knn", "label_efficiency", "similarity",
-              "classifier")
+              "patient_shortcut", "classifier")
 
 
 def _module(name: str):

@@ -65,8 +65,8 @@ class Evaluator:
     yield "classifier_label_mode", mode
     if not mode and labels_lib.is_multi_label(examples):
       truth = np.asarray(examples["labels"]).astype(bool)
-      names = labels_lib.FINDINGS if truth.shape[1] == len(labels_lib.FINDINGS) else [
-          str(j) for j in range(truth.shape[1])]
+      names, _ = labels_lib.multi_label_names(truth.shape[1],
+                                              representations.dataset_class_names)
       targets = "multi-hot findings (one sigmoid per finding)"
       _check_outputs(logits, names, targets)
       positives = negatives = None

@@ -15,7 +15,6 @@ from typing import Iterator
 import numpy as np
 
 from simclr_jax.evaluation import algorithms
-from simclr_jax.data import labels as labels_lib
 from simclr_jax.evaluation.representations import Representations
 
 
@@ -51,7 +50,7 @@ def knn_scores(representations: Representations, k: int, temperature: float) -> 
     positives = train_targets.astype(bool).sum(axis=0)
     scores.update(algorithms.auroc_table(
         "knn_auroc", np.asarray(representations.eval_examples["labels"]), fractions,
-        labels_lib.FINDINGS, train_positives=positives,
+        representations.label_names, train_positives=positives,
         train_negatives=len(train_targets) - positives,
         **representations.intervals()))
   return scores

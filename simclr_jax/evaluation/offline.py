@@ -269,6 +269,8 @@ def plan(data: Data, evaluators: Mapping[str, Mapping[str, Any]],
   if data.features not in encoders.FEATURE_KINDS:
     raise ValueError(f"--features={data.features!r}: accepted values are "
                      f"{', '.join(encoders.FEATURE_KINDS)}.")
+  data_lib.check_labelled(data.dataset, data.data_dir,
+                          f"--evaluators={','.join(name for name, _ in built)}")
   # An unknown dataset or split raises here.
   count = data_lib.num_examples(data.dataset, data.data_dir, data.split)
   if data.max_examples:

@@ -118,6 +118,9 @@ class OnlineMonitor:
     self._network = models.create_encoder(config)  # eval mode: no cross-device BN needed
     self._encode = {}   # input channels -> pmapped encode function
     # Read once, now: a split or label problem stops the run before training starts.
+    from simclr_jax import data
+    data.check_labelled(config.dataset, config.data_dir,
+                        f"the online monitor (config.eval_every_steps={config.eval_every_steps})")
     self._train_examples = read_examples(config.dataset, config.data_dir, online.train_split,
                                          int(online.max_train_examples), self._seed)
     self._eval_examples = read_examples(config.dataset, config.data_dir, online.eval_split,

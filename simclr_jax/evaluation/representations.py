@@ -15,7 +15,7 @@ class Representations:
   """Features of the evaluated split and, optionally, of the split probes are fitted on.
 
   Attributes:
-    eval_examples: {'features' [n, F] float32, 'label' and/or 'labels' [n, 14],
+    eval_examples: {'features' [n, F] float32, 'label' and/or 'labels' [n, C],
       ['patient_id'], ...} of the evaluated split.
     label_set: the evaluated examples' classes under the label mode (-1 = left out).
     train_examples, train_label_set: the same for the train split (None: no probe, kNN
@@ -43,6 +43,11 @@ class Representations:
   @property
   def multi_label(self) -> bool:
     return labels_lib.is_multi_label(self.eval_examples)
+
+  @property
+  def label_names(self) -> tuple:
+    """Names of the multi-hot 'labels' columns: the dataset's (NIH: its 14 findings)."""
+    return self.label_set.label_names
 
   @property
   def probe_multi_label(self) -> bool:
@@ -88,7 +93,7 @@ class Representations:
       train = np.asarray(self.train_examples["labels"])
       evaluated = np.asarray(self.eval_examples["labels"])
       return {"train": train, "eval": evaluated, "train_kept": np.ones(len(train), bool),
-              "eval_kept": np.ones(len(evaluated), bool), "names": list(labels_lib.FINDINGS),
+              "eval_kept": np.ones(len(evaluated), bool), "names": list(self.label_names),
               "description": "multi-hot findings (one sigmoid per finding)"}
     train, evaluated = self.train_label_set.labels, self.label_set.labels
     return {"train": train, "eval": evaluated, "train_kept": train >= 0,

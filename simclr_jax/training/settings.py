@@ -121,6 +121,10 @@ def check_run(config: ml_collections.ConfigDict) -> RunPlan:
           f"config.num_epochs={config.num_epochs} is less than one step "
           f"({steps_per_epoch} steps per epoch of {config.batch_size} images); train for "
           f"at least {1 / steps_per_epoch:.3g} epochs or set config.num_train_steps.")
+  try:
+    data.check_labels_needed(config)   # an unlabelled dataset: one line naming the setting
+  except ValueError as error:
+    raise ConfigError(_one_line(error)) from None
   resolve_supervised_targets(config)
   check_objective(config)
   warmup = warmup_steps(config, steps_per_epoch)
@@ -213,10 +217,11 @@ def open_dataset(config: ml_collections.ConfigDict):
   from simclr_jax import data
   import tensorflow_datasets as tfds
   try:
-    data.check_dataset_name(config.dataset)
+    data.check_dataset_name(config.dataset, config.data_dir)
   except ValueError:
     raise ConfigError(f"config.dataset={config.dataset!r} is not a known dataset; known: "
-                      f"{', '.join(known_datasets())}.") from None
+                      f"{', '.join(known_datasets())}, "
+                      f"{data.describe_own_datasets(config.data_dir)}.") from None
   try:
     builder = data.get_builder(config.dataset, config.data_dir)
   except (tfds.core.registered.DatasetNotFoundError, ValueError) as error:

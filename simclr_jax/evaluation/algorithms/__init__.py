@@ -17,9 +17,10 @@ here as:
 Representation-quality companions: NMI and ARI (scikit-learn), purity (many-to-one
 matching), cosine kNN (votes on the device), a logistic-regression linear probe (L-BFGS on
 the device, scikit-learn's objective; scikit-learn itself is the reference and an
-option), label-efficiency subsampling by patient, and the mean cosine similarity within
-vs between classes. Every AUROC goes through `auroc_table` (one rule for which
-classes enter a macro) with 95 % intervals from `patient_resamples` (resampling patients).
+option), label-efficiency subsampling by patient, the mean cosine similarity within
+vs between classes, and the patient shortcut (nearest neighbour of the same patient).
+Every AUROC goes through `auroc_table` (one rule for which classes enter a macro) with
+95 % intervals from `patient_resamples` (resampling patients).
 
 The evaluators in `simclr_jax/evaluation/` decide which of these run on which examples;
 this module holds only the maths, so the offline evaluator, the online monitor and the
@@ -40,6 +41,7 @@ from simclr_jax.evaluation.algorithms.neighbours import knn_neighbours
 from simclr_jax.evaluation.algorithms.neighbours import knn_predict
 from simclr_jax.evaluation.algorithms.neighbours import knn_votes
 from simclr_jax.evaluation.algorithms.neighbours import l2_normalise
+from simclr_jax.evaluation.algorithms.neighbours import patient_shortcut
 from simclr_jax.evaluation.algorithms.scores import BOOTSTRAP_RESAMPLES
 from simclr_jax.evaluation.algorithms.scores import BOOTSTRAP_SEED
 from simclr_jax.evaluation.algorithms.scores import auroc_or_nan

@@ -1,9 +1,10 @@
-"""Cosine geometry of features: k nearest neighbours (votes on the device, label scores)
-and the mean cosine similarity within vs between classes."""
+"""Cosine geometry of features: k nearest neighbours (votes on the device, label scores),
+the mean cosine similarity within vs between classes, and the patient shortcut (is an
+image's nearest neighbour another image of its patient?)."""
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -165,3 +166,52 @@ def feature_quality(features, labels) -> dict:
   between = (all_sum - within_sum) / between_pairs if between_pairs else float("nan")
   return {"within_class_cosine": within, "between_class_cosine": between,
           "cosine_gap": within - between}
+
+
+class PatientShortcut(NamedTuple):
+  """See `patient_shortcut`."""
+  rate: float
+  chance: float
+  num_images: int
+
+
+def patient_shortcut(features, patient_ids, *, chunk_size: int = 1024) -> PatientShortcut:
+  """How often an image's nearest neighbour is another image of the same patient.
+
+  Within one split: for every image, its cosine nearest neighbour among the other images
+  of the split (itself excluded; ties go to the lower row). The rate counts only the images
+  whose patient has at least 2 images in the split, the only ones that can score: a
+  split of single-image patients has no patient shortcut to measure (NaN, 0 images), and
+  adding singletons does not dilute the figure. Chance is what a uniformly random
+  neighbour would give the same images: (n_patient(i) - 1) / (n - 1), averaged over them.
+  A rate far above chance means the features recognise people.
+
+  Args:
+    features: [n, d] (cosine: only directions count).
+    patient_ids: [n] any comparable ids.
+    chunk_size: query rows per similarity block on the device.
+
+  Returns:
+    PatientShortcut(rate, chance, num_images): num_images is the number of images counted.
+  """
+  features = np.asarray(features, np.float32)
+  patient_ids = np.asarray(patient_ids).reshape(-1)
+  n = features.shape[0]
+  if patient_ids.shape[0] != n:
+    raise ValueError(f"patient_shortcut: {patient_ids.shape[0]} patient ids for {n} "
+                     f"feature rows.")
+  _, patient_index, patient_sizes = np.unique(patient_ids, return_inverse=True,
+                                              return_counts=True)
+  images_per_patient = patient_sizes[patient_index]  # [n]
+  counted = images_per_patient >= 2
+  if not counted.any():
+    return PatientShortcut(float("nan"), float("nan"), 0)
+  # The 2 most similar rows of each row: the nearest other row is the first that is not
+  # the row itself (a duplicate of it may come first).
+  _, index = knn_neighbours(features, features, k=2, chunk_size=chunk_size)
+  rows = np.arange(n)
+  nearest = np.where(index[:, 0] != rows, index[:, 0], index[:, 1])
+  same_patient = patient_index[nearest] == patient_index
+  chance = (images_per_patient - 1) / (n - 1)
+  return PatientShortcut(float(np.mean(same_patient[counted])),
+                         float(np.mean(chance[counted])), int(counted.sum()))
