@@ -20,14 +20,26 @@ identical data, split, label mode, k and seeds):
 
 Writes OUT/<row>/report.{json,md} (+ plots), OUT/report.json = {row: report} and
 OUT/report.md, the seed's table: clustering accuracy, NMI, ARI, linear AUROC, kNN, the
-linear AUROC at every label fraction, labels used. An OUT holding an earlier comparison
-is refused unless --overwrite, which replaces all of it (rows and plots).
+linear AUROC at every label fraction (each AUROC with its 95 % interval, resampled by
+patient), the classifier's own AUROC for rows with a classifier head (other rows record
+why it was skipped), labels used. An OUT holding an earlier comparison is refused unless
+--overwrite, which replaces all of it (rows and plots). The whole comparison is written
+into a folder beside OUT and moved into place at the end, holding OUT meanwhile: a second
+comparison or evaluation into the same OUT is refused, an interrupted one (Ctrl-C: exit
+130) leaves OUT as it was.
 """
 import argparse
-import logging
-import math
 import os
+import signal
 import sys
+
+if __name__ == "__main__":  # Ctrl-C while the modules below load: one line, exit 130
+  signal.signal(signal.SIGINT, lambda *_: (print("interrupted.", file=sys.stderr),
+                                           os._exit(130)))
+
+import logging  # pylint: disable=wrong-import-position
+import math  # pylint: disable=wrong-import-position
+import threading  # pylint: disable=wrong-import-position
 
 if __package__ in (None, ""):  # `python experiments/compare.py`: the repository on the path
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,32 +59,59 @@ LABELS_USED = {
 }
 
 
-def _cell(value) -> str:
+def _cell(value, interval=None) -> str:
   if value is None or (isinstance(value, float) and not math.isfinite(value)):
     return "n/a"
-  return f"{value:.4f}" if isinstance(value, float) else str(value)
+  if not isinstance(value, float):
+    return str(value)
+  return report_lib.with_interval(value, interval)
+
+
+def _fraction_entry(report: dict, fraction: float) -> dict:
+  for entry in report.get("label_fractions") or []:
+    if entry.get("fraction") == fraction:
+      return entry
+  return {}
 
 
 def _fraction_auroc(report: dict, fraction: float):
-  for entry in report.get("label_fractions") or []:
-    if entry.get("fraction") == fraction:
-      return entry.get("linear_auroc_macro")
-  return None
+  return _fraction_entry(report, fraction).get("linear_auroc_macro")
 
 
 def comparison_markdown(rows: list, fractions=(), context: str = "") -> str:
-  """rows: (row name, report, labels used) -> the seed's table (+ context lines)."""
+  """rows: (row name, report, labels used) -> the seed's table (+ context lines); AUROC
+  cells carry their 95 % interval; a classifier column when a row has a classifier head,
+  and a line per row saying why it was skipped for the others."""
   lines = [context, ""] if context else []
   fraction_columns = [f"linear AUROC @ {fraction:g} labels" for fraction in fractions]
+  classifier = any(report.get("classifier_auroc_macro_classes") is not None
+                   for _, report, _ in rows)
   header = (["Method", "clustering accuracy", "NMI", "ARI", "linear AUROC", "kNN accuracy",
-             "kNN AUROC"] + fraction_columns + ["labels used in pretraining"])
+             "kNN AUROC"] + fraction_columns + (["classifier AUROC"] if classifier else [])
+            + ["labels used in pretraining"])
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name, report, labels_used in rows:
-    cells = [name] + [_cell(report.get(key)) for key in (
+    cells = [name] + [_cell(report.get(key), report.get(f"{key}_ci95")) for key in (
         "cluster_accuracy", "nmi", "ari", "linear_auroc_macro", "knn_accuracy",
         "knn_auroc_macro")]
-    cells += [_cell(_fraction_auroc(report, fraction)) for fraction in fractions]
+    for fraction in fractions:
+      entry = _fraction_entry(report, fraction)
+      cells.append(_cell(entry.get("linear_auroc_macro"), entry.get("linear_auroc_macro_ci95")))
+    if classifier:
+      cells.append(_cell(report.get("classifier_auroc_macro"),
+                         report.get("classifier_auroc_macro_ci95")))
     lines.append("| " + " | ".join(cells + [labels_used]) + " |")
+  notes = [f"- {name}: classifier skipped, {report['classifier_skipped']}."
+           for name, report, _ in rows if report.get("classifier_skipped")]
+  warned = {}  # warning -> the rows that gave it (the dataset's, once for all rows)
+  for name, report, _ in rows:
+    for warning in report.get("warnings") or []:
+      warned.setdefault(warning, []).append(name)
+  notes += [f"- warning ({', '.join(names)}): {warning}" for warning, names in warned.items()]
+  if notes:
+    lines += [""] + notes
+  lines += ["", "[a, b]: 95 % bootstrap interval, resampling the evaluated split's patients "
+            "(the same resamples for every row)."]
   return "\n".join(lines) + "\n"
 
 
@@ -182,6 +221,17 @@ def _rows(args, parser) -> list:
   return rows
 
 
+def _check_no_earlier(out: str, overwrite: bool) -> list:
+  """The files of an earlier comparison in OUT; refused unless `overwrite`."""
+  earlier = earlier_comparison_files(out)
+  if earlier and not overwrite:
+    raise report_lib.ReportExistsError(
+        f"--out={out} holds an earlier comparison ({len(earlier)} files, e.g. "
+        f"{os.path.relpath(earlier[0], out)}); pass --overwrite to replace it (every row "
+        f"and plot) or choose another --out.")
+  return earlier
+
+
 def main(argv=None) -> dict:
   """Evaluates every requested row; returns {row: report}.
 
@@ -195,31 +245,36 @@ def main(argv=None) -> dict:
   logging.getLogger("absl").setLevel(logging.WARNING)
   fractions = label_efficiency.parse_fractions(args.label_fractions)
   rows = _rows(args, parser)
-  earlier = earlier_comparison_files(args.out)
-  if earlier and not args.overwrite:
-    raise report_lib.ReportExistsError(
-        f"--out={args.out} holds an earlier comparison ({len(earlier)} files, e.g. "
-        f"{os.path.relpath(earlier[0], args.out)}); pass --overwrite to replace it (every row "
-        f"and plot) or choose another --out.")
-  # Bad settings fail here, once for every row, before any encoder is built or any
-  # earlier file is removed.
+  _check_no_earlier(args.out, args.overwrite)
+  # OUT is ours until the comparison is in place: another one into it is refused.
+  with report_lib.reserve(args.out, args.overwrite), report_lib.staging(args.out) as staged:
+    reports, table = _evaluate_rows(args, rows, fractions, staged)
+    # Only now is anything earlier replaced: the whole comparison goes in at once.
+    earlier = _check_no_earlier(args.out, args.overwrite)
+    report_lib.commit(staged, args.out, earlier)
+    for row in ROWS:  # row folders the earlier comparison left empty
+      folder = os.path.join(args.out, row)
+      if os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+  sys.stdout.write(table)
+  return reports
+
+
+def _evaluate_rows(args, rows: list, fractions, staged: str) -> tuple[dict, str]:
+  """Every row evaluated into the staging folder `staged`, and the table written there;
+  returns ({row: report}, the table)."""
+  # Bad settings fail here, once for every row, before any encoder is built.
   plan = offline.plan(offline.data_from_flags(args), offline.evaluators_config(args))
-  # Every row's encoder loads (checkpoint, weights file) before anything earlier is removed.
+  # Every row's encoder loads (checkpoint, weights file) before any is evaluated.
   loaded = []
   for key, name, kwargs, labels_used in rows:
     logging.info("Loading %s", name)
     loaded.append((key, name, encoders.load_encoder(**kwargs), labels_used))
-  for path in earlier:
-    os.remove(path)
-  for row in ROWS:  # row folders the earlier comparison left empty
-    folder = os.path.join(args.out, row)
-    if os.path.isdir(folder) and not os.listdir(folder):
-      os.rmdir(folder)
   reports, table_rows = {}, []
   for key, name, encoder, labels_used in loaded:
     logging.info("Evaluating %s", name)
     report = offline.evaluate_encoder(
-        encoder, plan, offline.Output(os.path.join(args.out, key), overwrite=True,
+        encoder, plan, offline.Output(os.path.join(staged, key), overwrite=True,
                                       plots=bool(args.plots),
                                       save_features=bool(args.save_features)))
     if encoder.step is not None:
@@ -235,22 +290,26 @@ def main(argv=None) -> dict:
              f"features; linear probe and kNN fitted on `{args.train_split}` (macro AUROC; "
              f"label fractions patient-wise).\n\nEncoder init: {inits}.")
   table = comparison_markdown(table_rows, fractions, context)
-  os.makedirs(args.out, exist_ok=True)
-  report_lib.write_json(os.path.join(args.out, "report.json"), reports)
-  with open(os.path.join(args.out, "report.md"), "w") as file:
+  report_lib.write_json(os.path.join(staged, "report.json"), reports)
+  with open(os.path.join(staged, "report.md"), "w") as file:
     file.write(table)
-  sys.stdout.write(table)
-  return reports
+  return reports, table
 
 
 def cli(argv=None) -> int:
-  """`main` with bad settings and data as one line on stderr and exit status 2."""
+  """`main` with bad settings and data as one line on stderr and exit status 2 (130 on
+  Ctrl-C)."""
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
   try:
     main(argv)
-  except (ValueError, FileNotFoundError) as error:
+  except (ValueError, OSError) as error:  # OSError: e.g. no space for --out
     message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
     print(f"error: {message}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print("interrupted: no partial comparison was written to --out.", file=sys.stderr)
+    return 130
   return 0
 
 

@@ -5,9 +5,16 @@ r"""Summarises comparisons repeated with several seeds: mean ± standard deviati
 
 Each argument is the OUT/report.json of `python -m experiments.compare` (one seed each: the
 pretraining seed, which also seeds the random-init row). Rows and columns are the seed's
-table (`experiments.compare.comparison_markdown`); a cell is "mean ± sd" over the seeds
-that have it (sample sd, n - 1), then one line per seed with the raw values. An --out that
-exists is refused (exit 2) unless --overwrite.
+table (`experiments.compare.comparison_markdown`); a cell is "mean ± sd" over the runs
+(sample sd, n - 1), and only when every run has a value: a cell some runs lack (an
+undefined AUROC) reads "n/a (values in k of n runs)" rather than a mean over fewer runs
+than the table says. Then one line per cell with each seed's value, by seed name (the
+folder above compare/, e.g. seed0).
+
+Only like is averaged with like: comparisons whose rows, settings (data, split, label
+mode, k, features, knn_k, k-means restarts, probe solver and settings, evaluators, label
+fractions) or example counts differ are refused (exit 2), naming the field, the row and
+each seed's value. An --out that exists is refused (exit 2) unless --overwrite.
 """
 import argparse
 import json
@@ -24,8 +31,14 @@ from experiments import compare  # pylint: disable=wrong-import-position
 COLUMNS = (("clustering accuracy", "cluster_accuracy"), ("NMI", "nmi"), ("ARI", "ari"),
            ("linear AUROC", "linear_auroc_macro"), ("kNN accuracy", "knn_accuracy"),
            ("kNN AUROC", "knn_auroc_macro"))
-# What must agree for two comparisons to be averaged.
-SETTINGS = ("dataset", "split", "train_split", "label_mode", "k", "features")
+CLASSIFIER_COLUMN = ("classifier AUROC", "classifier_auroc_macro")
+# What must agree, for every row, between the comparisons averaged.
+SETTINGS = ("dataset", "split", "train_split", "label_mode", "k", "features", "model",
+            "image_size", "evaluators", "knn_k", "kmeans_n_init", "linear_probe_solver",
+            "linear_probe_regularisation", "linear_probe_max_iter", "linear_probe_targets",
+            "classifier_label_mode")
+COUNTS = ("num_examples", "num_examples_total", "num_train_examples", "linear_train_examples",
+          "classifier_examples")
 ROW_NAMES = {"simclr": "SimCLR (JAX)", "supervised": "Supervised (JAX)",
              "random_init": "Random init (torchvision-style)",
              "imagenet": "ImageNet (torchvision)"}
@@ -39,58 +52,105 @@ def _value(report: dict, key: str):
   return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def summarise(comparisons: list) -> dict:
-  """comparisons: [{row: report}] (one per seed) -> {row: {column key: [values]}}.
+def _label_fractions(report: dict):
+  """The label-fraction rows' settings: (fraction, train examples, train patients)."""
+  return [(entry.get("fraction"), entry.get("num_train_examples"),
+           entry.get("num_train_patients")) for entry in report.get("label_fractions") or []]
+
+
+def check_alike(comparisons: list, seeds: list) -> None:
+  """Refuses comparisons that are not the same experiment with another seed.
 
   Raises:
-    ValueError: when the comparisons were not made on the same data, split and label mode.
+    ValueError: naming the rows, or the field, the row and each seed's value.
   """
-  settings = set()
-  fractions = []
-  for comparison in comparisons:
-    for report in comparison.values():
-      settings.add(tuple(report.get(key) for key in SETTINGS))
-      for entry in report.get("label_fractions") or []:
-        if entry.get("fraction") not in fractions:
-          fractions.append(entry.get("fraction"))
-  if len(settings) > 1:
-    raise ValueError(f"the comparisons differ in ({', '.join(SETTINGS)}): "
-                     f"{sorted(settings, key=str)}; summarise one setting at a time.")
-  keys = [key for _, key in COLUMNS] + [f"fraction:{f}" for f in sorted(fractions)]
+  row_sets = [sorted(comparison) for comparison in comparisons]
+  if any(rows != row_sets[0] for rows in row_sets):
+    listed = "; ".join(f"{seed}: {', '.join(rows)}" for seed, rows in zip(seeds, row_sets))
+    raise ValueError(f"the comparisons differ in their rows ({listed}); every run must "
+                     f"compare the same encoders.")
+  fields = [(field, lambda report, field=field: report.get(field)) for field in SETTINGS + COUNTS]
+  fields.append(("label_fractions (fraction, train examples, patients)", _label_fractions))
+  for field in ("dataset", "split", "train_split", "label_mode", "k", "features"):
+    values = {repr(report.get(field)) for comparison in comparisons
+              for report in comparison.values()}
+    if len(values) > 1:
+      raise ValueError(f"the comparisons differ in {field}: {sorted(values)}; summarise one "
+                       f"setting at a time.")
+  for row in row_sets[0]:
+    for field, read in fields:
+      values = [read(comparison[row]) for comparison in comparisons]
+      if any(value != values[0] for value in values):
+        listed = ", ".join(f"{seed}: {value!r}" for seed, value in zip(seeds, values))
+        raise ValueError(f"the comparisons differ in {field} (row {row}: {listed}); "
+                         f"summarise one setting at a time.")
+
+
+def summarise(comparisons: list, seeds: list = None) -> dict:
+  """comparisons: [{row: report}] (one per seed) -> {row: {column key: [value or None
+  per seed]}}.
+
+  Raises:
+    ValueError: when the comparisons are not alike (`check_alike`).
+  """
+  seeds = seeds or [f"run{i}" for i in range(len(comparisons))]
+  check_alike(comparisons, seeds)
+  fractions = [fraction for fraction, _, _ in _label_fractions(
+      next(iter(comparisons[0].values())))]
+  columns = list(COLUMNS)
+  if any(report.get(CLASSIFIER_COLUMN[1]) is not None for comparison in comparisons
+         for report in comparison.values()):
+    columns.append(CLASSIFIER_COLUMN)
+  keys = [key for _, key in columns] + [f"fraction:{f}" for f in sorted(fractions)]
   table = {}
   for row in compare.ROWS:
-    reports = [comparison[row] for comparison in comparisons if row in comparison]
-    if reports:
-      table[row] = {key: [v for v in (_value(r, key) for r in reports) if v is not None]
+    if row in comparisons[0]:
+      table[row] = {key: [_value(comparison[row], key) for comparison in comparisons]
                     for key in keys}
   return table
 
 
+def _column_name(key: str) -> str:
+  if key.startswith("fraction:"):
+    return f"linear AUROC @ {float(key.split(':', 1)[1]):g} labels"
+  return {k: name for name, k in COLUMNS + (CLASSIFIER_COLUMN,)}[key]
+
+
 def _mean_sd(values: list) -> str:
-  if not values:
+  """'mean ± sd' over every run; never over fewer runs than there are."""
+  present = [value for value in values if value is not None]
+  if not present:
     return "n/a"
+  if len(present) < len(values):
+    return f"n/a (values in {len(present)} of {len(values)} runs)"
   if len(values) == 1:
     return f"{values[0]:.3f}"
   return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def markdown(table: dict, seeds: list, context: str = "") -> str:
-  """The seed's table with mean ± sd cells, then the raw values per seed."""
-  keys = next(iter(table.values())).keys() if table else []
-  header = ["Method"] + [name for name, _ in COLUMNS] + [
-      f"linear AUROC @ {float(key.split(':', 1)[1]):g} labels" for key in keys
-      if key.startswith("fraction:")]
+  """The seed's table with mean ± sd cells, then the raw values per seed, by seed name."""
+  keys = list(next(iter(table.values())).keys()) if table else []
+  header = ["Method"] + [_column_name(key) for key in keys]
   lines = ([context, ""] if context else []) + [
       "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row, columns in table.items():
     lines.append("| " + " | ".join([ROW_NAMES.get(row, row)] +
                                   [_mean_sd(values) for values in columns.values()]) + " |")
-  lines += ["", f"mean ± sd over seeds {', '.join(map(str, seeds))}; per seed:"]
+  lines += ["", f"mean ± sd over {len(seeds)} runs ({', '.join(seeds)}); per seed:"]
   for row, columns in table.items():
     for key, values in columns.items():
-      lines.append(f"- {ROW_NAMES.get(row, row)} {key}: "
-                   + ", ".join(f"{v:.3f}" for v in values))
+      lines.append(f"- {ROW_NAMES.get(row, row)} {_column_name(key)}: " + ", ".join(
+          f"{seed} {'n/a' if value is None else f'{value:.3f}'}"
+          for seed, value in zip(seeds, values)))
   return "\n".join(lines) + "\n"
+
+
+def _seed_names(paths: list) -> list:
+  """The folder above compare/ of each report (e.g. seed0), or the path when those clash."""
+  names = [os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+           for path in paths]
+  return names if len(set(names)) == len(names) else list(paths)
 
 
 def main(argv=None) -> str:
@@ -115,13 +175,13 @@ def main(argv=None) -> str:
                        f"{{row: report}} with rows among {', '.join(compare.ROWS)}; a row's "
                        f"own OUT/<row>/report.json is one report).")
     comparisons.append(comparison)
-  seeds = [os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path))))
-           for path in args.reports]
+  seeds = _seed_names(args.reports)
+  table = summarise(comparisons, seeds)
   first = next(iter(comparisons[0].values()))
   context = (f"`{first.get('dataset')}` split `{first.get('split')}`, label mode "
              f"`{first.get('label_mode')}`, k = {first.get('k')}, {first.get('features')} "
              f"features; {len(comparisons)} runs.")
-  text = markdown(summarise(comparisons), seeds, context)
+  text = markdown(table, seeds, context)
   if args.out:
     with open(args.out, "w") as f:
       f.write(text)

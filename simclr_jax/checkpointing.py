@@ -229,11 +229,42 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json as a ConfigDict.
+
+  Raises:
+    FileNotFoundError: no config.json.
+    ValueError: one that is not a JSON object, naming the file and the position.
+  """
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(
         f"{path} not found: is {workdir!r} a workdir written by `python -m simclr_jax.train`?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  try:
+    config = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno} column "
+                     f"{error.colno}); restore the file the trainer wrote.") from None
+  except (OSError, UnicodeDecodeError) as error:
+    raise ValueError(f"{path} cannot be read ({error}).") from None
+  if not isinstance(config, dict):
+    raise ValueError(f"{path} holds a JSON {type(config).__name__}, not the run's config "
+                     f"(a JSON object); restore the file the trainer wrote.")
+  return ml_collections.ConfigDict(config)
+
+
+def _damaged_for_eval(directory: epath.Path, step: int, error: BaseException) -> ValueError:
+  """One line naming the checkpoint and, where it can tell, the file that is damaged."""
+  for name in ("state/_METADATA", "_CHECKPOINT_METADATA", "state/_sharding"):
+    path = directory / str(step) / name
+    if path.exists():
+      try:
+        json.loads(path.read_text())
+      except (ValueError, OSError, UnicodeDecodeError) as file_error:
+        return ValueError(f"checkpoint {step} in {directory} is damaged: {path} is unreadable "
+                          f"({file_error}); evaluate another --step (or let the trainer "
+                          f"write a new checkpoint).")
+  return ValueError(f"checkpoint {step} in {directory} cannot be read "
+                    f"({_first_line(error)}); evaluate another --step.")
 
 
 def load_for_eval(workdir: str, step: Optional[int] = None
@@ -243,7 +274,8 @@ def load_for_eval(workdir: str, step: Optional[int] = None
   Strictly read-only: no CheckpointManager (which may create, delete, finalize or clean
   up), so it is safe on the workdir of a running trainer. Only complete checkpoints are
   read. With `step=None` the newest is used; if the trainer deletes it (keep_checkpoints)
-  while it is being read, the then-newest is tried.
+  while it is being read — its folder gone, or going: a newer checkpoint exists and its
+  files vanish under the reader — the then-newest is tried.
 
   Args:
     workdir: a directory written by `simclr_jax.train`.
@@ -251,11 +283,17 @@ def load_for_eval(workdir: str, step: Optional[int] = None
 
   Returns:
     (config, {'params': ..., 'batch_stats': ...} as host numpy arrays, step).
+
+  Raises:
+    FileNotFoundError: no complete checkpoint.
+    ValueError: an unknown or deleted --step, a damaged checkpoint (naming the step and
+      the file), a malformed config.json (naming the file and the position).
   """
   config = read_config(workdir)
   directory = checkpoint_directory(workdir)
   checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-  for attempt in range(5):
+  attempts = 10
+  for attempt in range(attempts):
     steps = complete_steps(workdir)
     if not steps:
       raise FileNotFoundError(
@@ -267,13 +305,24 @@ def load_for_eval(workdir: str, step: Optional[int] = None
     try:
       state = checkpointer.restore(directory / str(chosen) / "state")
       break
-    except Exception:  # pylint: disable=broad-except
-      if step is not None or attempt == 4 or (directory / str(chosen)).exists():
-        raise
+    except Exception as error:  # pylint: disable=broad-except
+      time.sleep(0.2)  # a deletion in progress finishes meanwhile
+      now = complete_steps(workdir)
+      being_deleted = (chosen not in now or not (directory / str(chosen)).exists()
+                       or (step is None and max(now) > chosen))
+      if not being_deleted:
+        raise _damaged_for_eval(directory, chosen, error) from None
+      if step is not None:
+        raise ValueError(f"--step={step}: checkpoint {step} in {directory} was deleted while "
+                         f"it was read (the trainer keeps only the newest "
+                         f"keep_checkpoints); available steps now: {now}.") from None
+      if attempt == attempts - 1:
+        raise ValueError(f"the newest checkpoint in {directory} was deleted while it was read, "
+                         f"{attempts} times (a trainer saving faster than it can be read); "
+                         f"pass --step or evaluate after training.") from None
       # Deleted by the trainer (it keeps the newest keep_checkpoints) while we read.
       logging.info("Checkpoint %d was removed while reading it; trying the newest again.",
                    chosen)
-      time.sleep(0.1)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   variables = jax.tree_util.tree_map(np.asarray, variables)
   return config, variables, int(chosen)

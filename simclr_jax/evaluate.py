@@ -10,26 +10,39 @@ Flags and set-up only; the work lives in `simclr_jax/evaluation/` (encoders, fea
 extraction, one module per evaluator, the report). The workdir is only read, so a running
 trainer's checkpoints can be evaluated. Bad settings (k < 2 or larger than the examples,
 an unknown dataset, split, label mode or evaluator, an --out holding an earlier report
-without --overwrite) exit 2 with one line naming the flag and what is accepted.
+without --overwrite or being written by another evaluation, a damaged or mismatched
+workdir, --evaluators=classifier on an encoder without a classifier head) exit 2 with one
+line naming the flag, file or value and what is accepted. Ctrl-C exits 130 with one line;
+the report is written whole or not at all.
 """
 from __future__ import annotations
 
-import json
-import logging
+import os
+import signal
 import sys
-from typing import Sequence
 
-from simclr_jax.data import labels as labels_lib
-from simclr_jax.evaluation import EVALUATORS
-from simclr_jax.evaluation import encoders
-from simclr_jax.evaluation import offline
-from simclr_jax.evaluation.encoders import load_encoder  # pylint: disable=unused-import
-from simclr_jax.evaluation.encoders import make_encode_fn  # pylint: disable=unused-import
-from simclr_jax.runtime import distributed
+if __name__ == "__main__":  # Ctrl-C while the modules below load: one line, exit 130
+  signal.signal(signal.SIGINT, lambda *_: (print("interrupted.", file=sys.stderr),
+                                           os._exit(130)))
+
+import json  # pylint: disable=wrong-import-position
+import logging  # pylint: disable=wrong-import-position
+import threading  # pylint: disable=wrong-import-position
+from typing import Sequence  # pylint: disable=wrong-import-position
+
+from simclr_jax.data import labels as labels_lib  # pylint: disable=wrong-import-position
+from simclr_jax.evaluation import EVALUATORS  # pylint: disable=wrong-import-position
+from simclr_jax.evaluation import encoders  # pylint: disable=wrong-import-position
+from simclr_jax.evaluation import offline  # pylint: disable=wrong-import-position
+from simclr_jax.evaluation.encoders import load_encoder  # noqa: F401  pylint: disable=unused-import,wrong-import-position
+from simclr_jax.evaluation.encoders import make_encode_fn  # noqa: F401  pylint: disable=unused-import,wrong-import-position
+from simclr_jax.runtime import distributed  # pylint: disable=wrong-import-position
 
 SUMMARY_KEYS = ("cluster_accuracy", "nmi", "ari", "purity", "linear_auroc_macro",
-                "linear_accuracy", "knn_accuracy", "knn_auroc_macro", "num_examples", "k",
-                "label_mode", "checkpoint_step", "encoder_init")
+                "linear_auroc_macro_ci95", "linear_accuracy", "knn_accuracy",
+                "knn_auroc_macro", "classifier_auroc_macro", "classifier_auroc_macro_ci95",
+                "num_examples", "k", "label_mode", "checkpoint_step", "encoder_init",
+                "patients_in_several_splits", "warnings")
 
 
 def define_flags(flag_values) -> None:
@@ -66,7 +79,9 @@ def define_flags(flag_values) -> None:
   flag("bool", "overwrite", False, "Replace an earlier report in --out (all its files, "
        "plots included).")
   flag("string", "evaluators", ",".join(EVALUATORS), "Comma-separated evaluators to run, "
-       f"in order; known: {', '.join(EVALUATORS)}.")
+       f"in order; known: {', '.join(EVALUATORS)}. By default classifier is skipped (the "
+       "reason recorded) for an encoder without a classifier head; named here, it is "
+       "required.")
   flag("integer", "k", offline.flag_default("k"), "k-means clusters, >= 2 (default: the "
        "classes of the label mode: 14 for NIH's default single_finding mode).")
   flag("string", "label_mode", data.label_mode, " | ".join(labels_lib.LABEL_MODES) +
@@ -104,12 +119,15 @@ def _parse(argv: Sequence[str]):
 
 
 def main(argv: Sequence[str]) -> int:
-  """Runs the evaluator CLI; returns the exit status (0 ok, 2 bad settings or data)."""
+  """Runs the evaluator CLI; returns the exit status (0 ok, 2 bad settings or data, 130
+  interrupted)."""
   from absl import flags
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   logging.getLogger().setLevel(logging.INFO)
   # orbax/TFDS log every save/restore step through absl at INFO; keep ours only.
   logging.getLogger("absl").setLevel(logging.WARNING)
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
   try:
     options = _parse(argv)
     if options is None:
@@ -118,18 +136,25 @@ def main(argv: Sequence[str]) -> int:
     offline.enable_compilation_cache(options.workdir)
     output = offline.Output(options.out, overwrite=options.overwrite, plots=options.plots,
                             save_features=options.save_features)
-    # Bad settings fail here, once, before the encoder is built.
-    plan = offline.plan(offline.data_from_flags(options), offline.evaluators_config(options),
-                        output)
-    encoder = load_encoder(workdir=options.workdir, step=options.step,
-                           random_init=options.random_init,
-                           torch_weights=options.torch_weights, model=options.model,
-                           image_size=options.image_size, seed=options.seed)
-    report = offline.evaluate_encoder(encoder, plan, output)
-  except (ValueError, FileNotFoundError, flags.Error) as error:
+    # OUT is ours from here to the end: a second evaluation into it is refused at once.
+    with offline.reserve_output(output):
+      # Bad settings fail here, once, before the encoder is built.
+      plan = offline.plan(offline.data_from_flags(options),
+                          offline.evaluators_config(options), output)
+      encoder = load_encoder(workdir=options.workdir, step=options.step,
+                             random_init=options.random_init,
+                             torch_weights=options.torch_weights, model=options.model,
+                             image_size=options.image_size, seed=options.seed)
+      if options["evaluators"].present:  # asked for by name: required, not skipped
+        offline.check_classifier(plan, encoder)
+      report = offline.evaluate_encoder(encoder, plan, output)
+  except (ValueError, OSError, flags.Error) as error:  # OSError: e.g. no space for --out
     message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
     print(f"error: {message}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print("interrupted: no partial report was written to --out.", file=sys.stderr)
+    return 130
   import jax
   if jax.process_index() == 0:
     print(json.dumps({key: report.get(key) for key in SUMMARY_KEYS}))

@@ -172,13 +172,17 @@ def test_device_probe_matches_sklearn(regularisation):
   sigmoids), multinomial and binary targets."""
   train_x, train_y = _noisy_multi_label(400, seed=0)
   test_x, test_y = _noisy_multi_label(300, seed=1)
-  train_y[:, 4] = 0  # no positive in train: not learnt, constant score in both
+  train_y[:, 4] = 0  # no positive in train: not learnt, no AUROC, left out of the macro
   results = {solver: algorithms.linear_probe(train_x, train_y, test_x, test_y, multi_label=True,
                                           regularisation=regularisation, solver=solver)
              for solver in ("jax", "sklearn")}
   for name, auroc in results["sklearn"]["linear_auroc"].items():
     assert 0.55 < auroc < 0.97 or name == "4", (name, auroc)  # neither trivial nor chance
-    assert results["jax"]["linear_auroc"][name] == pytest.approx(auroc, abs=1e-3), name
+    assert results["jax"]["linear_auroc"][name] == pytest.approx(auroc, abs=1e-3,
+                                                                 nan_ok=True), name
+  for result in results.values():
+    assert np.isnan(result["linear_auroc"]["4"]) and "4" in result["linear_auroc_macro_left_out"]
+    assert result["linear_auroc_macro_classes"] == ["0", "1", "2", "3"]
   # Single-label: 4 classes (multinomial softmax) and 2 classes (one sigmoid).
   for num_classes in (4, 2):
     train_labels = train_y[:, :2] @ [1, 2] % num_classes

@@ -383,7 +383,7 @@ def test_cli_restores_a_checkpoint_written_by_train(tmp_path, synthetic_data_dir
   trained = run_module(["simclr_jax.evaluate", "--workdir", workdir, "--out", out, *common],
                        num_devices=2)
   assert "[features test] batch 4/4" in trained.stdout      # 40 images / 12 per batch
-  assert "[evaluators] evaluator 6/6" in trained.stdout
+  assert "[evaluators] evaluator 7/7" in trained.stdout   # classifier: skipped, no head
   report = json.loads((out / "report.json").read_text())
   assert report["checkpoint_step"] == 2 and report["encoder_source"] == "checkpoint"
   assert report["encoder_init"].startswith("trained (simclr objective), checkpoint step 2")
@@ -498,12 +498,22 @@ def test_compare_writes_the_seed_table(tmp_path, synthetic_data_dir, monkeypatch
   table = (out / "report.md").read_text()
   assert ("| Method | clustering accuracy | NMI | ARI | linear AUROC | kNN accuracy | "
           "kNN AUROC | linear AUROC @ 0.5 labels | linear AUROC @ 1 labels | "
-          "labels used in pretraining |") in table
+          "classifier AUROC | labels used in pretraining |") in table
   row = next(line for line in table.splitlines() if line.startswith("| Random init"))
   assert f"{reports['random_init']['cluster_accuracy']:.4f}" in row and row.endswith("| none |")
+  low, high = reports["random_init"]["linear_auroc_macro_ci95"]       # AUROC with interval
+  assert f"{reports['random_init']['linear_auroc_macro']:.4f} [{low:.4f}, {high:.4f}]" in row
   row = next(line for line in table.splitlines() if line.startswith("| Supervised (JAX), step 4"))
   assert row.endswith("| target-domain labels (synthetic_cxr/32) |")
   assert f"{reports['supervised']['label_fractions'][0]['linear_auroc_macro']:.4f}" in row
+  # The supervised run's own head is scored; the random init has none: skipped, and why.
+  supervised_report = reports["supervised"]
+  low, high = supervised_report["classifier_auroc_macro_ci95"]
+  assert f"{supervised_report['classifier_auroc_macro']:.4f} [{low:.4f}, {high:.4f}]" in row
+  assert supervised_report["classifier_examples"] == 40
+  assert "classifier_auroc_macro" not in reports["random_init"]
+  assert ("- Random init (torchvision-style): classifier skipped, the encoder has no "
+          "classifier head") in table
   assert "zero_init_residual=False" in table    # the init of each row is stated
   assert json.loads((out / "report.json").read_text())["random_init"]["k"] == 5
   # The supervised row is the checkpoint's encoder: its features are that network's.
@@ -513,8 +523,9 @@ def test_compare_writes_the_seed_table(tmp_path, synthetic_data_dir, monkeypatch
   images = np.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)), np.uint8)
   direct, direct_variables = encoders.make_encode_fn(encoders.Encoder(
       loaded.config, supervised_variables, source="test", init="test"))
-  np.testing.assert_allclose(encode(variables, images), direct(direct_variables, images),
-                             rtol=1e-6)
+  outputs = encode(variables, images)   # a classifier head: its logits come along
+  assert outputs["logits"].shape == (2, 5)
+  np.testing.assert_allclose(outputs["features"], direct(direct_variables, images), rtol=1e-6)
 
   with pytest.raises(report_lib.ReportExistsError, match="earlier comparison"):
     compare.main(argv)

@@ -40,8 +40,9 @@ def test_cells_are_mean_and_sample_sd_over_seeds(tmp_path, capsys):
   assert cells[7] == "0.400 ± 0.000" and cells[8] == "0.600 ± 0.020"         # @ 0.1, @ 1 labels
   random_line = next(line for line in text.splitlines() if line.startswith("| Random init"))
   assert "0.510 ± 0.010" in random_line
-  assert "seeds seed0, seed1, seed2" in text and "encoder features; 3 runs" in text
-  assert "SimCLR (JAX) linear_auroc_macro: 0.580, 0.620, 0.600" in text
+  assert "over 3 runs (seed0, seed1, seed2)" in text and "encoder features; 3 runs" in text
+  # Per seed, by name.
+  assert "- SimCLR (JAX) linear AUROC: seed0 0.580, seed1 0.620, seed2 0.600" in text
   assert (tmp_path / "table.md").read_text() == text
   assert capsys.readouterr().out == text
 
@@ -67,3 +68,38 @@ def test_refuses_mixed_settings_and_existing_out(tmp_path):
   assert result.stderr.strip().splitlines() == [
       f"error: --out={tmp_path / 'table.md'} exists; pass --overwrite to replace it."]
   assert (tmp_path / "table.md").read_text() == "mine"
+
+
+def test_averages_like_with_like_only(tmp_path):
+  """Refused, naming the field, the row and each seed's value: other knn_k, k-means
+  restarts, probe settings, example counts, label-fraction sizes or rows. A cell some runs
+  lack is never averaged over fewer runs than the table says."""
+  def paths(**changes):
+    base = dict(_report(0.6, 0.6, 0.5), knn_k=20, kmeans_n_init=10, num_examples=200,
+                linear_probe_solver="jax", linear_probe_max_iter=1000)
+    folder = tmp_path / "_".join(changes)
+    return [_write(folder / name, 0, dict(simclr=dict(base, **change)))
+            for name, change in (("a", {}), ("b", changes))]
+  for field, value in (("knn_k", 5), ("kmeans_n_init", 1), ("linear_probe_solver", "sklearn"),
+                       ("linear_probe_max_iter", 50), ("num_examples", 199),
+                       ("label_mode", "single")):
+    with pytest.raises(ValueError, match=f"differ in {field}") as error:
+      seed_table.main(paths(**{field: value}))
+    if field != "label_mode":
+      assert "row simclr" in str(error.value) and f"{value!r}" in str(error.value)
+  fewer = dict(_report(0.6, 0.6, 0.5), label_fractions=[
+      dict(fraction=0.1, num_train_examples=9, linear_auroc_macro=0.5)])
+  with pytest.raises(ValueError, match="differ in label_fractions"):
+    seed_table.main(paths(label_fractions=fewer["label_fractions"]))
+  first = _write(tmp_path / "c", 0, dict(simclr=_report(0.6, 0.6, 0.5),
+                                         random_init=_report(0.5, 0.5, 0.5)))
+  second = _write(tmp_path / "d", 0, dict(simclr=_report(0.6, 0.6, 0.5)))
+  with pytest.raises(ValueError, match="differ in their rows .*random_init, simclr; .*: simclr"):
+    seed_table.main([first, second])
+  # NaN in one of three runs: no mean over two under a "3 runs" header.
+  runs = [_write(tmp_path / f"e{seed}", seed, dict(simclr=_report(0.6, auroc, 0.5)))
+          for seed, auroc in enumerate([0.6, float("nan"), 0.7])]
+  text = seed_table.main(runs)
+  line = next(line for line in text.splitlines() if line.startswith("| SimCLR"))
+  assert "n/a (values in 2 of 3 runs)" in line
+  assert "- SimCLR (JAX) linear AUROC: seed0 0.600, seed1 n/a, seed2 0.700" in text

@@ -11,6 +11,8 @@
                        label_efficiency  the probe on patient-wise label fractions
                        similarity        cosine similarity within vs between classes
                        patient_shortcut  nearest neighbour of the same patient vs chance
+                       classifier        a supervised / fine-tuned run's own head: AUROC
+                                         (and accuracy) on the targets it was trained on
   report.py          report.json / report.md / plots, and the --out / --overwrite rules
   offline.py         one encoder on one split: features -> evaluators -> report
   online.py          OnlineMonitor: cheap evaluators on held-out data while training
@@ -40,7 +42,7 @@ import inspect
 from typing import Any, Mapping, Sequence, Union
 
 EVALUATORS = ("clustering", "linear_probe", "knn", "label_efficiency", "similarity",
-              "patient_shortcut")
+              "patient_shortcut", "classifier")
 
 
 def _module(name: str):

@@ -1,11 +1,13 @@
 """Clustering evaluator: k-means on the features, scored against the label mode's classes.
 
 Yields cluster_accuracy (Hungarian one-to-one matching), nmi, ari, purity, the k-means
-run (k, inertia, iterations, restarts), the matching (`cluster_to_class`) and the
+run (k, inertia, iterations, restarts, kmeans_clusters_used: fewer than k when the features
+hold fewer distinct points, then also a warning), the matching (`cluster_to_class`) and the
 per-example `cluster_ids` array (for features.npz and the plots).
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Iterator, Optional
 
@@ -66,6 +68,15 @@ class Evaluator:
     yield "kmeans_inertia", clustering.inertia
     yield "kmeans_iterations", clustering.num_iterations
     yield "kmeans_n_init", self.n_init
+    used = int(np.unique(clustering.assignments).size)
+    yield "kmeans_clusters_used", used
+    if used < k:
+      distinct = int(np.unique(representations.eval_features[kept], axis=0).shape[0])
+      why = (f"the features hold only {distinct} distinct points (identical features: a "
+             f"collapsed encoder?)" if distinct < k else "some clusters ended empty")
+      text = f"k-means used {used} of the k = {k} clusters asked for: {why}."
+      logging.warning(text)
+      yield "warnings", [text]
     matching = algorithms.hungarian_matching(label_set.labels[kept], clustering.assignments)
     yield "cluster_to_class", {str(c): label_set.class_names[m] for c, m in matching.items()}
     cluster_ids = np.full(label_set.labels.shape[0], -1, np.int32)

@@ -61,8 +61,22 @@ class Encoder:
     return "encoder" in self.variables["params"]
 
   @property
+  def has_classifier(self) -> bool:
+    """The variables hold a trained classifier head (a supervised or fine-tuned run)."""
+    return self.has_subtrees and "classifier" in self.variables["params"]
+
+  @property
   def objective(self) -> str:
     return objective_of(self.config)
+
+  @property
+  def classifier_label_mode(self) -> Optional[str]:
+    """The targets the classifier head was trained on (config supervised.label_mode, ''
+    = the dataset's own labels); None without a classifier head."""
+    if not self.has_classifier:
+      return None
+    supervised = self.config.get("supervised", None) or {}
+    return str(supervised.get("label_mode", "") or "")
 
   def encoder_variables(self) -> dict:
     if not self.has_subtrees:
@@ -102,6 +116,52 @@ def random_init_variables(config: ml_collections.ConfigDict) -> dict:
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   variables = jax.jit(lambda rng: network.init(rng, dummy, train=False))(init_rng)
   return jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(variables))
+
+
+# The config fields that decide the shapes of the encoder's and head's parameters.
+ARCHITECTURE_FIELDS = ("model", "width", "stem", "head")
+
+
+def check_architecture(config: ml_collections.ConfigDict, variables: dict, source: str) -> None:
+  """Refuses checkpoint variables whose encoder (and projection head) are not the network
+  `config` describes (e.g. config.json's `model` changed after training).
+
+  Raises:
+    ValueError: naming the config's architecture fields, the first parameter that
+      differs and its shape in the checkpoint and for the config.
+  """
+  params = variables["params"]
+  names = [name for name in ("encoder", "head") if name in params]
+  input_channels = int(np.shape(params["encoder"]["conv_init"]["kernel"])[2])
+  size = int(config.image_size)
+  try:
+    network = _simclr_network(config)
+    expected = jax.eval_shape(
+        lambda: network.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, input_channels)),
+                             train=False))["params"]
+  except (ValueError, KeyError) as error:
+    raise ValueError(f"{source}: its config.json does not describe a network this version "
+                     f"can build ({error}).") from None
+  flatten = flax.traverse_util.flatten_dict
+  wanted = {key: tuple(value.shape) for key, value in flatten(
+      flax.core.unfreeze({name: expected[name] for name in names})).items()}
+  found = {key: tuple(np.shape(value)) for key, value in flatten(
+      flax.core.unfreeze({name: params[name] for name in names})).items()}
+  if wanted == found:
+    return
+  fields = ", ".join(f"{field}={config.get(field)!r}" for field in ARCHITECTURE_FIELDS
+                     if field in config and field != "head")
+  differing = sorted(set(wanted) ^ set(found)) or sorted(
+      key for key in wanted if wanted[key] != found[key])
+  key = differing[0]
+  where = "/".join(key)
+  detail = (f"{where} has shape {found[key]} in the checkpoint but {wanted[key]} for the "
+            f"config" if key in wanted and key in found else
+            f"{where} is {'only in the checkpoint' if key in found else 'missing from the checkpoint'}")
+  raise ValueError(f"{source} does not hold the network its config.json describes ({fields}): "
+                   f"{detail} ({len(differing)} parameter(s) differ). Was config.json edited "
+                   f"after training? Restore the training config or evaluate with "
+                   f"--random_init / --torch_weights.")
 
 
 def load_encoder(*, workdir: Optional[str] = None, step: Optional[int] = None,
@@ -167,10 +227,24 @@ def load_encoder(*, workdir: Optional[str] = None, step: Optional[int] = None,
     raise ValueError("Give --workdir (a training run), --random_init or --torch_weights.")
   # Keep `config` (with the --image_size / --seed overrides); take the variables.
   _, variables, restored_step = checkpointing.load_for_eval(workdir, step)
+  check_architecture(config, variables, f"checkpoint {restored_step} of {workdir}")
   return Encoder(config, dict(variables), source="checkpoint",
                  init=f"trained ({objective_of(config)} objective), checkpoint step "
                       f"{restored_step}",
                  step=restored_step, description=f"{workdir} step {restored_step}")
+
+
+def classifier_network(encoder: Encoder) -> tuple:
+  """(network, variables) of an encoder with a classifier head (`Encoder.has_classifier`):
+  `network.apply(variables, x, train=False)` -> (features [b, F], logits [b, C])."""
+  from simclr_jax import models
+  classifier = encoder.variables["params"]["classifier"]
+  network = models.Supervised(encoder=models.create_encoder(encoder.config),
+                              num_classes=int(np.shape(classifier["kernel"])[-1]))
+  variables = {"params": {"encoder": encoder.variables["params"]["encoder"],
+                          "classifier": classifier},
+               "batch_stats": {"encoder": encoder.encoder_variables()["batch_stats"]}}
+  return network, variables
 
 
 def make_encode_fn(encoder: Encoder, feature_kind: str = "encoder") -> tuple[Callable, dict]:
@@ -178,6 +252,8 @@ def make_encode_fn(encoder: Encoder, feature_kind: str = "encoder") -> tuple[Cal
 
   `encode` preprocesses as evaluation does (`augment.preprocess_eval`: centred square,
   resize, normalisation) and runs the network in eval mode (BatchNorm running averages).
+  An encoder with a classifier head (`Encoder.has_classifier`) gives the encoder features
+  and the head's output: {'features' [b, F], 'logits' [b, C]}.
   """
   from simclr_jax import augment
   from simclr_jax import models
@@ -195,6 +271,9 @@ def make_encode_fn(encoder: Encoder, feature_kind: str = "encoder") -> tuple[Cal
                                  encoder.variables.get("batch_stats", {}).items()
                                  if name in ("encoder", "head")}}
     input_channels = np.shape(variables["params"]["encoder"]["conv_init"]["kernel"])[2]
+  elif encoder.has_classifier:
+    network, variables = classifier_network(encoder)
+    input_channels = np.shape(variables["params"]["encoder"]["conv_init"]["kernel"])[2]
   else:
     network = models.create_encoder(config)
     variables = encoder.encoder_variables()
@@ -206,14 +285,17 @@ def make_encode_fn(encoder: Encoder, feature_kind: str = "encoder") -> tuple[Cal
   image_size = int(config.image_size)
   return make_network_encode_fn(network, augment_config, image_size, input_channels,
                                 projection=feature_kind == "projection",
-                                imagenet_rgb_input=encoder.imagenet_rgb_input), variables
+                                imagenet_rgb_input=encoder.imagenet_rgb_input,
+                                logits=feature_kind == "encoder" and encoder.has_classifier
+                                ), variables
 
 
 def make_network_encode_fn(network, augment_config, image_size: int, input_channels: int, *,
-                           projection: bool = False, imagenet_rgb_input: bool = False
-                           ) -> Callable:
+                           projection: bool = False, imagenet_rgb_input: bool = False,
+                           logits: bool = False) -> Callable:
   """encode(variables, images uint8 [b, H, W, C]) -> features [b, F] float32 of `network`
-  in eval mode, after the evaluation preprocessing. Shared with the online monitor."""
+  in eval mode, after the evaluation preprocessing (with `logits`: {'features', 'logits'}
+  of a network returning both). Shared with the online monitor."""
   from simclr_jax import augment
 
   def encode(variables, images):
@@ -227,6 +309,9 @@ def make_network_encode_fn(network, augment_config, image_size: int, input_chann
       # Grey X-rays into an RGB (ImageNet) stem: the same image on every channel.
       inputs = jnp.repeat(inputs, input_channels, axis=-1)
     outputs = network.apply(variables, inputs, train=False)
+    if logits:
+      return {"features": outputs[0].astype(jnp.float32),
+              "logits": outputs[1].astype(jnp.float32)}
     if projection:
       outputs = outputs[1]
     return outputs.astype(jnp.float32)

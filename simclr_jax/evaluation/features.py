@@ -12,7 +12,7 @@ holds the whole split's features in record order. Process 0 writes the report.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import flax
 import jax
@@ -35,7 +35,9 @@ def extract_features(encode_fn: Callable, variables: Any, batches: Iterable[dict
   exactly once and the order of the dataset is preserved.
 
   Args:
-    encode_fn: (variables, images [b, ...]) -> [b, F]; pure, traced once per shape.
+    encode_fn: (variables, images [b, ...]) -> [b, F], or a dict of such arrays with
+      'features' among them (e.g. 'logits' of a classifier head); pure, traced once per
+      shape.
     variables: pytree, replicated to every device once.
     batches: iterable of batches (e.g. `data.iterate_eval`).
     devices: default jax.local_devices().
@@ -45,8 +47,8 @@ def extract_features(encode_fn: Callable, variables: Any, batches: Iterable[dict
       monitor keeps one compiled function); both are used as they are.
 
   Returns:
-    {'features': [n, F] float32, and every other batch key concatenated over the kept
-    rows}.
+    {'features': [n, F] float32 (and every other output of encode_fn), and every other
+    batch key concatenated over the kept rows}.
   """
   devices = list(devices or jax.local_devices())
   num_devices = len(devices)
@@ -58,9 +60,12 @@ def extract_features(encode_fn: Callable, variables: Any, batches: Iterable[dict
   pending = None  # (device features, mask, batch size) of the previous batch
 
   def collect(pending):
-    features, mask, size = pending
-    features = np.asarray(features)  # [devices, per_device, F]
-    kept["features"].append(features.reshape(-1, features.shape[-1])[:size][mask])
+    outputs, mask, size = pending
+    if not isinstance(outputs, dict):
+      outputs = {"features": outputs}
+    for key, value in outputs.items():
+      value = np.asarray(value)  # [devices, per_device, F]
+      kept[key].append(value.reshape(-1, value.shape[-1])[:size][mask])
     if progress is not None:
       progress.update(1)
 
@@ -128,6 +133,24 @@ def _gather_across_processes(local: dict) -> dict:
       value = np.char.decode(value.view(f"S{value.shape[1]}").reshape(-1), "utf-8")
     gathered[key] = value
   return gathered
+
+
+def read_split_labels(dataset: str, data_dir: str, split: str, *,
+                      max_examples: Optional[int] = None, batch_size: int = 256) -> dict:
+  """The per-example attributes of a split (labels, patient ids, ...) without encoding
+  its images: for evaluators that need the train split's labels only (the classifier's
+  classes without train positives)."""
+  from simclr_jax import data
+  count = data.num_examples(dataset, data_dir, split)
+  if max_examples:
+    count = min(count, int(max_examples))
+  kept = collections.defaultdict(list)
+  for batch in data.iterate_eval(dataset, data_dir, split, batch_size, stop=count):
+    mask = np.asarray(batch["mask"], bool)
+    for key, value in batch.items():
+      if key not in _LOADER_KEYS:
+        kept[key].append(np.asarray(value)[mask])
+  return {key: np.concatenate(values) for key, values in kept.items()}
 
 
 def encode_split(encode_fn: Callable, variables: Any, dataset: str, data_dir: str, split: str,

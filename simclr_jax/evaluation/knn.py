@@ -3,7 +3,9 @@
 Yields knn_accuracy (majority vote over the label mode's classes) and
 knn_accuracy_weighted (votes exp(cos / T)), and knn_auroc / knn_auroc_macro from the
 weighted fraction of neighbours holding a label: per finding on multi-label data (every
-image), one-vs-rest per class on single-label data.
+image), one-vs-rest per class on single-label data; the macro leaves out classes without
+train positives (scored 0 by every neighbour vote) and carries a 95 % interval resampled
+by patient.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from simclr_jax.evaluation.representations import Representations
 
 
 def knn_scores(representations: Representations, k: int, temperature: float) -> dict:
-  """kNN accuracy and AUROC of the evaluated split against the train split."""
+  """kNN accuracy and AUROC of the evaluated split against the train split (AUROC macro
+  over the classes with train positives, with 95 % intervals: `algorithms.auroc_table`)."""
   label_set, train_label_set = representations.label_set, representations.train_label_set
   train_kept, kept = train_label_set.kept, label_set.kept
   scores = {}
@@ -26,29 +29,30 @@ def knn_scores(representations: Representations, k: int, temperature: float) -> 
                                         representations.eval_features[kept], k=k)
     class_names = label_set.class_names
     truth = label_set.labels[kept]
+    train_labels = train_label_set.labels[train_kept]
     for key, weighting in (("knn_accuracy", "majority"), ("knn_accuracy_weighted", "weighted")):
-      votes = algorithms.knn_votes(neighbours, train_label_set.labels[train_kept],
-                                weighting=weighting, temperature=temperature,
-                                num_classes=len(class_names))
+      votes = algorithms.knn_votes(neighbours, train_labels, weighting=weighting,
+                                   temperature=temperature, num_classes=len(class_names))
       scores[key] = float(np.mean(np.argmax(votes, axis=1) == truth))
     if not representations.probe_multi_label:
       fractions = votes / votes.sum(axis=1, keepdims=True)  # weighted votes
-      per_class = {name: algorithms.auroc_or_nan((truth == c).astype(np.int64), fractions[:, c])
-                   for c, name in enumerate(class_names)}
-      scores["knn_auroc"] = per_class
-      # One AUROC describes a binary problem (the two entries are complements).
-      scores["knn_auroc_macro"] = (per_class[class_names[1]] if len(class_names) == 2
-                                   else algorithms.nan_mean(list(per_class.values())))
+      positives = np.bincount(train_labels, minlength=len(class_names))
+      scores.update(algorithms.auroc_table(
+          "knn_auroc", truth[:, None] == np.arange(len(class_names))[None], fractions,
+          class_names, train_positives=positives, train_negatives=train_labels.size - positives,
+          binary=len(class_names) == 2,
+          **representations.intervals(kept)))
   if representations.probe_multi_label:
     neighbours = algorithms.knn_neighbours(representations.train_features,
                                         representations.eval_features, k=k)
-    fractions = algorithms.knn_label_scores(neighbours, representations.train_examples["labels"],
-                                         temperature=temperature)
-    truth = np.asarray(representations.eval_examples["labels"])
-    per_finding = {name: algorithms.auroc_or_nan(truth[:, j], fractions[:, j])
-                   for j, name in enumerate(representations.label_names)}
-    scores["knn_auroc"] = per_finding
-    scores["knn_auroc_macro"] = algorithms.nan_mean(list(per_finding.values()))
+    train_targets = np.asarray(representations.train_examples["labels"])
+    fractions = algorithms.knn_label_scores(neighbours, train_targets, temperature=temperature)
+    positives = train_targets.astype(bool).sum(axis=0)
+    scores.update(algorithms.auroc_table(
+        "knn_auroc", np.asarray(representations.eval_examples["labels"]), fractions,
+        representations.label_names, train_positives=positives,
+        train_negatives=len(train_targets) - positives,
+        **representations.intervals()))
   return scores
 
 

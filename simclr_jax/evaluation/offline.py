@@ -12,13 +12,21 @@
   4. The plan's evaluators run in order; each yields (name, value) pairs that become
      report entries (arrays go to features.npz).
   5. Process 0 writes OUT/report.json, report.md, features.npz and the plots (with the
-     pictures of `pictures.py`, whose neighbours and saliency it prepares here).
+     pictures of `pictures.py`, whose neighbours and saliency it prepares here), whole, into
+     a folder beside OUT first and then into place (`report.write_report`); the command
+     lines hold OUT (`report.reserve`) from the plan to the end, so a second evaluation
+     into the same OUT is refused instead of mixing its files with the first's.
+
+Every report records the dataset's `patients_in_several_splits` (its metadata; None for a
+dataset prepared before the count existed, which is then not warned about) and, when it
+is not 0, warns once (a log line and `warnings` in report.json).
 
 The command lines (`python -m simclr_jax.evaluate`, `experiments.compare`) name their
 flags as the fields of `Data` and the keys of `SETTING_FLAGS`, and fill both from them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -29,6 +37,7 @@ import jax
 import numpy as np
 
 from simclr_jax.data import labels as labels_lib
+from simclr_jax.evaluation import algorithms
 from simclr_jax.evaluation import clustering
 from simclr_jax.evaluation import default_settings
 from simclr_jax.evaluation import encoders
@@ -39,8 +48,9 @@ from simclr_jax.evaluation import report as report_lib
 from simclr_jax.evaluation import representations as representations_lib
 from simclr_jax.runtime.progress import Progress
 
-# Evaluators that need the train split's features.
+# Evaluators that need the train split's features, and those that need only its labels.
 _NEEDS_TRAIN_SPLIT = ("linear_probe", "knn", "label_efficiency")
+_NEEDS_TRAIN_LABELS = ("classifier",)
 
 # The evaluator settings the command lines expose: flag -> the (evaluator, setting)
 # pairs it fills in the mapping (`evaluators_config`).
@@ -97,6 +107,14 @@ class Plan:
   evaluators: tuple                   # ((name, evaluator), ...), built by from_config
   class_names: Optional[list]         # the dataset's 'label' names; None without 'label'
   train_split: Optional[str]          # None: no selected evaluator needs the train split
+  train_features: bool = True         # False: only the train split's labels are read
+  # The dataset's metadata: patients with images in more than one split (None: not
+  # recorded, a dataset prepared before the count existed).
+  patients_in_several_splits: Optional[int] = None
+
+  @property
+  def evaluator_names(self) -> list:
+    return [name for name, _ in self.evaluators]
 
 
 def data_from_flags(options: Any) -> Data:
@@ -115,6 +133,15 @@ def evaluators_config(options: Any) -> dict:
       if name in config and value is not None:
         config[name][setting] = value
   return config
+
+
+def reserve_output(output: Output):
+  """Holds OUT for one evaluation (`report.reserve`) on process 0, the one that writes;
+  a context manager (a no-op on the other processes, which never write: if process 0 is
+  refused, they stop when the distributed run does)."""
+  if jax.process_index() != 0:
+    return contextlib.nullcontext()
+  return report_lib.reserve(output.out_dir, output.overwrite)
 
 
 def flag_default(flag: str) -> Any:
@@ -148,7 +175,9 @@ def run_evaluators(representations: representations_lib.Representations, evaluat
                       enabled=show_progress and jax.process_index() == 0)
   for name, evaluator in evaluators:
     for key, value in evaluator.run(representations):
-      if isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == num_examples:
+      if key == "warnings":  # every evaluator's warning lines, collected in one list
+        entries.setdefault("warnings", []).extend(value)
+      elif isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == num_examples:
         arrays[key] = value
       else:
         entries[key] = value
@@ -160,11 +189,14 @@ def run_evaluators(representations: representations_lib.Representations, evaluat
 def evaluate_features(eval_examples: dict, train_examples: Optional[dict],
                       evaluators: Sequence[tuple], *, label_mode: Optional[str] = None,
                       class_names: Optional[Sequence[str]] = None, seed: int = 0,
-                      show_progress: bool = False) -> tuple[dict, dict]:
+                      show_progress: bool = False,
+                      classifier_label_mode: Optional[str] = None,
+                      resamples: int = algorithms.BOOTSTRAP_RESAMPLES) -> tuple[dict, dict]:
   """The evaluators on already extracted features.
 
   Args:
-    eval_examples: {'features' [n, F], 'label' and/or 'labels', ['patient_id']}.
+    eval_examples: {'features' [n, F], 'label' and/or 'labels', ['patient_id'],
+      ['logits' [n, C] of a classifier head]}.
     train_examples: same for the probe/kNN train split; None skips the evaluators that
       need it.
     evaluators: [(name, evaluator)] from `simclr_jax.evaluation.from_config`, in the
@@ -173,13 +205,17 @@ def evaluate_features(eval_examples: dict, train_examples: Optional[dict],
       data: the 14 findings, k = 14) or 'label'.
     class_names: class names of a single-label dataset's 'label'.
     seed: seeds k-means, subsampling and scikit-learn.
+    classifier_label_mode: the targets of the encoder's classifier head ('' = the
+      dataset's own labels; None: no classifier head), see `Representations`.
+    resamples: bootstrap resamples (by patient) of every AUROC's 95 % interval.
 
   Returns:
     (report dict, arrays for features.npz and the plots).
   """
   representations = representations_lib.build(eval_examples, train_examples,
                                               label_mode=label_mode, class_names=class_names,
-                                              seed=seed)
+                                              seed=seed, resamples=resamples,
+                                              classifier_label_mode=classifier_label_mode)
   label_set = representations.label_set
   features = representations.eval_features
   report = {"label_mode": label_set.mode, "label_set": label_set.description,
@@ -193,6 +229,8 @@ def evaluate_features(eval_examples: dict, train_examples: Optional[dict],
   arrays = {"features": features, "labels": label_set.labels}
   if labels_lib.is_multi_label(eval_examples):
     arrays["multi_hot"] = np.asarray(eval_examples["labels"])
+  if "logits" in eval_examples:
+    arrays["logits"] = np.asarray(eval_examples["logits"])
   # Identifiers to join the rows back to the dataset.
   if "patient_id" in eval_examples:
     arrays["patient_id"] = np.asarray(eval_examples["patient_id"])
@@ -248,11 +286,46 @@ def plan(data: Data, evaluators: Mapping[str, Mapping[str, Any]],
     class_names = None
   labels_lib.check_label_mode(data.label_mode, class_names)
   train_split = data.train_split or None
-  if not any(name in _NEEDS_TRAIN_SPLIT for name, _ in built):
+  names = [name for name, _ in built]
+  train_features = any(name in _NEEDS_TRAIN_SPLIT for name in names)
+  if not train_features and not any(name in _NEEDS_TRAIN_LABELS for name in names):
     train_split = None
   if train_split:
     data_lib.num_examples(data.dataset, data.data_dir, train_split)  # fails before work
-  return Plan(data, built, class_names, train_split)
+  leaked = patients_in_several_splits(data.dataset, data.data_dir)
+  if leaked:
+    logging.warning("%s: %d patient(s) have images in more than one split (the dataset's "
+                    "metadata says so): the probe, kNN and classifier figures may be "
+                    "flattered by recognising patients.", data.dataset, leaked)
+  return Plan(data, built, class_names, train_split, train_features,
+              patients_in_several_splits=leaked)
+
+
+def patients_in_several_splits(dataset: str, data_dir: str) -> Optional[int]:
+  """The prepared dataset's count of patients with images in several splits, from its
+  metadata (`patients_in_several_splits`, or ChestX-ray14's older
+  `prepare_counts.total`); None when it was prepared before the count was recorded."""
+  from simclr_jax.data import registry
+  metadata = registry.prepared_builder(dataset, str(data_dir)).info.metadata or {}
+  value = metadata.get("patients_in_several_splits")
+  if value is None:
+    value = ((metadata.get("prepare_counts") or {}).get("total") or {}).get(
+        "patients_in_several_splits")
+  return None if value is None else int(value)
+
+
+def check_classifier(plan: Plan, encoder: encoders.Encoder) -> None:
+  """Refuses an encoder without a classifier head when the plan runs the `classifier`
+  evaluator (for a command line that named it explicitly; otherwise it is skipped with
+  the reason recorded in the report).
+
+  Raises:
+    ValueError: one line naming the encoder and what has a classifier.
+  """
+  if "classifier" in plan.evaluator_names and not encoder.has_classifier:
+    raise ValueError(f"--evaluators=classifier: {encoder.description or encoder.init} has no "
+                     f"classifier head; give a supervised or fine-tuned run's --workdir, or "
+                     f"leave classifier out of --evaluators.")
 
 
 def evaluate_encoder(encoder: encoders.Encoder, plan: Plan, output: Output) -> dict:
@@ -282,7 +355,7 @@ def evaluate_encoder(encoder: encoders.Encoder, plan: Plan, output: Output) -> d
       max_examples=data.max_examples, progress_desc=f"features {split}")
   split_seconds = {split: time.perf_counter() - start}
   train_examples = None
-  if train_split:
+  if train_split and plan.train_features:
     if train_split == split:
       logging.warning("--train_split equals --split (%s): the probe and kNN are scored on "
                       "the examples they were fitted on.", split)
@@ -290,8 +363,11 @@ def evaluate_encoder(encoder: encoders.Encoder, plan: Plan, output: Output) -> d
         encode_fn, variables, data.dataset, data.data_dir, train_split,
         batch_size=data.batch_size, max_examples=data.max_examples,
         progress_desc=f"features {train_split}")
+  elif train_split:  # the classifier's classes without train positives: labels only
+    train_examples = features_lib.read_split_labels(
+        data.dataset, data.data_dir, train_split, max_examples=data.max_examples)
   extraction_seconds = time.perf_counter() - start
-  if train_split:
+  if train_split and plan.train_features:
     key = f"{train_split} (probe)" if train_split == split else train_split
     split_seconds[key] = extraction_seconds - split_seconds[split]
   if data.labels_csv and data.label_mode == "primary":
@@ -302,20 +378,27 @@ def evaluate_encoder(encoder: encoders.Encoder, plan: Plan, output: Output) -> d
   seed = int(encoder.config.seed)
   report, arrays = evaluate_features(
       eval_examples, train_examples, plan.evaluators, label_mode=data.label_mode,
-      class_names=plan.class_names, seed=seed, show_progress=True)
+      class_names=plan.class_names, seed=seed, show_progress=True,
+      classifier_label_mode=encoder.classifier_label_mode)
   report.update({
       "encoder": encoder.description, "encoder_source": encoder.source,
       "encoder_init": encoder.init, "objective": encoder.objective,
       "checkpoint_step": encoder.step, "model": encoder.config.model,
       "image_size": int(encoder.config.image_size), "features": data.features,
       "dataset": data.dataset, "split": split, "train_split": train_split,
-      "num_train_examples": (int(train_examples["features"].shape[0])
+      "num_train_examples": (len(next(iter(train_examples.values())))
                              if train_examples is not None else None),
+      "patients_in_several_splits": plan.patients_in_several_splits,
       "devices": jax.device_count(), "processes": jax.process_count(),
       "platform": jax.default_backend(),
       "feature_extraction_seconds": extraction_seconds,
       "feature_extraction_seconds_per_split": split_seconds,
   })
+  if plan.patients_in_several_splits:
+    report["warnings"] = [
+        f"{plan.patients_in_several_splits} patient(s) of {data.dataset} have images in more "
+        f"than one split (dataset metadata): figures may be flattered by recognising "
+        f"patients."] + report.get("warnings", [])
   report["total_seconds"] = time.perf_counter() - total_start
   if jax.process_index() != 0:
     return report_lib.clean_for_json(report)

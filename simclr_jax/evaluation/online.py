@@ -175,7 +175,9 @@ class OnlineMonitor:
                                                          train_examples["image"]))
     evaluated = dict(eval_examples, features=self._features(p_encode, variables,
                                                             eval_examples["image"]))
-    representations = representations_lib.build(evaluated, train, seed=self._seed)
+    # No bootstrap intervals: the monitor logs point figures every few steps.
+    representations = representations_lib.build(evaluated, train, seed=self._seed,
+                                                resamples=0)
     result = {}
     for name, evaluator in self._evaluators:
       outputs = dict(evaluator.run(representations))

@@ -185,25 +185,17 @@ def classifier_saliency(encoder, images: np.ndarray, *, softmax: bool,
   """
   import jax
   from simclr_jax import augment
-  from simclr_jax import models
+  from simclr_jax.evaluation import encoders
   config = encoder.config
-  params = encoder.variables["params"]
-  network = models.Supervised(encoder=models.create_encoder(config),
-                              num_classes=int(np.shape(params["classifier"]["kernel"])[-1]))
-  variables = {"params": {"encoder": params["encoder"], "classifier": params["classifier"]},
-               "batch_stats": {"encoder": encoder.encoder_variables()["batch_stats"]}}
+  network, variables = encoders.classifier_network(encoder)
   saliency = saliency_function(
       network, config.get("augment") or augment.default_config(), int(config.image_size),
-      int(np.shape(params["encoder"]["conv_init"]["kernel"])[2]), softmax=softmax,
-      samples=samples, noise=noise)
+      int(np.shape(variables["params"]["encoder"]["conv_init"]["kernel"])[2]),
+      softmax=softmax, samples=samples, noise=noise)
   inputs, maps, logits = saliency(variables, np.asarray(images, np.uint8),
                                   jax.random.PRNGKey(seed))
   return {"inputs": np.asarray(inputs)[..., 0], "saliency": np.asarray(maps),
           "logits": np.asarray(logits)}
-
-
-def has_classifier(encoder) -> bool:
-  return encoder.has_subtrees and "classifier" in encoder.variables["params"]
 
 
 # ------------------------------------------------------------------------------- prepare
@@ -279,7 +271,7 @@ def _prepare_saliency(encoder, eval_examples: dict, labels: np.ndarray, class_na
           for c in sorted(classes)]
   flat = np.asarray([row for group in rows for row in group], np.int64)
   images = _read_images(dataset, data_dir, split, flat)
-  head_mode = str((encoder.config.get("supervised") or {}).get("label_mode", "") or "")
+  head_mode = encoder.classifier_label_mode  # '': the dataset's own labels
   multi_label_head = not head_mode and labels_lib.is_multi_label(eval_examples)
   result = classifier_saliency(encoder, np.stack([images[row] for row in flat]),
                                softmax=not multi_label_head, samples=SALIENCY_SAMPLES,
@@ -324,7 +316,7 @@ def prepare(encoder, eval_examples: dict, train_examples: Optional[dict], report
   else:
     prepared.notes["neighbours.png"] = ("no train-split features (choose --train_split and "
                                         "an evaluator that reads it: knn, linear_probe)")
-  if has_classifier(encoder):
+  if encoder.has_classifier:
     labels = labels_lib.select_labels(report["label_mode"], eval_examples,
                                       class_names).labels
     prepared.saliency = _prepare_saliency(encoder, eval_examples, labels, class_names,

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from simclr_jax.data import labels as labels_lib
+from simclr_jax.evaluation import algorithms
 
 
 @dataclasses.dataclass
@@ -22,6 +23,12 @@ class Representations:
     seed: seeds k-means, subsampling and scikit-learn.
     shared: results one evaluator leaves for a later one in the same run (the full linear
       probe, reused by label efficiency at fraction 1.0).
+    resamples: bootstrap resamples (by patient) of every AUROC's 95 % interval; 0: none
+      (the online monitor).
+    classifier_label_mode: the targets the encoder's classifier head was trained on
+      (its config's supervised.label_mode; '' = the dataset's own labels); None when
+      the encoder has no classifier head (then eval_examples has no 'logits').
+    dataset_class_names: the names of the dataset's 'label' classes (None without).
   """
   eval_examples: dict
   label_set: labels_lib.LabelSet
@@ -29,6 +36,9 @@ class Representations:
   train_label_set: Optional[labels_lib.LabelSet] = None
   seed: int = 0
   shared: dict = dataclasses.field(default_factory=dict)
+  resamples: int = algorithms.BOOTSTRAP_RESAMPLES
+  classifier_label_mode: Optional[str] = None
+  dataset_class_names: Optional[tuple] = None
 
   @property
   def multi_label(self) -> bool:
@@ -56,9 +66,17 @@ class Representations:
     return np.asarray(self.train_examples["features"], np.float32)
 
   def train_patient_ids(self) -> np.ndarray:
-    if "patient_id" in self.train_examples:
-      return np.asarray(self.train_examples["patient_id"])
-    return np.arange(self.train_examples["features"].shape[0])  # every image its own patient
+    return _patient_ids(self.train_examples)
+
+  def eval_patient_ids(self) -> np.ndarray:
+    """Patients of the evaluated examples: what the bootstrap intervals resample."""
+    return _patient_ids(self.eval_examples)
+
+  def intervals(self, kept: Optional[np.ndarray] = None) -> dict:
+    """`algorithms.auroc_table`'s interval arguments for the evaluated examples `kept`."""
+    patient_ids = self.eval_patient_ids()
+    return {"patient_ids": patient_ids if kept is None else patient_ids[kept],
+            "resamples": self.resamples}
 
   def probe_targets(self) -> dict:
     """Targets of the linear probe and label efficiency.
@@ -83,10 +101,19 @@ class Representations:
             "description": f"classes of label mode {self.label_set.mode!r}"}
 
 
+def _patient_ids(examples: dict) -> np.ndarray:
+  if "patient_id" in examples:
+    return np.asarray(examples["patient_id"])
+  # Every image its own patient.
+  return np.arange(len(next(iter(examples.values()))))
+
+
 def build(eval_examples: dict, train_examples: Optional[dict] = None, *,
           label_mode: Optional[str] = None, class_names: Optional[Sequence[str]] = None,
-          seed: int = 0) -> Representations:
-  """Applies the label mode to both splits.
+          seed: int = 0, resamples: int = algorithms.BOOTSTRAP_RESAMPLES,
+          classifier_label_mode: Optional[str] = None) -> Representations:
+  """Applies the label mode to both splits (resamples, classifier_label_mode: see
+  `Representations`).
 
   Raises:
     ValueError: an unknown label mode, or one that keeps fewer than 2 examples.
@@ -98,4 +125,6 @@ def build(eval_examples: dict, train_examples: Optional[dict] = None, *,
   train_label_set = None
   if train_examples is not None:
     train_label_set = labels_lib.select_labels(label_set.mode, train_examples, class_names)
-  return Representations(eval_examples, label_set, train_examples, train_label_set, seed)
+  return Representations(eval_examples, label_set, train_examples, train_label_set, seed,
+                         resamples=int(resamples), classifier_label_mode=classifier_label_mode,
+                         dataset_class_names=tuple(class_names) if class_names else None)

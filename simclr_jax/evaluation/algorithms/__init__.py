@@ -19,6 +19,8 @@ matching), cosine kNN (votes on the device), a logistic-regression linear probe 
 the device, scikit-learn's objective; scikit-learn itself is the reference and an
 option), label-efficiency subsampling by patient, the mean cosine similarity within
 vs between classes, and the patient shortcut (nearest neighbour of the same patient).
+Every AUROC goes through `auroc_table` (one rule for which classes enter a macro) with
+95 % intervals from `patient_resamples` (resampling patients).
 
 The evaluators in `simclr_jax/evaluation/` decide which of these run on which examples;
 this module holds only the maths, so the offline evaluator, the online monitor and the
@@ -40,10 +42,17 @@ from simclr_jax.evaluation.algorithms.neighbours import knn_predict
 from simclr_jax.evaluation.algorithms.neighbours import knn_votes
 from simclr_jax.evaluation.algorithms.neighbours import l2_normalise
 from simclr_jax.evaluation.algorithms.neighbours import patient_shortcut
+from simclr_jax.evaluation.algorithms.scores import BOOTSTRAP_RESAMPLES
+from simclr_jax.evaluation.algorithms.scores import BOOTSTRAP_SEED
 from simclr_jax.evaluation.algorithms.scores import auroc_or_nan
+from simclr_jax.evaluation.algorithms.scores import auroc_table
+from simclr_jax.evaluation.algorithms.scores import bootstrap_mean_interval
 from simclr_jax.evaluation.algorithms.scores import clustering_accuracy
 from simclr_jax.evaluation.algorithms.scores import clustering_scores
 from simclr_jax.evaluation.algorithms.scores import contingency_matrix
 from simclr_jax.evaluation.algorithms.scores import hungarian_matching
 from simclr_jax.evaluation.algorithms.scores import nan_mean
+from simclr_jax.evaluation.algorithms.scores import patient_resamples
+from simclr_jax.evaluation.algorithms.scores import percentile_interval
 from simclr_jax.evaluation.algorithms.scores import purity
+from simclr_jax.evaluation.algorithms.scores import weighted_auroc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Optional, Sequence
 
 import jax
@@ -12,12 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import sklearn.base
+import sklearn.exceptions
 import sklearn.linear_model
 import sklearn.preprocessing
 
 from simclr_jax.data.subsets import patient_subsample
-from simclr_jax.evaluation.algorithms.scores import auroc_or_nan
-from simclr_jax.evaluation.algorithms.scores import nan_mean
+from simclr_jax.evaluation.algorithms.scores import auroc_table
+from simclr_jax.evaluation.algorithms.scores import bootstrap_mean_interval
 
 
 LOSS_KINDS = ("sigmoid", "softmax")
@@ -48,15 +50,15 @@ def _probabilities(features, mean, scale, weights, bias, *, kind: str):
   return jax.nn.sigmoid(logits) if kind == "sigmoid" else jax.nn.softmax(logits, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter",))
+@jax.jit
 def _fit_logistic_regression(features, targets, example_weights, output_mask, softmax,
-                             regularisation, tolerance, *, max_iter: int):
+                             regularisation, tolerance, max_iter):
   """L-BFGS on scikit-learn's LogisticRegression objective (see `fit_logistic_regression`).
 
   features [n, d] (raw), targets [n, C] 0/1 (multi-hot for sigmoid columns, one-hot for
   softmax), example_weights [n] (0 on padding rows), output_mask [C] (outputs that take
-  part; the others keep zero weights), softmax: a traced bool, so both kinds share one
-  compilation per shape.
+  part; the others keep zero weights), softmax: a traced bool and max_iter a traced int,
+  so both kinds and every iteration cap share one compilation per shape.
   """
   highest = jax.lax.Precision.HIGHEST
   total = jnp.sum(example_weights)
@@ -171,7 +173,7 @@ def fit_logistic_regression(features, targets, *, kind: str, regularisation: flo
   device = device or jax.local_devices()[0]
   mean, scale, weights, bias, iterations, gradient = _fit_logistic_regression(
       *jax.device_put(inputs, device), np.float32(regularisation), np.float32(tol),
-      max_iter=int(max_iter))
+      np.int32(max_iter))
   return LogisticRegression(kind=kind, mean=np.asarray(mean)[:dim],
                             scale=np.asarray(scale)[:dim],
                             weights=np.asarray(weights)[:dim, :num_outputs],
@@ -180,28 +182,48 @@ def fit_logistic_regression(features, targets, *, kind: str, regularisation: flo
 
 
 def _sklearn_scores(train_x, train_y, test_x, *, multi_label: bool, regularisation: float,
-                    max_iter: int, seed: int) -> np.ndarray:
-  """The reference probe: StandardScaler + scikit-learn LogisticRegression on the CPU."""
+                    max_iter: int, seed: int) -> tuple[np.ndarray, int]:
+  """The reference probe: StandardScaler + scikit-learn LogisticRegression on the CPU.
+
+  Returns:
+    (scores [n_test, C], the most iterations any fit took: scikit-learn's n_iter_).
+  """
   scaler = sklearn.preprocessing.StandardScaler().fit(np.asarray(train_x, np.float64))
   train_x = scaler.transform(np.asarray(train_x, np.float64))
   test_x = scaler.transform(np.asarray(test_x, np.float64))
   regression = sklearn.linear_model.LogisticRegression(
       C=regularisation, max_iter=max_iter, random_state=seed)
-  if multi_label:
-    scores = np.full((test_x.shape[0], train_y.shape[1]), 0.5)
-    for label in range(train_y.shape[1]):
-      column = train_y[:, label]
-      if column.min() != column.max():  # constant columns cannot be learnt: score 0.5
-        scores[:, label] = sklearn.base.clone(regression).fit(train_x, column).predict_proba(
-            test_x)[:, 1]
-    return scores
-  return regression.fit(train_x, train_y).predict_proba(test_x)
+  with warnings.catch_warnings():
+    # Stopping on max_iter is reported by the probe itself (linear_probe_stopped_at_cap).
+    warnings.simplefilter("ignore", sklearn.exceptions.ConvergenceWarning)
+    if multi_label:
+      scores = np.full((test_x.shape[0], train_y.shape[1]), 0.5)
+      iterations = 0
+      for label in range(train_y.shape[1]):
+        column = train_y[:, label]
+        if column.min() != column.max():  # constant columns cannot be learnt: score 0.5
+          fitted = sklearn.base.clone(regression).fit(train_x, column)
+          scores[:, label] = fitted.predict_proba(test_x)[:, 1]
+          iterations = max(iterations, int(np.max(fitted.n_iter_)))
+      return scores, iterations
+    fitted = regression.fit(train_x, train_y)
+    return fitted.predict_proba(test_x), int(np.max(fitted.n_iter_))
+
+
+def _solver_record(iterations: int, gradient_max: Optional[float], max_iter: int,
+                   tol: float) -> dict:
+  """How the probe's solver stopped (report.json), and whether on the iteration cap."""
+  at_cap = iterations >= max_iter and (gradient_max is None or gradient_max >= tol)
+  return {"linear_probe_iterations": int(iterations),
+          "linear_probe_gradient_max": gradient_max,
+          "linear_probe_max_iter": int(max_iter),
+          "linear_probe_stopped_at_cap": bool(at_cap)}
 
 
 def linear_probe(train_features, train_targets, test_features, test_targets, *,
                  multi_label: bool, regularisation: float = 1.0, max_iter: int = 1000,
                  class_names: Optional[Sequence[str]] = None, seed: int = 0,
-                 solver: str = "jax") -> dict:
+                 solver: str = "jax", test_patient_ids=None, resamples: int = 0) -> dict:
   """Logistic regression on frozen, standardised features: fit on train, score on test.
 
   Features are standardised with the train mean/std (as scikit-learn's StandardScaler).
@@ -219,15 +241,21 @@ def linear_probe(train_features, train_targets, test_features, test_targets, *,
     seed: scikit-learn's random_state (solver 'sklearn').
     solver: 'jax' (L-BFGS on the device, `fit_logistic_regression`) or 'sklearn' (the
       CPU reference).
+    test_patient_ids, resamples: with both, 95 % intervals resampled by patient.
 
   Returns:
-    multi-label: {'linear_auroc': {name: auroc}, 'linear_auroc_macro': mean over labels
-    with a defined AUROC}; single-label: {'linear_accuracy', 'linear_auroc':
-    {name: one-vs-rest auroc}, 'linear_auroc_macro'}. AUROCs undefined on the test set
-    (only one class present) are NaN and left out of the macro mean.
+    'linear_auroc' {name: auroc}, 'linear_auroc_macro' and the classes in it and left out
+    (`scores.auroc_table`: a label without train positives is NaN and left out, as one
+    without test positives), ['linear_accuracy'] (single-label), the intervals
+    ('*_ci95'), and how the solver stopped: 'linear_probe_iterations',
+    'linear_probe_gradient_max' (max |gradient| at the end; None for scikit-learn,
+    which does not report it), 'linear_probe_max_iter', 'linear_probe_stopped_at_cap'.
   """
   if solver not in PROBE_SOLVERS:
     raise ValueError(f"linear probe solver={solver!r}; accepted: {PROBE_SOLVERS}.")
+  tol = 1e-5 if solver == "jax" else 1e-4   # the stopping tolerance of each solver
+  intervals = dict(patient_ids=test_patient_ids, resamples=resamples if
+                   test_patient_ids is not None else 0)
   if multi_label:
     train_y = np.asarray(train_targets).astype(np.int64)
     test_y = np.asarray(test_targets).astype(np.int64)
@@ -237,14 +265,19 @@ def linear_probe(train_features, train_targets, test_features, test_targets, *,
     num_labels = train_y.shape[1]
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_labels)]
     if solver == "sklearn":
-      scores = _sklearn_scores(train_features, train_y, test_features, multi_label=True,
-                               regularisation=regularisation, max_iter=max_iter, seed=seed)
+      scores, iterations = _sklearn_scores(
+          train_features, train_y, test_features, multi_label=True,
+          regularisation=regularisation, max_iter=max_iter, seed=seed)
+      record = _solver_record(iterations, None, max_iter, tol)
     else:
-      scores = fit_logistic_regression(train_features, train_y, kind="sigmoid",
-                                       regularisation=regularisation,
-                                       max_iter=max_iter).probabilities(test_features)
-    per_label = {names[j]: auroc_or_nan(test_y[:, j], scores[:, j]) for j in range(num_labels)}
-    return {"linear_auroc": per_label, "linear_auroc_macro": nan_mean(list(per_label.values()))}
+      fitted = fit_logistic_regression(train_features, train_y, kind="sigmoid",
+                                       regularisation=regularisation, max_iter=max_iter,
+                                       tol=tol)
+      scores = fitted.probabilities(test_features)
+      record = _solver_record(fitted.num_iterations, fitted.gradient_max, max_iter, tol)
+    positives = train_y.sum(axis=0)
+    return dict(auroc_table("linear_auroc", test_y, scores, names, train_positives=positives,
+                            train_negatives=len(train_y) - positives, **intervals), **record)
 
   train_y = np.asarray(train_targets).astype(np.int64).reshape(-1)
   test_y = np.asarray(test_targets).astype(np.int64).reshape(-1)
@@ -253,51 +286,64 @@ def linear_probe(train_features, train_targets, test_features, test_targets, *,
     raise ValueError(f"linear_probe: the train targets hold only class {present.tolist()}; "
                      "a classifier needs at least two classes.")
   if solver == "sklearn":
-    probabilities = _sklearn_scores(train_features, train_y, test_features, multi_label=False,
-                                    regularisation=regularisation, max_iter=max_iter,
-                                    seed=seed)
-  elif present.size == 2:
-    # A binary problem is one sigmoid (as scikit-learn), not a two-class softmax.
-    positive = fit_logistic_regression(
-        train_features, (train_y == present[1])[:, None], kind="sigmoid",
-        regularisation=regularisation, max_iter=max_iter).probabilities(test_features)[:, 0]
-    probabilities = np.stack([1.0 - positive, positive], axis=1)
+    probabilities, iterations = _sklearn_scores(
+        train_features, train_y, test_features, multi_label=False,
+        regularisation=regularisation, max_iter=max_iter, seed=seed)
+    record = _solver_record(iterations, None, max_iter, tol)
   else:
-    # Only the classes present in train are fitted (scikit-learn's classes_).
-    probabilities = fit_logistic_regression(
-        train_features, np.searchsorted(present, train_y), kind="softmax",
-        regularisation=regularisation, max_iter=max_iter).probabilities(test_features)
+    if present.size == 2:
+      # A binary problem is one sigmoid (as scikit-learn), not a two-class softmax.
+      fitted = fit_logistic_regression(
+          train_features, (train_y == present[1])[:, None], kind="sigmoid",
+          regularisation=regularisation, max_iter=max_iter, tol=tol)
+      positive = fitted.probabilities(test_features)[:, 0]
+      probabilities = np.stack([1.0 - positive, positive], axis=1)
+    else:
+      # Only the classes present in train are fitted (scikit-learn's classes_).
+      fitted = fit_logistic_regression(
+          train_features, np.searchsorted(present, train_y), kind="softmax",
+          regularisation=regularisation, max_iter=max_iter, tol=tol)
+      probabilities = fitted.probabilities(test_features)
+    record = _solver_record(fitted.num_iterations, fitted.gradient_max, max_iter, tol)
   predictions = present[np.argmax(probabilities, axis=1)]
+  num_classes = (len(class_names) if class_names is not None
+                 else int(max(train_y.max(), test_y.max())) + 1)
   names = (list(class_names) if class_names is not None
-           else [str(i) for i in range(int(max(train_y.max(), test_y.max())) + 1)])
-  per_class = {}
-  for column, class_id in enumerate(present):
-    per_class[names[class_id]] = auroc_or_nan((test_y == class_id).astype(np.int64),
-                                               probabilities[:, column])
-  if present.size == 2:
-    # One AUROC describes a binary problem; per_class holds it twice (complements).
-    macro = per_class[names[present[1]]]
-  else:
-    macro = nan_mean(list(per_class.values()))
-  return {"linear_accuracy": float(np.mean(predictions == test_y)),
-          "linear_auroc": per_class, "linear_auroc_macro": macro}
+           else [str(i) for i in range(num_classes)])
+  # One column per class; classes absent from train have no score (and are left out).
+  scores = np.zeros((test_y.size, num_classes))
+  scores[:, present] = probabilities
+  truth = test_y[:, None] == np.arange(num_classes)[None]
+  positives = np.bincount(train_y, minlength=num_classes)
+  correct = (predictions == test_y).astype(np.float64)
+  result = {"linear_accuracy": float(np.mean(correct))}
+  if intervals["resamples"]:
+    result["linear_accuracy_ci95"] = bootstrap_mean_interval(
+        correct, test_patient_ids, resamples=resamples)
+  result.update(auroc_table("linear_auroc", truth, scores, names, train_positives=positives,
+                            train_negatives=train_y.size - positives,
+                            binary=num_classes == 2, **intervals))
+  return dict(result, **record)
 
 
 def label_efficiency(train_features, train_targets, test_features, test_targets,
                      patient_ids, fractions: Sequence[float], *, multi_label: bool,
                      class_names: Optional[Sequence[str]] = None, seed: int = 0,
-                     full_probe: Optional[dict] = None, solver: str = "jax") -> list:
+                     full_probe: Optional[dict] = None, solver: str = "jax",
+                     regularisation: float = 1.0, max_iter: int = 1000,
+                     test_patient_ids=None, resamples: int = 0) -> list:
   """Linear probe fitted on patient-wise subsamples of the train labels.
 
   Args:
     full_probe: the `linear_probe` result on all train labels, reused for fraction 1.0
       instead of fitting the same probe again.
-    solver: see `linear_probe`.
+    solver, regularisation, max_iter, test_patient_ids, resamples: see `linear_probe`.
 
   Returns:
-    one dict per fraction: {'fraction', 'num_train_examples', 'num_train_patients',
-    'linear_auroc_macro', ['linear_accuracy'] (single-label), 'linear_auroc'}; a
-    fraction whose subsample cannot be fitted (e.g. one class only) gets an 'error'.
+    one dict per fraction: {'fraction', 'num_train_examples', 'num_train_patients'} and
+    the `linear_probe` result on that subsample (macro AUROC, the classes in it, its
+    interval, ...); a fraction whose subsample cannot be fitted (e.g. one class only)
+    gets an 'error'.
   """
   results = []
   patient_ids = np.asarray(patient_ids)
@@ -314,7 +360,9 @@ def label_efficiency(train_features, train_targets, test_features, test_targets,
     try:
       entry.update(linear_probe(train_features[indices], train_targets[indices],
                                 test_features, test_targets, multi_label=multi_label,
-                                class_names=class_names, seed=seed, solver=solver))
+                                class_names=class_names, seed=seed, solver=solver,
+                                regularisation=regularisation, max_iter=max_iter,
+                                test_patient_ids=test_patient_ids, resamples=resamples))
     except ValueError as error:
       entry["error"] = str(error)
     results.append(entry)
