@@ -46,8 +46,9 @@ def enable_compilation_cache(workdir: Optional[str] = None) -> Optional[str]:
     from simclr_jax.runtime import compilation_cache
   except ImportError:
     return None
+  from simclr_jax.workdir import CONFIG_FILE
   config = None
-  if workdir and os.path.exists(os.path.join(workdir, "config.json")):
+  if workdir and os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     from simclr_jax import checkpointing
     config = checkpointing.read_config(workdir)
   return compilation_cache.enable(config)
