@@ -7,6 +7,7 @@ registry.py and read them with the Grain pipelines in pipeline.py.
 """
 from simclr_jax.data.nih import NihChestXray14
 from simclr_jax.data.pipeline import balance_labels
+from simclr_jax.data.pipeline import check_batch_size
 from simclr_jax.data.registry import check_dataset_name
 from simclr_jax.data.pipeline import class_frequencies
 from simclr_jax.data.registry import class_names
