@@ -12,8 +12,6 @@
 
 Evaluation only reads a workdir (config.json and complete checkpoints).
 """
-import os
-
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 CONFIG_HISTORY_FILE = "config_history.jsonl"
@@ -22,7 +20,3 @@ TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_PREFIX = "damaged-"   # never '_<digits>': orbax would take 'damaged_10' for step 10
 
-
-def path(workdir: str, name: str) -> str:
-  """WORKDIR/name, e.g. path(workdir, CONFIG_FILE)."""
-  return os.path.join(workdir, name)

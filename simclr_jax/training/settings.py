@@ -2,7 +2,8 @@
 
 `check_run(config)` turns the config and the prepared dataset into a `RunPlan` (batch per
 device, steps, the config resolved by its objective) or raises `errors.ConfigError` with
-one line naming the field, the value and what is accepted. `check_workdir_config` compares a workdir's config.json with the config a
+one line naming the field, the value and what is accepted; it writes nothing, not even
+into `config`. `check_workdir_config` compares a workdir's config.json with the config a
 resumed run was started with (`check_resume`: what may change); `record_config` writes
 config.json and keeps the config it replaces in config_history.jsonl.
 `unknown_key_message` explains a mistyped `--config.KEY`.
