@@ -9,7 +9,6 @@ torchvision = pytest.importorskip('torchvision')
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
-import ml_collections
 
 from experiments.pytorch_baseline import augment as baseline_augment
 from experiments.pytorch_baseline import loss as baseline_loss
