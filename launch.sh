@@ -4,6 +4,7 @@
 #   ./launch.sh demo                      set up a venv, then the whole path (synthetic_cxr) on the
 #                                         accelerator setup detected (GPU, TPU, else CPU)
 #   ./launch.sh test [pytest args]        set up (incl. the PyTorch baseline) and run the test suite
+#                                         (tests, then tests/multidevice on 4 fake CPU devices)
 #   ./launch.sh setup [torch|tensorboard] only create/refresh the venv (JAX build of the accelerator)
 #   ./launch.sh doctor [--json]           detected accelerator, JAX requirement, backend, versions
 #   ./launch.sh prepare ARGS...           python -m simclr_jax.prepare ARGS
@@ -183,7 +184,15 @@ case "$command" in
   demo) demo "$@";;
   # In-process and multi-device tests pin JAX to (fake) CPU devices themselves (tests/conftest.py);
   # tests/test_doctor.py runs a real train step on the detected accelerator.
-  test) setup torch; py -m pytest -q tests "$@";;
+  test)
+    # Two pytest invocations: tests/multidevice needs a process of its own (4 fake CPU devices,
+    # set before JAX starts). Both run; the exit code is the first failure's (5, nothing
+    # selected by -k, is not a failure).
+    setup torch; status=0
+    for tests in tests tests/multidevice; do
+      py -m pytest -q "$tests" "$@" || { rc=$?; [[ $rc -eq 5 || $status -ne 0 ]] || status=$rc; }
+    done
+    exit "$status";;
   doctor)
     # Before any setup too: the venv's Python when there is one, else the system's.
     if [[ -x "$VENV/bin/python" ]]; then py -m simclr_jax.doctor "$@"

@@ -5,7 +5,7 @@
       --torch_modes eager,compiled
 
 One step is everything a training step does on the device:
-  jax:   simclr_jax.train.train_step under pmap (on-device augmentation of both views,
+  jax:   simclr_jax.training.step.train_step under pmap (on-device augmentation of both views,
          ResNet + head forward on the 2N views, NT-Xent, backward, pmean, optax update);
   torch: experiments.pytorch_baseline.train.train_step (forward of the 2N views, NT-Xent,
          backward, optimizer step). The seed augments on the CPU in DataLoader workers, so
@@ -287,37 +287,29 @@ def jax_config(args, global_batch: int):
 def benchmark_jax(args) -> dict:
   # Before jax starts: XLA reads XLA_FLAGS once, when the first backend is created.
   os.environ['XLA_FLAGS'] = jax_xla_flags(args)
-  import functools
   import flax
   import jax
   import numpy as np
   from simclr_jax import augment
-  from simclr_jax import models
   from simclr_jax import objectives
   from simclr_jax.training import optim
-  from simclr_jax import train
+  from simclr_jax.training import step as step_lib
 
   devices = jax.local_device_count()
   config = jax_config(args, args.per_device_batch * devices)
   result = base_result(args, 'jax', JAX_MODE, devices)
   result['dtype'] = config.dtype  # --set dtype=... wins over --dtype
   total_steps = args.steps + args.warmup
-  # The real train step of simclr_jax.train, pmapped as train_and_evaluate does.
-  model = models.create_model(config, axis_name=train.AXIS_NAME)
+  # The real train step of simclr_jax.training, pmapped as the training loop does.
+  objective = objectives.of(config)
+  model = objective.build_model(config, step_lib.AXIS_NAME)
   tx, learning_rate_fn = optim.create_optimizer(config, total_steps, steps_per_epoch=total_steps)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(args.seed))
-  state = train.create_train_state(config, model, tx, init_rng,
-                                   (args.image_size, args.image_size, 1))
-  p_train_step = jax.pmap(
-      functools.partial(
-          train.train_step, tx=tx, learning_rate_fn=learning_rate_fn,
-          objective=objectives.create_objective(config, model, train.AXIS_NAME)),
-      axis_name=train.AXIS_NAME, donate_argnums=(0,))
-  # Replicated through a pmap over AXIS_NAME so that the state's sharding (mesh axis 'batch')
-  # is the one the step returns; flax.jax_utils.replicate gives mesh axis
-  # '_device_put_sharded', which makes the second call compile the step again.
-  replicated_state = jax.pmap(lambda tree: tree, axis_name=train.AXIS_NAME)(
-      flax.jax_utils.replicate(state))
+  state = step_lib.create_train_state(config, model, tx, init_rng,
+                                      (args.image_size, args.image_size, 1))
+  p_train_step = step_lib.pmap_train_step(
+      tx, learning_rate_fn, objective.build_loss(config, model, step_lib.AXIS_NAME))
+  replicated_state = step_lib.to_devices(state)
   holder = {'state': replicated_state, 'metrics': None}
   replicated_rng = flax.jax_utils.replicate(train_rng)
   images = np.random.default_rng(args.seed).integers(

@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from simclr_jax.workdir import METRICS_FILE
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -61,7 +63,7 @@ def _run(mode: str, args, dataset: str, data_dir: str, workdir: pathlib.Path) ->
   if proc.returncode != 0:
     raise SystemExit(f"{mode} run failed:\n{proc.stderr[-4000:]}")
   wall = time.perf_counter() - start
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
   windows = {r["step"]: r["views_per_second"] for r in records
              if r["step"] % args.log_every == 0}
   steps = sorted(windows)[1:-1]   # not the compilation window, not the last
@@ -88,7 +90,7 @@ def _time_save_calls(megabytes: float, directory: pathlib.Path, repeats: int = 3
   iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
   timings = {}
   for mode in ("sync", "async"):
-    manager = checkpointing.create_manager(str(directory / mode),
+    manager = checkpointing.create_manager(str(directory / mode), max_to_keep=3,
                                            async_saves=mode == "async")
     blocking, complete = [], []
     for step in range(1, repeats + 1):

@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+from simclr_jax.workdir import METRICS_FILE
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -33,7 +35,7 @@ def _start(config: str, data_dir: str, workdir: pathlib.Path, cache: pathlib.Pat
                              "SIMCLR_COMPILATION_CACHE": str(cache)})
   if proc.returncode != 0:
     raise SystemExit(f"training failed:\n{proc.stderr[-4000:]}")
-  first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
+  first = json.loads((workdir / METRICS_FILE).read_text().splitlines()[0])
   return {"first_step_seconds": first["first_step_seconds"],
           "compilation_cache_hit": first["compilation_cache_hit"],
           "process_seconds": time.perf_counter() - start}

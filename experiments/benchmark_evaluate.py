@@ -37,6 +37,8 @@ import time
 import jax
 import numpy as np
 
+from simclr_jax.workdir import METRICS_FILE
+
 # ChestX-ray14 prevalence of each finding (FINDINGS order), from Data_Entry_2017_v2020.
 NIH_PREVALENCE = (0.103, 0.025, 0.119, 0.177, 0.052, 0.056, 0.013, 0.047, 0.042, 0.021,
                   0.022, 0.015, 0.030, 0.002)
@@ -153,7 +155,7 @@ def time_online_monitor(args) -> dict:
                f"--config.log_every_steps={log_every}", "--config.progress_bar=False",
                f"--config.checkpoint_every_steps={args.online_train_steps}"]
     subprocess.run(command, check=True, capture_output=True, text=True)
-    with open(os.path.join(workdir, "metrics.jsonl")) as file:
+    with open(os.path.join(workdir, METRICS_FILE)) as file:
       lines = [json.loads(line) for line in file if line.strip()]
   # The first window holds the compilation; the later ones are steady training.
   steady = [line["views_per_second"] for line in lines[1:]] or [lines[0]["views_per_second"]]

@@ -1,13 +1,10 @@
 """Orbax checkpoints: save (the trainer), restore one step, load for evaluation.
 
-Layout of a workdir:
+The files of a workdir are named in simclr_jax/workdir.py; a checkpoint is
 
-  WORKDIR/config.json                 the experiment config (ConfigDict.to_json)
-  WORKDIR/checkpoints/<step>/state    params, batch_stats, opt_state, step (PyTree)
-  WORKDIR/checkpoints/<step>/rng      the run's base PRNG key
+  WORKDIR/checkpoints/<step>/state      params, batch_stats, opt_state, step (PyTree)
+  WORKDIR/checkpoints/<step>/rng        the run's base PRNG key
   WORKDIR/checkpoints/<step>/data_iter  Grain iterator state, one JSON file per process
-  WORKDIR/checkpoints/damaged-<step>/ a checkpoint that could not be restored, moved aside
-                                      by the trainer (run_control.restore_newest_good)
 
 Orbax writes every checkpoint into a temporary directory (`<step>.orbax-checkpoint-tmp-*`)
 and renames it into place only when all items are complete (and, on several processes,
@@ -32,21 +29,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
-DAMAGED_PREFIX = "damaged-"   # never '_<digits>': orbax would take 'damaged_10' for step 10
-
-
-class DamagedCheckpoint(Exception):
-  """A complete-looking checkpoint that cannot be restored (missing or unreadable files)."""
-
-  def __init__(self, step: int, reason: str):
-    super().__init__(f"checkpoint {step}: {reason}")
-    self.step, self.reason = step, reason
-
-
-class IncompatibleCheckpoint(ValueError):
-  """An intact checkpoint whose state tree differs from this config's (model/optimizer)."""
+from simclr_jax.errors import DamagedCheckpoint
+from simclr_jax.errors import IncompatibleCheckpoint
+from simclr_jax.workdir import CHECKPOINT_DIR
+from simclr_jax.workdir import CONFIG_FILE
+from simclr_jax.workdir import DAMAGED_PREFIX
 
 
 def checkpoint_directory(workdir: str) -> epath.Path:
@@ -70,8 +57,8 @@ def incomplete_checkpoints(workdir: str) -> List[str]:
   return sorted(p.name for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name)
 
 
-def create_manager(workdir: str, *, max_to_keep: int = 3,
-                   async_saves: bool = True) -> ocp.CheckpointManager:
+def create_manager(workdir: str, *, max_to_keep: int,
+                   async_saves: bool) -> ocp.CheckpointManager:
   """The trainer's CheckpointManager for WORKDIR/checkpoints (saving only).
 
   Only a trainer holding the workdir lock may create one: on creation it deletes the
@@ -81,8 +68,8 @@ def create_manager(workdir: str, *, max_to_keep: int = 3,
 
   Args:
     workdir: the training run's directory.
-    max_to_keep: checkpoints kept (the newest).
-    async_saves: write in a background thread, so training continues during the save
+    max_to_keep: checkpoints kept (the newest; config.keep_checkpoints).
+    async_saves (config.async_checkpointing): write in a background thread, so training continues during the save
       (`save` returns once the arrays are handed over; `wait_until_finished` /
       `close` block until the checkpoint is complete).
   """

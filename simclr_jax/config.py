@@ -66,6 +66,8 @@ def default_config() -> ml_collections.ConfigDict:
       lr_scaling="none",                # linear (lr*B/256) | sqrt (lr*sqrt(B)) | none
       weight_decay=1e-6,
       momentum=0.9,                     # sgd / lars
+      b1=0.9,                           # adam / adamw
+      b2=0.999,
       warmup_epochs=10.0,
       warmup_steps=-1,                  # >= 0 overrides warmup_epochs
       trust_coefficient=0.001,          # lars
@@ -95,3 +97,22 @@ def default_config() -> ml_collections.ConfigDict:
   config.compilation_cache = True       # persistent XLA compilation cache (restarts skip compiling)
   config.compilation_cache_dir = ""     # "" = $SIMCLR_COMPILATION_CACHE or ~/.cache/simclr_jax/xla
   return config
+
+
+def with_defaults(config) -> ml_collections.ConfigDict:
+  """A copy of `config` in which every field of `default_config()` it lacks has its default.
+
+  For code that also takes configs with fields missing: a workdir's config.json from an
+  earlier version, a section given as a plain dict, a test's minimal ConfigDict. Fields
+  the defaults do not have are kept; `config` itself is not changed.
+  """
+  def merge(defaults: dict, given: dict) -> dict:
+    merged = dict(defaults)
+    for name, value in given.items():
+      if isinstance(value, dict) and isinstance(defaults.get(name), dict):
+        value = merge(defaults[name], value)
+      merged[name] = value
+    return merged
+
+  given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  return ml_collections.ConfigDict(merge(default_config().to_dict(), given))

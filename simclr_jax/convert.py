@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simclr_jax import models
+from simclr_jax.config import with_defaults
 
 # Flax leaf name -> torchvision tensor name suffix.
 _PARAM_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
@@ -299,7 +300,8 @@ def load_torch_weights(path: str | os.PathLike, config, in_channels: int | None 
     tree `models.create_encoder(config).init(...)` gives.
   """
   import torch  # pylint: disable=g-import-not-at-top
-  width = float(config.get('width', 1.0))
+  config = with_defaults(config)
+  width = float(config.width)
   if width != 1.0:
     raise ValueError(f'config.width={width}: torchvision ResNet weights exist for width 1.0 only.')
   try:
@@ -310,7 +312,7 @@ def load_torch_weights(path: str | os.PathLike, config, in_channels: int | None 
   state_dict = _unwrap_checkpoint(checkpoint, str(path))
   try:
     return torch_to_flax(state_dict, config.model, in_channels=in_channels,
-                         stem=config.get('stem', 'imagenet'))
+                         stem=config.stem)
   except ValueError as error:
     raise ValueError(f'{path} (config.model={config.model!r}): {error}') from error
 

@@ -1,8 +1,10 @@
 """Shared test helpers.
 
-The pytest process itself sees one CPU device. Tests that need several devices run their
-code in a subprocess with ``--xla_force_host_platform_device_count`` set before jax is
-imported (see ``run_python``).
+The pytest process itself sees one CPU device. Tests that need several devices are ordinary
+test functions in tests/multidevice/, run as their own pytest invocation on 4 fake CPU
+devices (its conftest sets them before jax starts); this invocation leaves that package out.
+Subprocesses (``run_module``) are for what needs real processes: the CLI, signals, kills,
+locks, several processes.
 """
 import atexit
 import json
@@ -42,37 +44,6 @@ def subprocess_env(num_devices: int = 1, **extra) -> dict:
   return env
 
 
-def run_python(code: str, num_devices: int = 1, timeout: float = 600, **env) -> dict:
-  """Runs `code` in a fresh interpreter with `num_devices` CPU devices.
-
-  The code must print one JSON object as its last stdout line; it is returned parsed.
-  """
-  proc = subprocess.run(
-      [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-      env=subprocess_env(num_devices, **env), cwd=REPO_ROOT)
-  if proc.returncode != 0:
-    raise AssertionError(
-        f"subprocess failed (rc={proc.returncode})\nSTDOUT:\n{proc.stdout[-4000:]}\n"
-        f"STDERR:\n{proc.stderr[-8000:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def update_differences(initial, one, four) -> tuple:
-  """A step run on 1 and on 4 devices from the train state `initial` (the code strings of
-  run_python): the largest difference between the two results' params and batch_stats,
-  relative to each leaf's scale (float32 summation order differs between the splits), and the
-  largest change of any parameter from `initial` (so "equal" cannot mean "nothing moved")."""
-  import jax
-  import numpy as np
-  leaves1 = jax.tree_util.tree_leaves((one.params, one.batch_stats))
-  leaves4 = jax.tree_util.tree_leaves((four.params, four.batch_stats))
-  max_diff = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(a)))))
-                 for a, b in zip(leaves1, leaves4))
-  moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
-      jax.tree_util.tree_leaves(initial.params), jax.tree_util.tree_leaves(one.params)))
-  return max_diff, moved
-
-
 def run_module(args: list, num_devices: int = 1, timeout: float = 600, check: bool = True,
                **env) -> subprocess.CompletedProcess:
   """Runs `python -m ...args` like a user would type it; returns the CompletedProcess."""
@@ -91,6 +62,17 @@ def every_evaluator(**settings) -> dict:
   with `settings` for some: the mapping `simclr_jax.evaluation.from_config` builds."""
   from simclr_jax.evaluation import EVALUATORS
   return {name: settings.get(name, {}) for name in EVALUATORS}
+
+
+def pytest_ignore_collect(collection_path, config):
+  """tests/multidevice needs its own process (4 devices set before jax starts): collected
+  only when it is named on the command line (`pytest tests/multidevice`)."""
+  if collection_path.name == "multidevice" and collection_path.parent == pathlib.Path(
+      __file__).parent:
+    named = [pathlib.Path(arg.split("::")[0]).resolve() for arg in config.args]
+    return not any(collection_path == path or collection_path in path.parents
+                   for path in named)
+  return None
 
 
 @pytest.fixture

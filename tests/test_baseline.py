@@ -9,7 +9,6 @@ torchvision = pytest.importorskip('torchvision')
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
-import ml_collections
 
 from experiments.pytorch_baseline import augment as baseline_augment
 from experiments.pytorch_baseline import loss as baseline_loss
@@ -64,62 +63,55 @@ def test_loss_and_metrics_match_jax_nt_xent():
   assert _relative_difference(jax_grads[1], torch_z2.grad) < 1e-5
 
 
-# Runs in a subprocess with float64 enabled (jax_enable_x64 must be set before any array
-# exists, and the pytest process stays float32 for the other tests). The encoder and head
-# compute in float64; simclr_jax rounds the pooled features, the projections and the loss to
-# float32 by design, which changes gradients only at the 1e-7 level. In float32 a ReLU input
-# within ~1e-6 of 0 (one in ~10^5 of resnet18's activations here) can flip sides and change
-# one BatchNorm bias gradient by 1e-2, which is float32 rounding, not a model difference.
-_JAX_SGD_STEP = """
-import json, sys
-import jax
-jax.config.update('jax_enable_x64', True)
-import jax.numpy as jnp
-import numpy as np
-import optax
-from simclr_jax import convert, losses, models
+def _jax_sgd_step(inputs: dict, temperature: float, learning_rate: float) -> tuple:
+  """(loss, {torch name: update}) of one plain SGD step of simclr_jax's network, float64.
 
-inputs = np.load(sys.argv[1] if len(sys.argv) > 1 else {inputs!r})
-encoder_state = {{k[len('encoder.'):]: inputs[k] for k in inputs.files if k.startswith('encoder.')}}
-variables = convert.torch_to_flax(encoder_state, 'resnet18')  # 3 input channels, as the seed
-head_params = {{f'dense{{i}}': {{'kernel': inputs[f'head.{{t}}.weight'].T,
-                                'bias': inputs[f'head.{{t}}.bias']}}
-                for i, t in enumerate((0, 2))}}
-to64 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
-params = to64({{'encoder': variables['params'], 'head': head_params}})
-batch_stats = to64({{'encoder': variables['batch_stats']}})
-model = models.SimCLR(encoder=models.ResNet18(dtype=jnp.float64),
-                      head=models.ProjectionHead(hidden_dim=512, output_dim=128,
-                                                 dtype=jnp.float64))
-views = jnp.asarray(inputs['views'].transpose(0, 2, 3, 1))  # NHWC float64, view 1 then view 2
+  Inside `jax.enable_x64`: the rest of the pytest process stays float32. The encoder and
+  head compute in float64; simclr_jax rounds the pooled features, the projections and the
+  loss to float32 by design, which changes gradients only at the 1e-7 level. In float32 a
+  ReLU input within ~1e-6 of 0 (one in ~10^5 of resnet18's activations here) can flip
+  sides and change one BatchNorm bias gradient by 1e-2, which is float32 rounding, not a
+  model difference.
+  """
+  import optax
+  from simclr_jax import convert, losses, models
+  with jax.enable_x64(True):
+    encoder_state = {k[len('encoder.'):]: v for k, v in inputs.items()
+                     if k.startswith('encoder.')}
+    variables = convert.torch_to_flax(encoder_state, 'resnet18')  # 3 input channels, as the seed
+    head_params = {f'dense{i}': {'kernel': inputs[f'head.{t}.weight'].T,
+                                 'bias': inputs[f'head.{t}.bias']}
+                   for i, t in enumerate((0, 2))}
+    to64 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+    params = to64({'encoder': variables['params'], 'head': head_params})
+    batch_stats = to64({'encoder': variables['batch_stats']})
+    model = models.SimCLR(encoder=models.ResNet18(dtype=jnp.float64),
+                          head=models.ProjectionHead(hidden_dim=512, output_dim=128,
+                                                     dtype=jnp.float64))
+    views = jnp.asarray(inputs['views'].transpose(0, 2, 3, 1))  # NHWC float64, view 1 then 2
 
-def loss_fn(params):
-  (_, projections), new_state = model.apply(
-      {{'params': params, 'batch_stats': batch_stats}}, views, train=True,
-      mutable=['batch_stats'])
-  z1, z2 = jnp.split(projections, 2, axis=0)
-  return losses.nt_xent(z1, z2, {temperature}), new_state
+    def loss_fn(params):
+      (_, projections), new_state = model.apply(
+          {'params': params, 'batch_stats': batch_stats}, views, train=True,
+          mutable=['batch_stats'])
+      z1, z2 = jnp.split(projections, 2, axis=0)
+      return losses.nt_xent(z1, z2, temperature), new_state
 
-(loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-tx = optax.sgd({learning_rate})
-updates, _ = tx.update(grads, tx.init(params), params)
-new_params = optax.apply_updates(params, updates)
-encoder_updates = convert.flax_to_torch(
-    {{'params': updates['encoder'], 'batch_stats': new_state['batch_stats']['encoder']}},
-    'resnet18')
-outputs = {{f'encoder.{{k}}': v for k, v in encoder_updates.items()}}
-for i, t in enumerate((0, 2)):
-  outputs[f'head.{{t}}.weight'] = np.asarray(updates['head'][f'dense{{i}}']['kernel']).T
-  outputs[f'head.{{t}}.bias'] = np.asarray(updates['head'][f'dense{{i}}']['bias'])
-np.savez({outputs_path!r}, **outputs)
-print(json.dumps({{'loss': float(loss)}}))
-"""
+    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    tx = optax.sgd(learning_rate)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    encoder_updates = convert.flax_to_torch(
+        {'params': updates['encoder'], 'batch_stats': new_state['batch_stats']['encoder']},
+        'resnet18')
+    outputs = {f'encoder.{k}': np.asarray(v) for k, v in encoder_updates.items()}
+    for i, t in enumerate((0, 2)):
+      outputs[f'head.{t}.weight'] = np.asarray(updates['head'][f'dense{i}']['kernel']).T
+      outputs[f'head.{t}.bias'] = np.asarray(updates['head'][f'dense{i}']['bias'])
+    return float(loss), outputs
 
 
-def test_one_sgd_step_matches_jax(tmp_path):
+def test_one_sgd_step_matches_jax():
   """Same weights + same views + one plain SGD step => same weights, both frameworks."""
-  from conftest import run_python
-
   learning_rate, temperature, batch, size = 0.1, 0.07, 4, 32
   torch.manual_seed(0)
   # float32 initial weights and views (exactly representable on both sides), float64 compute.
@@ -129,7 +121,7 @@ def test_one_sgd_step_matches_jax(tmp_path):
                       ).double()  # view 1 rows, then view 2 rows (no augmentation)
   before = {f'encoder.{k}': v.numpy().copy() for k, v in torch_model.encoder.state_dict().items()}
   before.update({f'head.{k}': v.numpy().copy() for k, v in torch_model.head.state_dict().items()})
-  np.savez(tmp_path / 'inputs.npz', views=views.numpy(), **before)
+  inputs = {'views': views.numpy().copy(), **before}
 
   # torch: the baseline's own train step, SGD without momentum / weight decay, train-mode BN.
   optimizer = baseline_train.create_optimizer(torch_model.parameters(), 'sgd', learning_rate)
@@ -139,12 +131,10 @@ def test_one_sgd_step_matches_jax(tmp_path):
   after = {f'encoder.{k}': v.numpy() for k, v in torch_model.encoder.state_dict().items()}
   after.update({f'head.{k}': v.numpy() for k, v in torch_model.head.state_dict().items()})
 
-  # jax: the computation of simclr_jax.train.train_step after augmentation, in float64.
-  result = run_python(_JAX_SGD_STEP.format(
-      inputs=str(tmp_path / 'inputs.npz'), outputs_path=str(tmp_path / 'jax_updates.npz'),
-      temperature=temperature, learning_rate=learning_rate), timeout=300)
-  jax_outputs = np.load(tmp_path / 'jax_updates.npz')
-  assert result['loss'] == pytest.approx(torch_loss.item(), rel=1e-6)
+  # jax: the computation of simclr_jax.training.step.train_step after augmentation, float64.
+  jax_loss, jax_outputs = _jax_sgd_step(inputs, temperature=temperature,
+                                        learning_rate=learning_rate)
+  assert jax_loss == pytest.approx(torch_loss.item(), rel=1e-6)
 
   weight_diffs, update_diffs = {}, {}
   for name in after:

@@ -9,7 +9,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import NearestCentroid
 
-from conftest import run_python
 from simclr_jax import data
 from simclr_jax.data import synthetic_cxr
 from simclr_jax.evaluation import algorithms
@@ -165,34 +164,31 @@ def test_resume_from_state_yields_the_same_batches(data_dir):
 
 def test_resume_with_grain_workers(data_dir):
   """Worker processes give the same stream; states move between 0 and 1 workers."""
-  result = run_python(f"""
-import json, ml_collections, numpy as np
-from simclr_jax import data
-def config(workers):
-  return ml_collections.ConfigDict(dict(
-      dataset={DATASET!r}, data_dir={data_dir!r}, train_split='train', batch_size=8, seed=3,
-      input=dict(num_workers=workers, prefetch_buffer_size=2, class_balanced=False)))
-def make(workers):
-  return data.create_train_iterator(
-      config(workers), process_index=0, process_count=1, local_device_count=1)
-plain_iterator = make(0)
-plain = [next(plain_iterator)['image'] for _ in range(6)]
-with_workers = make(1)
-first = [next(with_workers)['image'] for _ in range(3)]
-state = with_workers.get_state()
-rest = [next(with_workers)['image'] for _ in range(3)]
-with_workers.close()
-resumed_plain = make(0)
-resumed_plain.set_state(state)
-resumed_workers = make(1)
-resumed_workers.set_state(state)
-out = dict(
-    workers_equal_plain=all(np.array_equal(a, b) for a, b in zip(first + rest, plain)),
-    resume_plain=all(np.array_equal(a, next(resumed_plain)['image']) for a in rest),
-    resume_workers=all(np.array_equal(a, next(resumed_workers)['image']) for a in rest))
-resumed_workers.close()
-print(json.dumps(out))
-""")
+  def make(workers):
+    config = ml_collections.ConfigDict(dict(
+        dataset=DATASET, data_dir=str(data_dir), train_split='train', batch_size=8, seed=3,
+        input=dict(num_workers=workers, prefetch_buffer_size=2, class_balanced=False)))
+    return data.create_train_iterator(
+        config, process_index=0, process_count=1, local_device_count=1)
+
+  plain_iterator = make(0)
+  plain = [next(plain_iterator)['image'] for _ in range(6)]
+  with_workers = make(1)
+  first = [next(with_workers)['image'] for _ in range(3)]
+  state = with_workers.get_state()
+  rest = [next(with_workers)['image'] for _ in range(3)]
+  with_workers.close()
+  resumed_plain = make(0)
+  resumed_plain.set_state(state)
+  resumed_workers = make(1)
+  resumed_workers.set_state(state)
+  try:
+    result = dict(
+        workers_equal_plain=all(np.array_equal(a, b) for a, b in zip(first + rest, plain)),
+        resume_plain=all(np.array_equal(a, next(resumed_plain)['image']) for a in rest),
+        resume_workers=all(np.array_equal(a, next(resumed_workers)['image']) for a in rest))
+  finally:
+    resumed_workers.close()
   assert result == {'workers_equal_plain': True, 'resume_plain': True, 'resume_workers': True}
 
 
@@ -210,7 +206,7 @@ def test_process_parts_concatenate_to_the_global_batch(data_dir):
 
 
 def test_batch_size_must_divide_over_devices(data_dir):
-  with pytest.raises(ValueError, match=r'batch_size=10 .*device count 4.*\[8, 12\]'):
+  with pytest.raises(ValueError, match=r'batch_size=10 .*device count 4.* 8 or 12'):
     data.create_train_iterator(make_config(data_dir, batch_size=10), process_index=0,
                                process_count=2, local_device_count=2)
 

@@ -59,16 +59,17 @@ def test_prepare_train_evaluate_on_real_nih_thumbnails(tmp_path, shared_data):
   # The supervised baseline's inverse-frequency weights on this multi-label data: computed
   # from the training split; a finding on every (or no) image cannot be weighted.
   from experiments.configs import nih_r50
-  from simclr_jax.training import settings
+  from simclr_jax import errors
+  from simclr_jax.objectives import supervised
   config = nih_r50.get_config()
   config.update(dict(dataset="nih_chest_xray14/thumbs64", data_dir=str(data_dir),
                      objective="supervised"))
   config.supervised.class_weights = "inverse_frequency"
-  settings.resolve_supervised_targets(config)
+  config = supervised.resolve(config)
   frequencies = np.asarray(config.supervised.class_frequencies)
   assert config.supervised.num_classes == 14 and frequencies.shape == (14,)
   assert np.all((0 < frequencies) & (frequencies < 1))
   config.supervised.class_frequencies = (1.0,) + tuple(frequencies[1:])
-  with pytest.raises(settings.ConfigError, match=r"class_weights='inverse_frequency'.*"
+  with pytest.raises(errors.ConfigError, match=r"class_weights='inverse_frequency'.*"
                      r"each in \(0, 1\)"):
-    settings.resolve_supervised_targets(config)
+    supervised.resolve(config)

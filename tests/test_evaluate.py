@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, every_evaluator, run_module, run_python, subprocess_env
+from conftest import REPO_ROOT, every_evaluator, run_module, subprocess_env
 from simclr_jax import evaluate
 from simclr_jax.data import labels
 from simclr_jax.evaluation import EVALUATORS
@@ -106,45 +106,7 @@ def test_single_label_dataset_modes():
   assert binary.labels.tolist() == [0, 1, 0, 1, -1]
 
 
-# ----------------------------------------------------------------------------- extraction
-
-_MASKED_EXTRACTION_CODE = r"""
-import json
-import jax, jax.numpy as jnp, numpy as np
-from simclr_jax.evaluation import features as features_lib
-
-num_examples, batch_size = 23, 8   # 3 batches; the last one has 7 real rows + 1 padding
-
-def batches():
-  for start in range(0, num_examples, batch_size):
-    ids = np.arange(start, start + batch_size)
-    mask = ids < num_examples
-    images = np.where(mask[:, None, None, None], ids[:, None, None, None] + 1, 0)
-    yield {'image': np.broadcast_to(images, (batch_size, 2, 2, 1)).astype(np.uint8),
-           'mask': mask, 'id': np.where(mask, ids, -7)}
-
-def encode(variables, images):  # features = (pixel, 2 * pixel) * scale
-  pixel = images[:, 0, 0, :].astype(jnp.float32)
-  return jnp.concatenate([pixel, 2 * pixel], axis=-1) * variables['scale']
-
-out = features_lib.extract_features(encode, {'scale': jnp.float32(1.0)}, batches())
-# A batch whose size is not a multiple of the 3 devices and that has no padding.
-out2 = features_lib.extract_features(encode, {'scale': jnp.float32(1.0)}, iter([
-    {'image': np.arange(1, 6, dtype=np.uint8).reshape(5, 1, 1, 1).repeat(2, 1).repeat(2, 2),
-     'mask': np.ones(5, bool)}]))
-print(json.dumps({'devices': jax.local_device_count(),
-                  'features': out['features'].tolist(), 'ids': out['id'].tolist(),
-                  'features2': out2['features'][:, 0].tolist()}))
-"""
-
-
-def test_masked_extraction_counts_every_example_once_in_order():
-  result = run_python(_MASKED_EXTRACTION_CODE, num_devices=3)
-  assert result["devices"] == 3
-  assert result["ids"] == list(range(23))
-  assert [row[0] for row in result["features"]] == [i + 1.0 for i in range(23)]
-  assert [row[1] for row in result["features"]] == [2.0 * (i + 1) for i in range(23)]
-  assert result["features2"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+# Multi-device feature extraction: tests/multidevice/test_features.py.
 
 
 # ----------------------------------------------------------------------------- report

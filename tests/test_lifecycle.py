@@ -23,9 +23,12 @@ from test_fault_tolerance import (_checkpoint_steps, _metrics_steps, _running, _
 from test_train import _train_args
 
 from simclr_jax import checkpointing
+from simclr_jax import errors
 from simclr_jax.runtime import compilation_cache
-from simclr_jax.training import settings
+from simclr_jax.training import checkpoints
 from simclr_jax.training import run_control
+from simclr_jax.training import settings
+from simclr_jax.training import step_log
 
 
 def _tiny_config(prepared_data_dir, **overrides):
@@ -85,7 +88,7 @@ BAD_SETTINGS = [
 def test_bad_settings_are_refused_in_one_line(what, overrides, words, tmp_path,
                                               synthetic_data_dir):
   overrides = {k: str(tmp_path) if v == "{empty}" else v for k, v in overrides.items()}
-  with pytest.raises(settings.ConfigError) as raised:
+  with pytest.raises(errors.ConfigError) as raised:
     settings.check_run(_tiny_config(synthetic_data_dir, **overrides))
   message = str(raised.value)
   assert "\n" not in message, what
@@ -101,7 +104,7 @@ def test_good_settings_give_the_run_plan_and_devices_are_checked(synthetic_data_
   by_epochs = settings.check_run(_tiny_config(synthetic_data_dir, num_train_steps=-1,
                                                    num_epochs=2))
   assert by_epochs.total_steps == 24
-  with pytest.raises(settings.ConfigError, match=r"batch_size=6 .* 4 devices.* 4 or 8"):
+  with pytest.raises(errors.ConfigError, match=r"batch_size=6 .* 4 devices.* 4 or 8"):
     settings.check_settings(_tiny_config(synthetic_data_dir, batch_size=6), 4)
 
 
@@ -116,7 +119,7 @@ def test_unknown_config_keys_and_unwritable_workdir(tmp_path, synthetic_data_dir
   assert settings.unknown_key_message(config, "head") is None
   a_file = tmp_path / "file"
   a_file.write_text("")
-  with pytest.raises(run_control.WorkdirNotWritable, match="is not writable"):
+  with pytest.raises(errors.WorkdirNotWritable, match="is not writable"):
     run_control.WorkdirLock.acquire(str(a_file / "run"))
 
 
@@ -219,7 +222,7 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_resumed(
   _damage(workdir / "checkpoints" / "2", damage)
   iterator = _iterator()
   caplog.set_level("WARNING")
-  state, rng, step = run_control.restore_newest_good(
+  state, rng, step = checkpoints.restore_newest_good(
       str(workdir), _host_state(0), np.zeros(2, np.uint32), iterator)
   assert step == 1
   np.testing.assert_array_equal(state["params"]["kernel"], _host_state(1)["params"]["kernel"])
@@ -236,9 +239,9 @@ def test_no_restorable_checkpoint_names_each_and_moves_nothing(tmp_path):
   _save_steps(workdir, [1, 2])
   _damage(workdir / "checkpoints" / "2", "deleted _METADATA")
   _damage(workdir / "checkpoints" / "1", "deleted data-iterator state")
-  with pytest.raises(run_control.NoUsableCheckpoint) as raised:
-    run_control.restore_newest_good(str(workdir), _host_state(0), np.zeros(2, np.uint32),
-                                  _iterator())
+  with pytest.raises(errors.NoUsableCheckpoint) as raised:
+    checkpoints.restore_newest_good(str(workdir), _host_state(0), np.zeros(2, np.uint32),
+                                    _iterator())
   message = str(raised.value)
   assert raised.value.exit_code == 2 and "\n" not in message
   assert "step 2: missing state/_METADATA" in message and "step 1: missing data_iter" in message
@@ -255,14 +258,14 @@ def test_resume_refuses_config_changes_that_alter_training_and_keeps_the_old_con
   config = _tiny_config("unused")
   changed = _tiny_config("unused", **{"optimizer.learning_rate": 0.01, "num_train_steps": 40,
                                       "input.num_workers": 2, "data_dir": "elsewhere"})
-  with pytest.raises(settings.ConfigError) as raised:
+  with pytest.raises(errors.ConfigError) as raised:
     settings.check_workdir_config(str(workdir), changed, ())
   message = str(raised.value)
   assert "at step 3" in message and "optimizer.learning_rate 0.002 -> 0.01" in message
   assert "--allow_config_changes=optimizer.learning_rate." in message
   assert "num_train_steps" not in message and "num_workers" not in message
   assert settings.check_workdir_config(str(workdir), config, ()) == {}
-  with pytest.raises(settings.ConfigError, match="did you mean"):
+  with pytest.raises(errors.ConfigError, match="did you mean"):
     settings.check_workdir_config(str(workdir), changed, ["optimizer.learning_rat"])
 
   changes = settings.check_workdir_config(str(workdir), changed, ["optimizer.learning_rate"])
@@ -282,7 +285,7 @@ def test_metrics_file_is_cut_in_place_on_resume(tmp_path):
   path.write_text("".join(lines) + '{"step": 9, "lo')     # the last line cut by a kill
   inode = path.stat().st_ino
   with open(path) as follower:                           # e.g. `tail -f metrics.jsonl`
-    writer = run_control.MetricsWriter(str(tmp_path), start_step=5)
+    writer = step_log.MetricsWriter(str(tmp_path), start_step=5)
     writer.write(6, {"loss": 2.0})
     writer.close()
     assert path.stat().st_ino == inode                   # the same file, never replaced

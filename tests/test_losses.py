@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from simclr_jax import losses
-from tests.conftest import run_python
 
 
 def reference_nt_xent(z1, z2, temperature, weights=None, patient_ids=None):
@@ -207,59 +206,4 @@ def test_gradient_finite_under_jit():
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
 
 
-MULTI_DEVICE_CODE = r"""
-import json, functools
-import jax, jax.numpy as jnp, numpy as np
-from jax import lax
-from simclr_jax import losses
-
-devices, n, d, temperature = 4, 3, 5, 0.1
-rng = np.random.default_rng(0)
-z1 = rng.normal(size=(devices * n, d)).astype(np.float32)
-z2 = rng.normal(size=(devices * n, d)).astype(np.float32)
-w = rng.uniform(0.1, 3.0, size=(devices * n,)).astype(np.float32)
-shard = lambda x: x.reshape(devices, n, *x.shape[1:])
-
-def local(z1, z2, w, use_weights):
-  loss_fn = lambda a, b: losses.nt_xent_with_metrics(
-      a, b, temperature, axis_name='batch', weights=w if use_weights else None)
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(z1, z2)
-  return lax.pmean(loss, 'batch'), lax.pmean(metrics, 'batch'), grads
-
-out = {}
-for use_weights in (False, True):
-  p_loss, p_metrics, (g1, g2) = jax.pmap(
-      functools.partial(local, use_weights=use_weights), axis_name='batch')(
-          shard(z1), shard(z2), shard(w))
-  single_fn = lambda a, b: losses.nt_xent_with_metrics(
-      a, b, temperature, weights=w if use_weights else None)
-  (s_loss, s_metrics), (s1, s2) = jax.value_and_grad(
-      single_fn, argnums=(0, 1), has_aux=True)(z1, z2)
-  key = 'weighted' if use_weights else 'plain'
-  out[key] = dict(
-      pmap_loss=float(p_loss[0]), single_loss=float(s_loss),
-      loss_same_on_all=bool(np.allclose(p_loss, p_loss[0])),
-      grad1=np.asarray(g1).reshape(devices * n, d).tolist(), single_grad1=np.asarray(s1).tolist(),
-      grad2=np.asarray(g2).reshape(devices * n, d).tolist(), single_grad2=np.asarray(s2).tolist(),
-      pmap_metrics={k: float(v[0]) for k, v in p_metrics.items()},
-      single_metrics={k: float(v) for k, v in s_metrics.items()})
-out['devices'] = jax.device_count()
-print(json.dumps(out))
-"""
-
-
-def test_four_devices_match_single_device_loss_gradient_and_weights():
-  result = run_python(MULTI_DEVICE_CODE, num_devices=4)
-  assert result["devices"] == 4
-  for key in ("plain", "weighted"):
-    r = result[key]
-    assert r["loss_same_on_all"]
-    np.testing.assert_allclose(r["pmap_loss"], r["single_loss"], rtol=1e-5, atol=1e-6)
-    for name, value in r["single_metrics"].items():
-      np.testing.assert_allclose(r["pmap_metrics"][name], value, rtol=1e-5, atol=1e-6)
-    # all_gather's transpose (psum_scatter) sums the cotangents of all devices' losses, so
-    # each device's grad is d(sum_k loss_k)/dz = devices * d(global loss)/dz. pmean of
-    # parameter grads in the train step then yields exactly d(global loss)/dparams.
-    for grad, single in (("grad1", "single_grad1"), ("grad2", "single_grad2")):
-      np.testing.assert_allclose(
-          np.array(r[grad]), 4 * np.array(r[single]), rtol=1e-4, atol=1e-6)
+# Negatives gathered over 4 devices: tests/multidevice/test_nt_xent.py.

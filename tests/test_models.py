@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from simclr_jax import models
-from tests.conftest import run_python
 
 
 def _shapes(module, input_shape, **init_kwargs):
@@ -189,51 +188,7 @@ def test_factory_errors_name_field_and_accepted_values(overrides, message):
     models.create_model(_config(**overrides))
 
 
-_GLOBAL_BN_CODE = r'''
-import json
-import jax, jax.numpy as jnp, numpy as np
-from simclr_jax import models
-
-assert jax.local_device_count() == 2
-images = np.random.RandomState(0).normal(size=(8, 8, 8, 1)).astype(np.float32)  # global batch
-init_model = models.ResNetTiny(width=0.125, stem='cifar')
-# Random values without compiling `init` (slow on a busy CPU); running stats mean 0, var 1.
-rng = np.random.RandomState(1)
-variables = jax.tree.map(
-    lambda leaf: (rng.normal(size=leaf.shape) * 0.3).astype(np.float32),
-    jax.eval_shape(lambda x: init_model.init(jax.random.key(1), x, train=False), images))
-variables['batch_stats'] = jax.tree.map(np.zeros_like, variables['batch_stats'])
-for bn in jax.tree.leaves(variables['batch_stats'], is_leaf=lambda n: 'var' in n):
-  bn['var'] = np.ones_like(bn['var'])
-
-def update(model, variables, images):
-  features, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
-  return features, updates['batch_stats']
-
-single_features, single_stats = jax.jit(lambda v, x: update(init_model, v, x))(variables, images)
-replicated = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), variables)
-per_device = images.reshape(2, 4, 8, 8, 1)  # [devices, per_device, H, W, C]
-result = {}
-for axis_name in ('batch', None):
-  model = models.ResNetTiny(width=0.125, stem='cifar', axis_name=axis_name)
-  features, stats = jax.pmap(lambda v, x: update(model, v, x), axis_name='batch')(
-      replicated, per_device)
-  stats_error = max(
-      float(np.max(np.abs(np.asarray(p)[d] - np.asarray(s))))
-      for p, s in zip(jax.tree.leaves(stats), jax.tree.leaves(single_stats)) for d in range(2))
-  features_error = float(np.max(np.abs(np.asarray(features).reshape(8, -1) - single_features)))
-  result[str(axis_name)] = {'stats': stats_error, 'features': features_error}
-print(json.dumps(result))
-'''
-
-
-def test_global_batchnorm_under_pmap_matches_single_device():
-  errors = run_python(_GLOBAL_BN_CODE, num_devices=2)
-  # With axis_name the two devices' statistics are those of the whole batch ...
-  assert errors['batch']['stats'] <= 1e-5
-  assert errors['batch']['features'] <= 1e-4
-  # ... and without it they are per-device (the check above is not vacuous).
-  assert errors['None']['stats'] > 1e-3
+# Global BatchNorm over 2 devices: tests/multidevice/test_batchnorm.py.
 
 
 def _block_outputs_and_residual_branches(encoder, last_bn_name, images):

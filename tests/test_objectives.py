@@ -1,4 +1,4 @@
-"""Tests for simclr_jax/objectives.py: the supervised objective and the loss scale."""
+"""Tests for simclr_jax/objectives/: the registry, the supervised objective and the loss scale."""
 import functools
 import importlib.util
 
@@ -14,11 +14,12 @@ from sklearn.utils.class_weight import compute_class_weight
 from simclr_jax import augment
 from simclr_jax import models
 from simclr_jax import objectives
-from simclr_jax.training import optim
-from simclr_jax import train
 from simclr_jax.config import default_config
 from simclr_jax.data.synthetic_cxr import make_example
-from tests.conftest import REPO_ROOT, run_python
+from simclr_jax.objectives import supervised as supervised_lib
+from simclr_jax.training import optim
+from simclr_jax.training import step as step_lib
+from tests.conftest import REPO_ROOT
 
 
 def _tiny_config(objective="simclr", image_size=16, **overrides):
@@ -58,6 +59,29 @@ def _load_config(name):
   return module.get_config()
 
 
+# ------------------------------------------------------------------------ the registry
+
+def test_registry_records_and_resolve_returns_a_copy(synthetic_data_dir):
+  assert list(objectives.OBJECTIVES) == ["simclr", "supervised"]
+  assert [record.views_per_image for record in objectives.OBJECTIVES.values()] == [2, 1]
+  assert all(record.has_encoder for record in objectives.OBJECTIVES.values())
+  with pytest.raises(ValueError, match=r"config.objective='byol'; accepted: 'simclr', "
+                                       r"'supervised'"):
+    objectives.get("byol")
+  simclr = _tiny_config("simclr")
+  assert objectives.of(simclr).batch_fields(simclr) == {}
+  simclr.loss.example_weights = "inverse_frequency"
+  assert objectives.of(simclr).batch_fields(simclr) == {"weight": np.float32}
+  config = _tiny_config("supervised", **{"supervised.class_weights": "inverse_frequency"})
+  config.dataset, config.data_dir = "synthetic_cxr/32", str(synthetic_data_dir)
+  before = config.to_json_best_effort()
+  resolved = objectives.of(config).resolve(config)
+  assert config.to_json_best_effort() == before          # the input is not changed
+  assert resolved.supervised.num_classes == 5
+  np.testing.assert_allclose(resolved.supervised.class_frequencies, [0.2] * 5, atol=0.05)
+  assert objectives.of(config).batch_fields(config) == {"label": np.int32}
+
+
 # ------------------------------------------------------------------ supervised loss maths
 
 def _random_logits(seed, n=12, num_classes=4):
@@ -76,7 +100,7 @@ def test_multi_label_bce_matches_reference_and_sklearn_balanced_weights(weighted
   labels[0] = 1.0  # every finding has positives and negatives in this batch
   labels[1] = 0.0
   frequencies = labels.mean(axis=0)
-  loss, metrics = objectives._multi_label_loss(
+  loss, metrics = supervised_lib.multi_label_loss(
       jnp.asarray(logits), jnp.asarray(labels), frequencies if weighted else None, None)
 
   logits64 = logits.astype(np.float64)
@@ -101,7 +125,7 @@ def test_single_label_cross_entropy_matches_reference_and_sklearn_balanced_weigh
   logits = _random_logits(2, n=10, num_classes=3)
   label = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 1], np.int32)
   counts = np.bincount(label, minlength=3)  # counts are accepted as well as shares
-  loss, metrics = objectives._single_label_loss(
+  loss, metrics = supervised_lib.single_label_loss(
       jnp.asarray(logits), jnp.asarray(label), counts if weighted else None)
 
   logits64 = logits.astype(np.float64)
@@ -117,7 +141,7 @@ def test_supervised_objective_classifies_the_first_simclr_view():
   """The objective = the loss of the model's logits on SimCLR's first views."""
   config = _tiny_config("supervised")
   model = models.create_model(config, num_classes=3)
-  objective = objectives.create_objective(config, model, axis_name=None)
+  objective = objectives.create_loss(config, model, axis_name=None)
   images = np.random.default_rng(3).integers(0, 256, (4, 20, 20, 1)).astype(np.uint8)
   label = np.array([0, 2, 1, 2], np.int32)
   rng, example_ids = jax.random.key(5), jnp.arange(4) + 8
@@ -130,7 +154,7 @@ def test_supervised_objective_classifies_the_first_simclr_view():
     first_views, _ = augment.make_views(rng, images, example_ids, config.augment, 16)
     (_, logits), updates = model.apply(variables, first_views, train=True,
                                        mutable=["batch_stats"])
-    expected = objectives._single_label_loss(logits, label, None)
+    expected = supervised_lib.single_label_loss(logits, label, None)
     return (loss, new_batch_stats, metrics), (expected, updates["batch_stats"])
 
   (loss, new_batch_stats, metrics), ((expected, expected_metrics), expected_stats) = (
@@ -142,74 +166,7 @@ def test_supervised_objective_classifies_the_first_simclr_view():
                new_batch_stats, expected_stats)
 
 
-# --------------------------------------------------- device-split independence (pmap)
-
-_EQUIVALENCE_CODE = r"""
-import functools, json
-import jax, jax.numpy as jnp, numpy as np, flax
-from simclr_jax import models, objectives, optim, train
-from simclr_jax.config import default_config
-from tests.conftest import update_differences
-
-config = default_config()
-config.objective = 'supervised'
-config.supervised.class_weights = 'inverse_frequency'
-# Jitter and blur off: a smaller program; crop, flip and rotation still depend on the keys.
-config.augment.jitter_prob = config.augment.blur_prob = 0.0
-config.model, config.width, config.stem, config.image_size, config.batch_size = (
-    'resnet_tiny', 0.125, 'cifar', 16, 8)
-config.optimizer.name, config.optimizer.learning_rate, config.optimizer.warmup_steps = 'sgd', 0.5, 0
-model = models.create_model(config, axis_name=train.AXIS_NAME, num_classes=3)
-tx, lr_fn = optim.create_optimizer(config, total_steps=10, steps_per_epoch=10)
-rng = np.random.RandomState(0)
-# Random variables from numpy: a jitted init would cost seconds of compile here.
-variables = jax.tree.map(
-    lambda leaf: (rng.normal(size=leaf.shape) * 0.3 + (leaf.ndim == 1)).astype(np.float32),
-    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
-                   jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)))
-variables['batch_stats'] = jax.tree.map(np.abs, variables['batch_stats'])  # var > 0
-state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                         batch_stats=variables['batch_stats'],
-                         opt_state=tx.init(variables['params']))
-images = rng.randint(0, 256, (8, 20, 20, 1)).astype(np.uint8)
-labels = (rng.uniform(size=(8, 3)) < 0.4).astype(np.float32)
-objective = objectives.create_objective(config, model, train.AXIS_NAME,
-                                        class_frequencies=[0.2, 0.4, 0.3])
-step = functools.partial(train.train_step, tx=tx, learning_rate_fn=lr_fn, objective=objective)
-
-def run(num_devices):
-  devices = jax.devices()[:num_devices]
-  p_step = jax.pmap(step, axis_name=train.AXIS_NAME, devices=devices)
-  replicated = flax.jax_utils.replicate(state, devices)
-  replicated_rng = flax.jax_utils.replicate(jax.random.PRNGKey(1), devices)
-  batch = {'image': images.reshape(num_devices, 8 // num_devices, 20, 20, 1),
-           'labels': labels.reshape(num_devices, 8 // num_devices, 3)}
-  # One step: a second call would compile the step again for the donated outputs' layout.
-  replicated, metrics = p_step(replicated, batch, replicated_rng)
-  metrics = {k: float(v[0]) for k, v in metrics.items()}
-  return metrics, jax.device_get(flax.jax_utils.unreplicate(replicated))
-
-metrics1, state1 = run(1)
-metrics4, state4 = run(4)
-max_diff, moved = update_differences(state, state1, state4)
-print(json.dumps({'devices': jax.device_count(), 'metrics1': metrics1, 'metrics4': metrics4,
-                  'max_param_diff': max_diff, 'moved': moved,
-                  'params': sorted(state1.params), 'batch_stats': sorted(state1.batch_stats)}))
-"""
-
-
-def test_supervised_step_on_one_and_four_devices_gives_the_same_update():
-  result = run_python(_EQUIVALENCE_CODE, num_devices=4)
-  assert result["devices"] == 4
-  assert result["params"] == ["classifier", "encoder"]
-  assert result["batch_stats"] == ["encoder"]
-  metrics1, metrics4 = result["metrics1"], result["metrics4"]
-  assert set(metrics1) >= {"loss", "label_accuracy", "positive_probability",
-                           "negative_probability", "grad_norm"}
-  for name, value in metrics1.items():
-    np.testing.assert_allclose(metrics4[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
-  assert result["moved"] > 1e-3            # the step really changed the parameters
-  assert result["max_param_diff"] < 1e-5
+# Device-split independence of the supervised step: tests/multidevice/test_train_step.py.
 
 
 # ------------------------------------------------------------ supervised training learns
@@ -226,14 +183,14 @@ def test_supervised_training_on_phantoms_beats_the_untrained_network():
   config = _tiny_config("supervised", image_size=image_size, width=0.5, stem="imagenet",
                         batch_size=batch_size)
   config.optimizer.learning_rate, config.optimizer.warmup_steps = 3e-3, 0
-  model = models.create_model(config, axis_name=train.AXIS_NAME, num_classes=num_classes)
+  model = models.create_model(config, axis_name=step_lib.AXIS_NAME, num_classes=num_classes)
   tx, learning_rate_fn = optim.create_optimizer(config, total_steps=steps, steps_per_epoch=10)
-  state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0),
-                                   (image_size, image_size, 1))
+  state = step_lib.create_train_state(config, model, tx, jax.random.PRNGKey(0),
+                                      (image_size, image_size, 1))
   p_step = jax.pmap(functools.partial(
-      train.train_step, tx=tx, learning_rate_fn=learning_rate_fn,
-      objective=objectives.create_objective(config, model, train.AXIS_NAME)),
-      axis_name=train.AXIS_NAME)
+      step_lib.train_step, tx=tx, learning_rate_fn=learning_rate_fn,
+      loss_fn=objectives.create_loss(config, model, step_lib.AXIS_NAME)),
+      axis_name=step_lib.AXIS_NAME)
   images, labels = _phantoms("train", 320, image_size)
   test_images, test_labels = _phantoms("test", 200, image_size)
   eval_model = models.create_model(config, num_classes=num_classes)
@@ -276,7 +233,7 @@ def test_loss_scale_doubles_the_gradient_but_not_the_logged_loss():
 
   def loss_and_grads(scale):
     config.loss.scale = scale
-    objective = objectives.create_objective(config, model, axis_name=None)
+    objective = objectives.create_loss(config, model, axis_name=None)
     return jax.value_and_grad(objective, has_aux=True)(
         variables["params"], variables["batch_stats"], {"image": images}, jax.random.key(1),
         jnp.arange(4))
@@ -318,13 +275,13 @@ def test_create_objective_errors_name_the_field(overrides, kwargs, message):
   config.update_from_flattened_dict(overrides)
   model = models.Supervised(encoder=models.create_encoder(config), num_classes=3)
   with pytest.raises(ValueError, match=message):
-    objectives.create_objective(config, model, "batch", **kwargs)
+    objectives.create_loss(config, model, "batch", **kwargs)
 
 
 def test_supervised_batch_errors_name_the_keys():
   config = _tiny_config("supervised")
   model = models.create_model(config, num_classes=3)
-  objective = objectives.create_objective(config, model, axis_name=None)
+  objective = objectives.create_loss(config, model, axis_name=None)
   images = np.zeros((2, 16, 16, 1), np.uint8)
   with pytest.raises(ValueError, match=r"no target.*\['image'\]"):
     objective({}, {}, {"image": images}, jax.random.key(0), jnp.arange(2))
@@ -332,7 +289,7 @@ def test_supervised_batch_errors_name_the_keys():
     objective({}, {}, {"image": images, "label": np.zeros(2, np.int32),
                        "labels": np.zeros((2, 3), np.float32)}, jax.random.key(0), jnp.arange(2))
   with pytest.raises(ValueError, match=r"batch\['labels'\] must be \[per_device, num_classes\]"):
-    objectives._multi_label_loss(jnp.zeros((2, 3)), jnp.zeros((2, 4)), None, None)
+    supervised_lib.multi_label_loss(jnp.zeros((2, 3)), jnp.zeros((2, 4)), None, None)
   with pytest.raises(ValueError, match=r"multi-label.*\(0, 1\)"):
-    objectives._multi_label_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), np.array([1.0, 2, 3]),
+    supervised_lib.multi_label_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), np.array([1.0, 2, 3]),
                                  None)

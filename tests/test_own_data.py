@@ -256,7 +256,7 @@ def test_train_and_evaluate_every_layout(own, tmp_path, capsys):
   """2 SimCLR steps on each layout (both MedMNIST files share one run), then the
   evaluators on the checkpoints; what needs labels refuses the unlabelled folder."""
   from simclr_jax import evaluate
-  from simclr_jax import train
+  from simclr_jax.training import loop
   from simclr_jax.evaluation import encoders
   from simclr_jax.evaluation import offline
   from simclr_jax.evaluation import online
@@ -269,7 +269,7 @@ def test_train_and_evaluate_every_layout(own, tmp_path, capsys):
       'medmnist/chest/16': {'input.class_balanced': True},
   }
   for dataset, overrides in runs.items():
-    train.train_and_evaluate(_config(dataset, data_dir, **overrides),
+    loop.train_and_evaluate(_config(dataset, data_dir, **overrides),
                              str(tmp_path / dataset.replace('/', '_')))
     losses = [json.loads(line)['loss'] for line in (
         tmp_path / dataset.replace('/', '_') / 'metrics.jsonl').read_text().splitlines()]
@@ -316,17 +316,17 @@ def test_train_and_evaluate_every_layout(own, tmp_path, capsys):
     with pytest.raises(settings.ConfigError, match=f'{setting}.*is unlabelled') as error:
       config = _config('folder/hospital/16', data_dir, **overrides)
       settings.check_run(config)
-      train._create_monitor(config)  # pylint: disable=protected-access
+      loop._create_monitor(config)  # pylint: disable=protected-access
     assert '\n' not in str(error.value)
   # The online monitor reads the CSV's validation split and labels (made, not run: its
   # forward pass is tested in test_evaluation; a label problem would stop it here).
   monitor = online.OnlineMonitor(_config('csv/chexpert/16', data_dir, eval_every_steps=1,
-                                         **{'online_eval.knn_k': 2}))
+                                         **{'online_eval.evaluators.knn.k': 2}))
   assert monitor._eval_examples['labels'].shape == (2, 3)  # pylint: disable=protected-access
   # The supervised objective learns the CSV's label columns (no compilation here).
   config = _config('csv/chexpert/16', data_dir, objective='supervised',
                    **{'supervised.class_weights': 'inverse_frequency'})
-  settings.check_run(config)
+  config = settings.check_run(config).config   # resolved from the data (a copy)
   assert config.supervised.num_classes == 3
   np.testing.assert_allclose(config.supervised.class_frequencies, [3 / 6, 2 / 6, 3 / 6])
   batch = next(data.create_train_iterator(config, process_index=0, process_count=1,

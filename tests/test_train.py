@@ -1,88 +1,42 @@
-"""The training core: pmapped step, device-split independence, CLI, resume, guards."""
+"""The training core: pmapped step, CLI, resume, guards (multi-device: tests/multidevice/)."""
+import functools
 import json
-import pathlib
 
+import flax
+import jax
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, every_evaluator, run_module, run_python
-
-# A step function run on 1 device and on 4 fake CPU devices with the same global batch.
-# Augmentation is on (defaults), optimiser is SGD+momentum so any gradient-scale error
-# shows directly in the parameters (Adam's first step would normalise it away).
-_EQUIVALENCE_CODE = r"""
-import functools, json
-import jax, jax.numpy as jnp, numpy as np, flax
-from simclr_jax import models, objectives, optim, train
+from conftest import REPO_ROOT, every_evaluator, run_module
+from simclr_jax import checkpointing
+from simclr_jax import models
+from simclr_jax import objectives
 from simclr_jax.config import default_config
-from tests.conftest import update_differences
+from simclr_jax.training import optim
+from simclr_jax.training import step as step_lib
 
-config = default_config()
-config.model, config.width, config.image_size, config.batch_size = 'resnet_tiny', 1.0, 16, 8
-config.head.hidden_dim, config.head.output_dim = 32, 16
-config.optimizer.name, config.optimizer.learning_rate, config.optimizer.warmup_steps = 'sgd', 0.5, 0
-model = models.create_model(config, axis_name=train.AXIS_NAME)
-tx, lr_fn = optim.create_optimizer(config, total_steps=10, steps_per_epoch=10)
-state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0), (16, 16, 1))
-images = np.random.RandomState(0).randint(0, 256, (8, 24, 24, 1)).astype(np.uint8)
-rng = jax.random.PRNGKey(1)
-step = functools.partial(train.train_step, tx=tx, learning_rate_fn=lr_fn,
-                         objective=objectives.create_objective(config, model, 'batch'))
-
-def run(num_devices):
-  devices = jax.devices()[:num_devices]
-  p_step = jax.pmap(step, axis_name=train.AXIS_NAME, devices=devices)
-  replicated = flax.jax_utils.replicate(state, devices)
-  replicated_rng = flax.jax_utils.replicate(rng, devices)
-  batch = {'image': images.reshape(num_devices, 8 // num_devices, 24, 24, 1)}
-  losses = []
-  for _ in range(2):
-    replicated, metrics = p_step(replicated, batch, replicated_rng)
-    losses.append(float(metrics['loss'][0]))
-  final = jax.device_get(flax.jax_utils.unreplicate(replicated))
-  return losses, final
-
-losses1, state1 = run(1)
-losses4, state4 = run(4)
-max_diff, moved = update_differences(state, state1, state4)
-print(json.dumps({'devices': jax.device_count(), 'losses1': losses1, 'losses4': losses4,
-                  'max_param_diff': max_diff, 'moved': moved}))
-"""
-
-
-def test_one_vs_four_devices_give_the_same_update():
-  result = run_python(_EQUIVALENCE_CODE, num_devices=4)
-  assert result["devices"] == 4
-  np.testing.assert_allclose(result["losses1"], result["losses4"], rtol=1e-5, atol=1e-5)
-  assert result["moved"] > 1e-3            # the step really changed the parameters
-  assert result["max_param_diff"] < 1e-5
+# Device-split independence (1 vs 4 devices): tests/multidevice/test_train_step.py.
 
 
 def test_train_step_metrics_and_resnet50_step():
   """One real ResNet-50 SimCLR step (small images) with the pmapped step on one device."""
-  result = run_python(r"""
-import functools, json
-import jax, jax.numpy as jnp, numpy as np, flax
-from simclr_jax import models, objectives, optim, train
-from simclr_jax.config import default_config
-config = default_config()
-config.model, config.image_size, config.batch_size = 'resnet50', 32, 4
-model = models.create_model(config, axis_name=train.AXIS_NAME)
-tx, lr_fn = optim.create_optimizer(config, total_steps=10, steps_per_epoch=10)
-state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0), (32, 32, 1))
-p_step = jax.pmap(functools.partial(train.train_step, tx=tx, learning_rate_fn=lr_fn,
-    objective=objectives.create_objective(config, model, 'batch')), axis_name='batch')
-images = np.random.RandomState(0).randint(0, 256, (1, 4, 40, 40, 1)).astype(np.uint8)
-new_state, metrics = p_step(flax.jax_utils.replicate(state), {'image': images},
-                            flax.jax_utils.replicate(jax.random.PRNGKey(0)))
-metrics = {k: float(v[0]) for k, v in metrics.items()}
-count = sum(x.size for x in jax.tree_util.tree_leaves(state.params['encoder']))
-print(json.dumps({'metrics': metrics, 'step': int(new_state.step[0]), 'encoder_params': count}))
-""", timeout=600)
-  metrics = result["metrics"]
-  assert result["step"] == 1
+  config = default_config()
+  config.model, config.image_size, config.batch_size = "resnet50", 32, 4
+  model = models.create_model(config, axis_name=step_lib.AXIS_NAME)
+  tx, lr_fn = optim.create_optimizer(config, total_steps=10, steps_per_epoch=10)
+  state = step_lib.create_train_state(config, model, tx, jax.random.PRNGKey(0), (32, 32, 1))
+  devices = jax.local_devices()[:1]
+  p_step = jax.pmap(functools.partial(step_lib.train_step, tx=tx, learning_rate_fn=lr_fn,
+                                      loss_fn=objectives.create_loss(config, model, "batch")),
+                    axis_name="batch", devices=devices)
+  images = np.random.RandomState(0).randint(0, 256, (1, 4, 40, 40, 1)).astype(np.uint8)
+  new_state, metrics = p_step(flax.jax_utils.replicate(state, devices), {"image": images},
+                              flax.jax_utils.replicate(jax.random.PRNGKey(0), devices))
+  metrics = {k: float(v[0]) for k, v in metrics.items()}
+  assert int(new_state.step[0]) == 1
   # 1-channel input: torchvision's 23,508,032 minus the two colour channels of conv1.
-  assert result["encoder_params"] == 23_508_032 - 2 * 64 * 7 * 7
+  encoder_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params["encoder"]))
+  assert encoder_params == 23_508_032 - 2 * 64 * 7 * 7
   for key in ("loss", "learning_rate", "positive_accuracy", "positive_similarity",
               "negative_similarity"):
     assert key in metrics and np.isfinite(metrics[key]), key
@@ -100,23 +54,17 @@ def _train_args(workdir, data_dir, *extra):
           "--config.model=resnet_tiny", "--config.batch_size=8",
           "--config.head.hidden_dim=32", "--config.head.output_dim=16",
           "--config.log_every_steps=1", "--config.progress_bar=False",
-          # A warm-up longer than these short runs is refused (config_checks).
+          # A warm-up longer than these short runs is refused (training/settings.py).
           "--config.optimizer.warmup_steps=0",
           "--config.eval_every_steps=0",  # the online monitor has its own tests
           *extra]
 
 
 def _final_variables(workdir):
-  code = f"""
-import json, numpy as np, jax
-from simclr_jax import checkpointing
-config, variables, step = checkpointing.load_for_eval({str(workdir)!r})
-leaves = jax.tree_util.tree_leaves_with_path(variables)
-np.savez({str(workdir / 'final.npz')!r}, **{{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}})
-print(json.dumps({{'step': step}}))
-"""
-  step = run_python(code)["step"]
-  return step, dict(np.load(workdir / "final.npz"))
+  """(step, {path: array}) of the newest checkpoint, read as evaluation reads it."""
+  _, variables, step = checkpointing.load_for_eval(str(workdir))
+  leaves = jax.tree_util.tree_leaves_with_path(variables)
+  return step, {jax.tree_util.keystr(path): np.asarray(value) for path, value in leaves}
 
 
 def _assert_same_variables(a, b):
@@ -157,12 +105,7 @@ def test_init_from_torchvision_weights(tmp_path):
   """--config.init_from=FILE loads a torchvision state_dict into the encoder (RGB conv1
   summed for grey X-rays); the projection head keeps its random initialisation."""
   torch = pytest.importorskip("torch")
-  import jax
   from simclr_jax import convert
-  from simclr_jax import models
-  from simclr_jax.training import optim
-  from simclr_jax import train
-  from simclr_jax.config import default_config
   config = default_config()
   config.model, config.image_size = "resnet_tiny", 16
   config.head.hidden_dim, config.head.output_dim = 16, 8
@@ -176,7 +119,7 @@ def test_init_from_torchvision_weights(tmp_path):
   config.init_from = str(path)
   model = models.create_model(config)
   tx, _ = optim.create_optimizer(config, total_steps=10, steps_per_epoch=10)
-  state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0), (16, 16, 1))
+  state = step_lib.create_train_state(config, model, tx, jax.random.PRNGKey(0), (16, 16, 1))
   loaded = state.params["encoder"]
   np.testing.assert_allclose(loaded["conv_init"]["kernel"],
                              np.sum(rgb_variables["params"]["conv_init"]["kernel"], axis=2,
@@ -185,8 +128,8 @@ def test_init_from_torchvision_weights(tmp_path):
                                 rgb_variables["params"]["stage1_block0"]["conv2"]["kernel"])
   np.testing.assert_array_equal(state.batch_stats["encoder"]["bn_init"]["var"],
                                 rgb_variables["batch_stats"]["bn_init"]["var"])
-  random_state = train.create_train_state(_without_init(config), model, tx,
-                                          jax.random.PRNGKey(0), (16, 16, 1))
+  random_state = step_lib.create_train_state(_without_init(config), model, tx,
+                                             jax.random.PRNGKey(0), (16, 16, 1))
   np.testing.assert_array_equal(state.params["head"]["dense0"]["kernel"],
                                 random_state.params["head"]["dense0"]["kernel"])
 

@@ -8,6 +8,7 @@ registry.py and read them with the Grain pipelines in pipeline.py.
 """
 from simclr_jax.data.nih import NihChestXray14
 from simclr_jax.data.pipeline import balance_labels
+from simclr_jax.data.pipeline import check_batch_size
 from simclr_jax.data.registry import check_dataset_name
 from simclr_jax.data.registry import check_labelled as check_labelled
 from simclr_jax.data.pipeline import check_labels_needed as check_labels_needed

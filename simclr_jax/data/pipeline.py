@@ -147,15 +147,26 @@ class _DeviceLayout:
             for name, value in batch.items()}
 
 
-def _check_batch_size(batch_size, process_count, local_device_count):
-  device_count = process_count * local_device_count
-  if batch_size <= 0 or batch_size % device_count:
-    lower = max(device_count, batch_size // device_count * device_count)
-    upper = (batch_size // device_count + 1) * device_count
+def check_batch_size(batch_size, device_count: int, process_count: int = 1) -> None:
+  """The global batch must be a positive multiple of the device count: every device gets
+  the same share (`[local_devices, per_device, ...]`).
+
+  Raises:
+    ValueError: one line naming config.batch_size and the nearest sizes that divide.
+  """
+  if not (isinstance(batch_size, int) and batch_size > 0):
     raise ValueError(
-        f'config.batch_size={batch_size} (global) must be a positive multiple of the device '
-        f'count {device_count} ({process_count} process(es) x {local_device_count} local '
-        f'device(s)); nearest valid sizes: {sorted({lower, upper})}')
+        f'config.batch_size={batch_size!r} must be a positive number of images per step '
+        f'(global, over all {device_count} devices), e.g. {32 * device_count}.')
+  if batch_size % device_count:
+    lower = batch_size // device_count * device_count
+    nearest = sorted({max(lower, device_count), lower + device_count})
+    devices = f'the {device_count} devices' + (
+        f' of {process_count} processes' if process_count > 1 else '')
+    raise ValueError(
+        f'config.batch_size={batch_size} (global) is not divisible by {devices}; use a '
+        f'multiple of the device count {device_count}, e.g. '
+        f'{" or ".join(map(str, nearest))}.')
 
 
 def balance_labels(dataset: str, data_dir: str, split: str) -> np.ndarray:
@@ -239,10 +250,10 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
 
   Args:
     config: reads dataset, data_dir, train_split, batch_size (GLOBAL), seed,
-      input.num_workers, input.prefetch_buffer_size, input.class_balanced and
-      loss.example_weights ('none' or 'inverse_frequency': adds a 'weight' feature),
-      objective ('simclr', default, or 'supervised': adds the target, see
-      supervised_target_spec).
+      input.num_workers, input.prefetch_buffer_size, input.class_balanced and the batch
+      fields of its objective (`objectives.of(config).batch_fields`: simclr's 'weight'
+      with loss.example_weights='inverse_frequency', the supervised target, see
+      supervised_target_spec); a field it lacks has its config.py default.
     process_index, process_count, local_device_count: default jax.process_index(),
       jax.process_count(), jax.local_device_count().
 
@@ -255,7 +266,7 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
     The target does not change the iterator's state or which images a batch holds.
 
   Raises:
-    ValueError: batch_size not divisible by the total device count.
+    ValueError: batch_size not divisible by the total device count, an unknown objective.
   """
   if process_index is None or process_count is None or local_device_count is None:
     import jax  # pylint: disable=g-import-not-at-top  # lazily: the builders do not need jax
@@ -265,37 +276,30 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
         jax.local_device_count() if local_device_count is None else local_device_count)
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} not in [0, {process_count})')
-  _check_batch_size(config.batch_size, process_count, local_device_count)
+  from simclr_jax import objectives   # pylint: disable=g-import-not-at-top  # jax, lazily
+  from simclr_jax.config import with_defaults   # pylint: disable=g-import-not-at-top
+  config = with_defaults(config)
+  check_batch_size(config.batch_size, process_count * local_device_count, process_count)
   per_process_batch = config.batch_size // process_count
-  input_config = config.get('input', {})
-  num_workers = int(input_config.get('num_workers', 0))
-  prefetch = max(1, int(input_config.get('prefetch_buffer_size', 2)))
-  class_balanced = bool(input_config.get('class_balanced', False))
-  loss_weights = str(config.get('loss', {}).get('example_weights', 'none') or 'none')
-  if loss_weights not in ('none', 'inverse_frequency'):
-    raise ValueError(f"config.loss.example_weights={loss_weights!r}; accepted: 'none', "
-                     f"'inverse_frequency'")
-
-  objective = str(config.get('objective', 'simclr') or 'simclr')
-  if objective not in ('simclr', 'supervised'):
-    raise ValueError(f"config.objective={objective!r}; accepted: 'simclr', 'supervised'")
+  num_workers = int(config.input.num_workers)
+  prefetch = max(1, int(config.input.prefetch_buffer_size))
+  class_balanced = bool(config.input.class_balanced)
+  # What the objective's loss reads besides the image: record features ('label', 'labels')
+  # converted to a dtype, and 'weight' (per-example loss weights, computed here).
+  fields = objectives.of(config).batch_fields(config)
+  loss_weights = fields.pop('weight', None) is not None
 
   count = num_examples(config.dataset, config.data_dir, config.train_split)
-  features, dtypes = ('image',), {}
-  if objective == 'supervised':
-    target, _, multi_label = supervised_target_spec(config.dataset, config.data_dir)
-    features += (target,)
-    dtypes[target] = np.float32 if multi_label else np.int32
   labels = None
-  if class_balanced or loss_weights != 'none':
+  if class_balanced or loss_weights:
     labels = balance_labels(config.dataset, config.data_dir, config.train_split)
   if class_balanced:
     indices = grain.MapDataset.source(WeightedIndexSampler(example_weights(labels), config.seed))
   else:
     indices = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat()
   reader = _RecordReader(
-      config.dataset, config.data_dir, config.train_split, features=features,
-      weights=example_weights(labels) if loss_weights != 'none' else None, dtypes=dtypes)
+      config.dataset, config.data_dir, config.train_split, features=('image', *fields),
+      weights=example_weights(labels) if loss_weights else None, dtypes=fields)
   batches = (indices.map(reader)
              .batch(per_process_batch, drop_remainder=True)
              [process_index::process_count]

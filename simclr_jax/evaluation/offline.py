@@ -154,9 +154,10 @@ def enable_compilation_cache(workdir: Optional[str] = None) -> Optional[str]:
   """JAX's persistent compilation cache, as configured for the run in `workdir` (or by
   default), so a second evaluation skips compiling. Returns the directory used."""
   from simclr_jax import checkpointing
+  from simclr_jax.workdir import CONFIG_FILE
   from simclr_jax.runtime import compilation_cache
   config = None
-  if workdir and os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILE)):
+  if workdir and os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     config = checkpointing.read_config(workdir)
   return compilation_cache.enable(config)
 

@@ -1,6 +1,5 @@
 """Models: ResNet encoders, projection heads, the SimCLR and supervised networks."""
 from simclr_jax.models.factory import create_model
-from simclr_jax.models.factory import MODEL_OBJECTIVES
 from simclr_jax.models.heads import HEAD_KINDS
 from simclr_jax.models.heads import ProjectionHead
 from simclr_jax.models.resnet import BasicBlock

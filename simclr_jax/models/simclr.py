@@ -5,6 +5,7 @@ from flax import linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from simclr_jax.config import with_defaults
 from simclr_jax.models import heads
 from simclr_jax.models import resnet
 
@@ -27,19 +28,15 @@ class SimCLR(nn.Module):
     return features, projections
 
 
-def _field(config: ml_collections.ConfigDict, name: str, default: Any) -> Any:
-  return config.get(name, default) if hasattr(config, 'get') else getattr(config, name, default)
-
-
 def _compute_dtype(config) -> Any:
-  name = _field(config, 'dtype', 'float32')
+  name = config.dtype
   if name not in DTYPES:
     raise ValueError(f'config.dtype={name!r}: accepted values are {sorted(DTYPES)}.')
   return DTYPES[name]
 
 
 def _model_constructor(config):
-  name = _field(config, 'model', None)
+  name = config.model
   if name not in resnet.MODELS:
     raise ValueError(f'config.model={name!r}: accepted values are {sorted(resnet.MODELS)}.')
   return resnet.MODELS[name]
@@ -50,9 +47,9 @@ def create_encoder(config: ml_collections.ConfigDict, axis_name: str | None = No
   """Builds the ResNet encoder named by the config.
 
   Args:
-    config: reads `model` (resnet18|34|50|101|152|resnet_tiny), `width` (default 1.0),
-      `stem` ('imagenet' default, or 'cifar'), `dtype` ('float32' default or
-      'bfloat16') and `zero_init_residual` (True default: each block starts as identity).
+    config: reads `model` (resnet18|34|50|101|152|resnet_tiny), `width`, `stem`
+      ('imagenet' or 'cifar'), `dtype` ('float32' or 'bfloat16') and `zero_init_residual`
+      (True: each block starts as identity); a field it lacks has its config.py default.
     axis_name: pmap axis name for global BatchNorm (None outside pmap).
 
   Returns:
@@ -61,23 +58,23 @@ def create_encoder(config: ml_collections.ConfigDict, axis_name: str | None = No
   Raises:
     ValueError: for an unknown model, stem or dtype, naming the field.
   """
+  config = with_defaults(config)
   constructor = _model_constructor(config)
-  stem = _field(config, 'stem', 'imagenet')
-  if stem not in resnet.STEMS:
-    raise ValueError(f'config.stem={stem!r}: accepted values are {list(resnet.STEMS)}.')
-  return constructor(width=float(_field(config, 'width', 1.0)),
+  if config.stem not in resnet.STEMS:
+    raise ValueError(f'config.stem={config.stem!r}: accepted values are {list(resnet.STEMS)}.')
+  return constructor(width=float(config.width),
                      dtype=_compute_dtype(config),
                      axis_name=axis_name,
-                     stem=stem,
-                     zero_init_residual=bool(_field(config, 'zero_init_residual', True)))
+                     stem=config.stem,
+                     zero_init_residual=bool(config.zero_init_residual))
 
 
 def feature_dim(config: ml_collections.ConfigDict) -> int:
   """Size of the encoder's pooled features, e.g. 2048 for resnet50 at width 1."""
+  config = with_defaults(config)
   constructor = _model_constructor(config)
   return resnet.output_features(constructor.keywords['stage_sizes'],
-                                constructor.keywords['block_cls'],
-                                float(_field(config, 'width', 1.0)))
+                                constructor.keywords['block_cls'], float(config.width))
 
 
 def create_head(config: ml_collections.ConfigDict, axis_name: str | None = None
@@ -86,23 +83,24 @@ def create_head(config: ml_collections.ConfigDict, axis_name: str | None = None
 
   `config.head` fields: `kind` ('mlp': Dense-ReLU-Dense with biases; 'simclr_v2':
   Dense(no bias)-BN-ReLU ... Dense-BN), `hidden_dim` (-1 => feature dim),
-  `output_dim` (128) and `num_layers` (2; use 3 for SimCLR v2).
+  `output_dim` and `num_layers` (use 3 for SimCLR v2).
   """
-  head_config = _field(config, 'head', None) or ml_collections.ConfigDict()
-  kind = _field(head_config, 'kind', 'mlp')
+  config = with_defaults(config)
+  head_config = config.head
+  kind = head_config.kind
   if kind not in heads.HEAD_KINDS:
     raise ValueError(f'config.head.kind={kind!r}: accepted values are {list(heads.HEAD_KINDS)}.')
-  hidden_dim = int(_field(head_config, 'hidden_dim', -1))
+  hidden_dim = int(head_config.hidden_dim)
   if hidden_dim == -1:
     hidden_dim = feature_dim(config)
   elif hidden_dim <= 0:
     raise ValueError(f'config.head.hidden_dim={hidden_dim}: use a positive size or -1 '
                      '(= the encoder feature dim).')
-  num_layers = int(_field(head_config, 'num_layers', 2))
+  num_layers = int(head_config.num_layers)
   if num_layers < 1:
     raise ValueError(f'config.head.num_layers={num_layers}: must be >= 1.')
   return heads.ProjectionHead(hidden_dim=hidden_dim,
-                              output_dim=int(_field(head_config, 'output_dim', 128)),
+                              output_dim=int(head_config.output_dim),
                               num_layers=num_layers,
                               use_bn=kind == 'simclr_v2',
                               dtype=_compute_dtype(config),

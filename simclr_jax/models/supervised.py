@@ -1,10 +1,9 @@
 """The supervised baseline network: the SimCLR encoder followed by a linear classifier."""
-from typing import Any
-
 from flax import linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from simclr_jax.config import with_defaults
 from simclr_jax.models import simclr
 
 
@@ -32,15 +31,13 @@ class Supervised(nn.Module):
     return features, logits
 
 
-def resolve_num_classes(config: ml_collections.ConfigDict, num_classes: Any = None) -> int:
-  """`num_classes` when given, else `config.supervised.num_classes`; must be >= 1.
+def resolve_num_classes(config: ml_collections.ConfigDict) -> int:
+  """`config.supervised.num_classes`; must be >= 1.
 
   Raises:
-    ValueError: naming `config.supervised.num_classes` when neither gives a positive count.
+    ValueError: naming `config.supervised.num_classes` when it is not a positive count.
   """
-  if num_classes is None:
-    supervised = simclr._field(config, 'supervised', None) or ml_collections.ConfigDict()
-    num_classes = simclr._field(supervised, 'num_classes', -1)
+  num_classes = with_defaults(config).supervised.num_classes
   if int(num_classes) != num_classes or num_classes < 1:
     raise ValueError(
         f"config.supervised.num_classes={num_classes!r}: objective='supervised' needs the "
@@ -49,18 +46,17 @@ def resolve_num_classes(config: ml_collections.ConfigDict, num_classes: Any = No
   return int(num_classes)
 
 
-def create_supervised(config: ml_collections.ConfigDict, axis_name: str | None = None,
-                      num_classes: int | None = None) -> Supervised:
-  """Builds `Supervised(create_encoder(config), num_classes)`.
+def create_supervised(config: ml_collections.ConfigDict, axis_name: str | None = None
+                      ) -> Supervised:
+  """Builds `Supervised(create_encoder(config), config.supervised.num_classes)`.
 
   Args:
-    config: the encoder fields (see `simclr.create_encoder`) and, when `num_classes` is
-      None, `supervised.num_classes`.
+    config: the encoder fields (see `simclr.create_encoder`) and `supervised.num_classes`
+      (resolved from the data by the objective; `models.create_model` may override it).
     axis_name: pmap axis name for global BatchNorm (None outside pmap).
-    num_classes: number of logits; overrides `config.supervised.num_classes`.
 
   Returns:
     An unbound `Supervised` module; `apply(variables, x, train)` -> (features, logits).
   """
   return Supervised(encoder=simclr.create_encoder(config, axis_name),
-                    num_classes=resolve_num_classes(config, num_classes))
+                    num_classes=resolve_num_classes(config))

@@ -55,12 +55,16 @@ def default_directory() -> str:
 
 def resolve_directory(config=None) -> Optional[str]:
   """The cache directory `enable` would use, or None when the cache is off."""
-  if config is not None and not config.get("compilation_cache", True):
-    return None
+  configured = ""
+  if config is not None:
+    from simclr_jax.config import with_defaults   # a workdir's config.json may be older
+    config = with_defaults(config)
+    if not config.compilation_cache:
+      return None
+    configured = config.compilation_cache_dir
   from_env = os.environ.get(ENV_VAR, "").strip()
   if from_env.lower() in _OFF:
     return None
-  configured = config.get("compilation_cache_dir", "") if config is not None else ""
   return os.path.abspath(os.path.expanduser(configured or from_env or default_directory()))
 
 

@@ -37,18 +37,24 @@ def scaled_learning_rate(base_learning_rate: float, global_batch: int, rule: str
       f"config.optimizer.lr_scaling={rule!r} is not known; use one of {LR_SCALING_RULES}.")
 
 
+def warmup_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """Warm-up length in steps: optimizer.warmup_steps when >= 0, else warmup_epochs."""
+  if config.optimizer.warmup_steps >= 0:
+    return int(config.optimizer.warmup_steps)
+  return int(round(config.optimizer.warmup_epochs * steps_per_epoch))
+
+
 def create_learning_rate_fn(config: ml_collections.ConfigDict, total_steps: int,
                             steps_per_epoch: int) -> optax.Schedule:
   """Linear warm-up from 0 to the scaled peak, then cosine decay to 0 at `total_steps`."""
   opt = config.optimizer
   peak = scaled_learning_rate(opt.learning_rate, config.batch_size, opt.lr_scaling)
-  warmup_steps = int(round(opt.get("warmup_epochs", 0.0) * steps_per_epoch))
-  if opt.get("warmup_steps", -1) >= 0:
-    warmup_steps = int(opt.warmup_steps)
-  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  # A warm-up longer than the run is refused by the settings checks; the clamp keeps the
+  # schedule defined when it is as long (and for callers that skip the checks: benchmarks).
+  warmup = min(warmup_steps(config, steps_per_epoch), max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
-      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
+      init_value=0.0, peak_value=peak, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=0.0)
 
 
 def decay_mask(params: Any) -> Any:
@@ -78,17 +84,16 @@ def create_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   """
   opt = config.optimizer
   learning_rate_fn = create_learning_rate_fn(config, total_steps, steps_per_epoch)
-  weight_decay = opt.get("weight_decay", 0.0)
-  momentum = opt.get("momentum", 0.9)
+  weight_decay, momentum = opt.weight_decay, opt.momentum
   name = opt.name.lower()
   if name == "lars":
     tx = optax.lars(
         learning_rate_fn, weight_decay=weight_decay, weight_decay_mask=decay_mask,
-        trust_coefficient=opt.get("trust_coefficient", 0.001), eps=0.0,
+        trust_coefficient=opt.trust_coefficient, eps=0.0,
         trust_ratio_mask=decay_mask, momentum=momentum)
   elif name in ("adamw", "adam"):
     tx = optax.adamw(
-        learning_rate_fn, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
+        learning_rate_fn, b1=opt.b1, b2=opt.b2,
         weight_decay=weight_decay if name == "adamw" else 0.0, mask=decay_mask)
   elif name == "sgd":
     tx = optax.chain(

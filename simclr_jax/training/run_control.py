@@ -1,22 +1,14 @@
-"""The life of a training run around its loop: lock, stop signals, guards, logs, resume.
+"""Run control: one trainer per workdir, and how a run stops early.
 
-`train.train_and_evaluate` uses these in this order:
+  `StopSignals()`: installed first, before anything compiles, so a Ctrl-C never raises
+  KeyboardInterrupt inside XLA (which crashed the interpreter with a segfault).
+  `lock_workdir(workdir)`: one trainer per workdir; a second one exits 2 at once, having
+  written nothing.
+  `StopSignals.should_stop(step)` and `StopSignals.end(...)`: the three ways a run stops
+  early (Ctrl-C, SIGTERM/preemption, config.stop_at_step), decided and ended here.
 
-  1. `StopSignals()` — installed before anything compiles, so a Ctrl-C never raises
-     KeyboardInterrupt inside XLA (which crashed the interpreter with a segfault).
-  2. `WorkdirLock.acquire(workdir)` — one trainer per workdir; a second one exits 2 at
-     once, having written nothing.
-  3. `restore_newest_good(...)` — resumes from the newest checkpoint that restores;
-     damaged ones are moved aside to checkpoints/damaged-<step>/ (never deleted).
-  4. the first step (compilation), then `MetricsWriter` (metrics.jsonl cut in place to
-     the restored step, then appended) and config.json; an interrupt before this point
-     leaves the workdir as it was.
-  5. per step: `check_finite` (stop before a non-finite update is saved) and
-     `StopSignals.should_stop`.
-
-Every way a run ends on purpose is a `RunError` with an exit code and one line for the
-user (no traceback): 2 for settings/workdir problems, 3 for a non-finite step, 130 for
-Ctrl-C.
+Every way a run ends on purpose is an `errors.RunError` with an exit code and one line
+for the user (no traceback).
 """
 import datetime
 import errno
@@ -28,42 +20,17 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
 
 from simclr_jax import checkpointing
-
-LOCK_FILE = ".lock"
-METRICS_FILE = "metrics.jsonl"
-
-
-class RunError(Exception):
-  """Ends a run with `exit_code` and the message as one line on stderr."""
-  exit_code = 2
-
-
-class WorkdirBusy(RunError):
-  """Another trainer holds the workdir lock."""
-
-
-class WorkdirNotWritable(RunError):
-  """The workdir cannot be created or written."""
-
-
-class NoUsableCheckpoint(RunError):
-  """Checkpoints exist but none of them can be restored."""
-
-
-class NonFiniteError(RunError, FloatingPointError):
-  """A non-finite loss, gradient or parameter: stopped before anything was saved."""
-  exit_code = 3
-
-
-class Interrupted(RunError):
-  """Ctrl-C (SIGINT): saved (or nothing written yet) and stopped."""
-  exit_code = 130
+from simclr_jax.errors import Interrupted
+from simclr_jax.errors import RunError
+from simclr_jax.errors import WorkdirBusy
+from simclr_jax.errors import WorkdirNotWritable
+from simclr_jax.workdir import LOCK_FILE
 
 
 # ----------------------------------------------------------------------------- lock
@@ -176,14 +143,18 @@ class StopSignals:
   compilation no longer raises KeyboardInterrupt while XLA is compiling (that tore the
   interpreter down under XLA's threads: a segfault).
 
+  * config.stop_at_step (job time limits): save at that step, exit 0.
+
   On several processes, JAX's preemption service (distributed.initialize) catches
   SIGTERM and lets all processes agree on one step; a SIGINT is forwarded to it as a
   SIGTERM to this process, so a Ctrl-C also stops every process at the same step (the
   stop is only taken at the step the service agreed on, see `should_stop`).
   """
 
-  def __init__(self):
+  def __init__(self, stop_at_step: int = -1):
     self.reason: Optional[str] = None       # None | 'preemption' | 'interrupt'
+    self.outcome: Optional[str] = None      # how the run stopped early (`end`), in words
+    self._stop_at_step = stop_at_step
     self._interrupts = 0
     self._previous: Dict[int, Any] = {}
     from jax._src import distributed as jax_distributed
@@ -225,12 +196,17 @@ class StopSignals:
       os.kill(os.getpid(), signal.SIGTERM)   # through JAX's preemption service
 
   def should_stop(self, step: int) -> bool:
-    """True when the run should save at `step` and stop (same answer on every process).
+    """True when the run should save at `step` and stop (same answer on every process):
+    a signal, or `step` is config.stop_at_step. Called after every step.
 
-    On several processes only JAX's preemption service decides (the signalled process
-    knows before the others; stopping on its own flag would leave the others waiting in
-    the next collective); `reason` keeps what this process received, for its exit code.
+    On several processes only JAX's preemption service decides on signals (the signalled
+    process knows before the others; stopping on its own flag would leave the others
+    waiting in the next collective); `reason` keeps what this process received, for its
+    exit code.
     """
+    return self._signalled(step) or step == self._stop_at_step
+
+  def _signalled(self, step: int) -> bool:
     if self._multi_process:
       from jax.experimental import multihost_utils
       if not multihost_utils.reached_preemption_sync_point(step):
@@ -240,153 +216,36 @@ class StopSignals:
       return True
     return self.reason is not None
 
+  def end(self, step: int, workdir: str, *, saved: bool) -> None:
+    """Ends a run that stops early at `step`: sets `outcome` and logs, or raises.
+
+    Args:
+      step: the step the run stops at.
+      workdir: the run's directory (for the message).
+      saved: the checkpoint of `step` is complete; False when the run stops during its
+        first step (compilation), before anything was written.
+
+    Raises:
+      Interrupted: on Ctrl-C (exit 130), with the line saying what was saved.
+    """
+    if not saved:
+      self.outcome = "stopped before the first step finished; nothing written"
+      if self.reason == "interrupt":
+        raise Interrupted(f"Interrupted (Ctrl-C) before the first step finished; nothing "
+                          f"was written to {workdir}.")
+      logging.warning("Stopping early (preemption) before the first step finished; "
+                      "nothing was written.")
+      return
+    if self.reason == "interrupt":
+      self.outcome = "interrupted (Ctrl-C)"
+      raise Interrupted(
+          f"Interrupted (Ctrl-C): saved checkpoint at step {step} in "
+          f"{checkpointing.checkpoint_directory(workdir)}; run the same command to resume.")
+    reason = "preemption" if self.requested else "stop_at_step"
+    self.outcome = f"stopped early ({reason})"
+    logging.warning("Stopping early (%s): saved checkpoint at step %d; exiting.", reason, step)
+
   def close(self) -> None:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous = {}
-
-
-# ----------------------------------------------------------------------------- guards
-
-def check_finite(step: int, metrics: Dict[str, Any]) -> None:
-  """Stops on a non-finite loss, gradient or updated parameters (before they are saved).
-
-  Args:
-    step: the step the metrics belong to.
-    metrics: the train step's metrics (replicated: leading device axis).
-
-  Raises:
-    NonFiniteError: with the step and the value.
-  """
-  for name in ("loss", "grad_norm", "param_norm"):
-    value = float(metrics[name][0])
-    if not np.isfinite(value):
-      raise NonFiniteError(
-          f"Non-finite {name} ({value}) at step {step}; stopping. The last good checkpoint "
-          f"is kept untouched. Lower the learning rate, check the inputs, or use float32.")
-
-
-# ----------------------------------------------------------------------------- metrics
-
-class MetricsWriter:
-  """WORKDIR/metrics.jsonl (one JSON line per logged step) + TensorBoard; process 0 only.
-
-  The file is only ever appended to. On resume, the lines after the restored step (their
-  steps are trained again) are cut off in place (truncate), never rewritten through a
-  temporary file: the caller holds the workdir lock, and no reader sees a file replaced.
-  """
-
-  def __init__(self, workdir: str, start_step: int):
-    self.enabled = jax.process_index() == 0
-    if not self.enabled:
-      return
-    from tensorboardX import SummaryWriter
-    path = os.path.join(workdir, METRICS_FILE)
-    if os.path.exists(path):
-      cut = _end_of_steps_up_to(path, start_step)
-      if cut < os.path.getsize(path):
-        os.truncate(path, cut)
-    self._jsonl = open(path, "a")
-    # purge_step: TensorBoard hides the events of steps after it from earlier runs.
-    self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                      purge_step=start_step + 1 if start_step else None)
-
-  def write(self, step: int, scalars: Dict[str, Any]) -> None:
-    if not self.enabled:
-      return
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-    self._jsonl.flush()
-    for name, value in scalars.items():
-      # Online monitor scalars get their own TensorBoard section.
-      tag = (f"online/{name[len('online_'):]}" if name.startswith("online_")
-             else f"train/{name}")
-      self._tensorboard.add_scalar(tag, float(value), step)
-
-  def close(self) -> None:
-    if self.enabled:
-      self._jsonl.close()
-      self._tensorboard.close()
-
-
-def _end_of_steps_up_to(path: str, step: int) -> int:
-  """Byte offset where the first line of a later step (or a line cut short) starts."""
-  offset = 0
-  with open(path, "rb") as f:
-    for line in f:
-      try:
-        if not line.endswith(b"\n") or int(json.loads(line)["step"]) > step:
-          break
-      except (ValueError, KeyError, TypeError):   # a line cut short by a kill
-        break
-      offset += len(line)
-  return offset
-
-
-# ----------------------------------------------------------------------------- resume
-
-def restore_newest_good(workdir: str, state: Any, rng: jax.Array, data_iterator: Any
-                        ) -> Tuple[Any, jax.Array, int]:
-  """Restores the newest checkpoint that can be restored; moves damaged ones aside.
-
-  Tries the complete checkpoints from the newest down. One that cannot be restored
-  (a truncated array file, a missing _METADATA or data-iterator state, ...) is logged
-  with its step and the reason; once an older one restores, the damaged ones are moved
-  to checkpoints/damaged-<step>/ (never deleted) and training resumes from the good one.
-
-  Args:
-    workdir: the run's directory (the caller holds its lock).
-    state, rng: host-side targets with the structure to restore.
-    data_iterator: set to the restored step's position.
-
-  Returns:
-    (state, rng, step); the targets unchanged and step 0 without checkpoints.
-
-  Raises:
-    NoUsableCheckpoint: checkpoints exist but none restores (nothing is moved).
-    checkpointing.IncompatibleCheckpoint: the newest intact one holds another model.
-  """
-  leftovers = checkpointing.incomplete_checkpoints(workdir)
-  if leftovers:
-    logging.warning("Ignoring incomplete checkpoint directories in %s (a save was "
-                    "interrupted; removed when this run saves): %s",
-                    checkpointing.checkpoint_directory(workdir), ", ".join(leftovers))
-  damaged: List[checkpointing.DamagedCheckpoint] = []
-  for step in reversed(checkpointing.complete_steps(workdir)):
-    try:
-      restored_state, restored_rng = checkpointing.restore(workdir, step, state, rng,
-                                                           data_iterator)
-      problem = None
-    except checkpointing.DamagedCheckpoint as error:
-      problem = error
-    if not _all_processes_agree(problem is None):
-      problem = problem or checkpointing.DamagedCheckpoint(step, "damaged on another process")
-    if problem is not None:
-      logging.warning("Cannot restore checkpoint %d in %s: %s", step,
-                      checkpointing.checkpoint_directory(workdir), problem.reason)
-      damaged.append(problem)
-      continue
-    for bad in damaged:
-      if jax.process_index() == 0:
-        moved_to = checkpointing.move_aside(workdir, bad.step)
-        logging.warning("Moved damaged checkpoint %d to %s; resuming from step %d.",
-                        bad.step, moved_to, step)
-    if damaged and jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("simclr_jax: damaged checkpoints moved aside")
-    logging.info("Resumed from checkpoint step %d in %s", step,
-                 checkpointing.checkpoint_directory(workdir))
-    return restored_state, restored_rng, step
-  if damaged:
-    listing = "; ".join(f"step {d.step}: {d.reason}" for d in damaged)
-    raise NoUsableCheckpoint(
-        f"No checkpoint in {checkpointing.checkpoint_directory(workdir)} can be restored "
-        f"({listing}). Move them out of the way to start again from step 0, or use "
-        f"another --workdir.")
-  return state, rng, 0
-
-
-def _all_processes_agree(ok: bool) -> bool:
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils
-  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))

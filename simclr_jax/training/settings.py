@@ -1,8 +1,9 @@
 """Settings checked before a run compiles or writes anything, and what a resume may change.
 
 `check_run(config)` turns the config and the prepared dataset into a `RunPlan` (batch per
-device, steps) or raises `ConfigError` with one line naming the field, the value and what
-is accepted. `check_workdir_config` compares a workdir's config.json with the config a
+device, steps, the config resolved by its objective) or raises `errors.ConfigError` with
+one line naming the field, the value and what is accepted; it writes nothing, not even
+into `config`. `check_workdir_config` compares a workdir's config.json with the config a
 resumed run was started with (`check_resume`: what may change); `record_config` writes
 config.json and keeps the config it replaces in config_history.jsonl.
 `unknown_key_message` explains a mistyped `--config.KEY`.
@@ -17,24 +18,22 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
-import numpy as np
 
 from simclr_jax import checkpointing
-from simclr_jax.training import run_control
-
-CONFIG_HISTORY_FILE = "config_history.jsonl"   # the configs a resumed run replaced
-
-
-class ConfigError(run_control.RunError, ValueError):
-  """A setting that cannot run (on these devices, with this data, in this workdir)."""
+from simclr_jax import objectives
+from simclr_jax.errors import ConfigError
+from simclr_jax.errors import one_line
+from simclr_jax.training import optim
+from simclr_jax.workdir import CONFIG_FILE
+from simclr_jax.workdir import CONFIG_HISTORY_FILE
 
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
+  config: ml_collections.ConfigDict   # the config resolved by its objective (a copy)
   per_device_batch: int
   steps_per_epoch: int
   total_steps: int
-  warmup_steps: int
   stored_image_size: int
 
 
@@ -53,23 +52,17 @@ def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
 
 def check_settings(config: ml_collections.ConfigDict, device_count: int) -> int:
   """The checks that need neither data nor a workdir; returns the per-device batch."""
-  if not (isinstance(config.batch_size, int) and config.batch_size > 0):
-    raise ConfigError(
-        f"config.batch_size={config.batch_size!r} must be a positive number of images per "
-        f"step (global, over all {device_count} devices), e.g. {32 * device_count}.")
-  if config.batch_size % device_count:
-    lower = (config.batch_size // device_count) * device_count
-    raise ConfigError(
-        f"config.batch_size={config.batch_size} (global) is not divisible by the "
-        f"{device_count} devices; use a multiple of {device_count}, e.g. "
-        f"{max(lower, device_count)} or {lower + device_count}.")
+  from simclr_jax import data
+  try:
+    data.check_batch_size(config.batch_size, device_count, jax.process_count())
+    objective = objectives.of(config)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
   if config.image_size < 8:
     raise ConfigError(f"config.image_size={config.image_size} is too small; use >= 8.")
   _positive(config, "optimizer.learning_rate",
             "the learning rate must be > 0 (a negative rate ascends the loss), e.g. 3e-4.")
-  if config.get("objective", "simclr") == "simclr":
-    _positive(config, "loss.temperature",
-              "the NT-Xent temperature must be > 0, e.g. 0.1 (SimCLR uses 0.1-0.5).")
+  objective.check(config)
   if config.num_train_steps == 0:
     raise ConfigError(
         "config.num_train_steps=0 is a run of zero steps; use a positive number of steps, "
@@ -79,9 +72,9 @@ def check_settings(config: ml_collections.ConfigDict, device_count: int) -> int:
               "a run of zero epochs; use a positive number of epochs (or set "
               "config.num_train_steps > 0).")
   for field in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps"):
-    if int(config.get(field, 1)) < 1:
-      raise ConfigError(f"config.{field}={config.get(field)} must be >= 1.")
-  if config.optimizer.get("warmup_steps", -1) < -1:
+    if int(config[field]) < 1:
+      raise ConfigError(f"config.{field}={config[field]} must be >= 1.")
+  if config.optimizer.warmup_steps < -1:
     raise ConfigError(f"config.optimizer.warmup_steps={config.optimizer.warmup_steps} must "
                       f"be >= 0 (steps), or -1 to use warmup_epochs.")
   return config.batch_size // device_count
@@ -91,10 +84,10 @@ def check_run(config: ml_collections.ConfigDict) -> RunPlan:
   """Checks the config against the devices and the prepared data (writes nothing).
 
   Args:
-    config: the experiment config.
+    config: the experiment config (not changed).
 
   Returns:
-    The run's RunPlan.
+    The run's RunPlan, with the config its objective resolved from the data.
 
   Raises:
     ConfigError: one line naming the field, its value and what is accepted.
@@ -111,7 +104,7 @@ def check_run(config: ml_collections.ConfigDict) -> RunPlan:
   try:
     steps_per_epoch = data.steps_per_epoch(config)
   except (FileNotFoundError, ValueError) as error:   # not prepared, unknown split
-    raise ConfigError(_one_line(error)) from None
+    raise ConfigError(one_line(error)) from None
   if config.num_train_steps > 0:
     total_steps = int(config.num_train_steps)
   else:
@@ -124,92 +117,40 @@ def check_run(config: ml_collections.ConfigDict) -> RunPlan:
   try:
     data.check_labels_needed(config)   # an unlabelled dataset: one line naming the setting
   except ValueError as error:
-    raise ConfigError(_one_line(error)) from None
-  resolve_supervised_targets(config)
+    raise ConfigError(one_line(error)) from None
+  config = objectives.of(config).resolve(config)
   check_objective(config)
-  warmup = warmup_steps(config, steps_per_epoch)
+  warmup = optim.warmup_steps(config, steps_per_epoch)
   if warmup > total_steps:
     source = (f"config.optimizer.warmup_steps={warmup}"
-              if config.optimizer.get("warmup_steps", -1) >= 0 else
+              if config.optimizer.warmup_steps >= 0 else
               f"config.optimizer.warmup_epochs={config.optimizer.warmup_epochs} "
               f"({warmup} steps of {steps_per_epoch} per epoch)")
     raise ConfigError(
         f"{source} is longer than the run ({total_steps} steps): the learning rate would "
         f"never reach its peak. Use a warm-up of at most {total_steps} steps, e.g. "
         f"--config.optimizer.warmup_steps={total_steps // 10}.")
-  return RunPlan(per_device_batch=per_device_batch, steps_per_epoch=steps_per_epoch,
-                 total_steps=total_steps, warmup_steps=warmup,
+  return RunPlan(config=config, per_device_batch=per_device_batch,
+                 steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                  stored_image_size=stored_image_size)
 
 
-def resolve_supervised_targets(config: ml_collections.ConfigDict) -> None:
-  """Fills in what a supervised run learns from the prepared data (config is updated).
-
-  `supervised.num_classes` (-1 = from the dataset: 14 NIH findings, 5 phantom classes)
-  and, with `class_weights = inverse_frequency`, `supervised.class_frequencies` of the
-  training split; config.json then records the values the run was trained with.
-  """
-  if config.get("objective", "simclr") != "supervised":
-    return
-  from simclr_jax import data
-  try:
-    _, num_classes, multi_label = data.supervised_target_spec(config.dataset, config.data_dir)
-    frequencies = None
-    if config.supervised.class_weights == "inverse_frequency" and not tuple(
-        config.supervised.get("class_frequencies", ()) or ()):
-      frequencies = data.class_frequencies(config.dataset, config.data_dir,
-                                           config.train_split)
-  except (FileNotFoundError, ValueError) as error:
-    raise ConfigError(_one_line(error)) from None
-  configured = int(config.supervised.get("num_classes", -1))
-  if configured == -1:
-    config.supervised.num_classes = int(num_classes)
-  elif configured != num_classes:
-    raise ConfigError(
-        f"config.supervised.num_classes={configured} but {config.dataset} has "
-        f"{num_classes} classes; use -1 (from the data) or {num_classes}.")
-  if frequencies is not None:
-    config.supervised.class_frequencies = tuple(float(f) for f in frequencies)
-  given = tuple(config.supervised.get("class_frequencies", ()) or ())
-  if config.supervised.class_weights == "inverse_frequency" and len(given) == num_classes:
-    from simclr_jax import objectives
-    try:   # every class present (multi-label: and absent) somewhere in the training split
-      objectives.inverse_frequency_weights(np.asarray(given), multi_label=multi_label)
-    except ValueError as error:
-      raise ConfigError(f"config.supervised.class_weights='inverse_frequency' on "
-                        f"{config.dataset} split {config.train_split!r}: "
-                        f"{_one_line(error)}") from None
-
-
 def check_objective(config: ml_collections.ConfigDict) -> None:
-  """Builds the model and the objective (no parameters, nothing compiled) to check them."""
-  from simclr_jax import models
-  from simclr_jax import objectives
+  """Builds the model and the loss (no parameters, nothing compiled) to check them."""
+  from simclr_jax.training.step import AXIS_NAME
+  objective = objectives.of(config)
   try:
-    model = models.create_model(config, axis_name="batch")
-    objectives.create_objective(config, model, "batch")
+    model = objective.build_model(config, AXIS_NAME)
+    objective.build_loss(config, model, AXIS_NAME)
   except ValueError as error:
-    raise ConfigError(_one_line(error)) from None
-
-
-def views_per_image(config: ml_collections.ConfigDict) -> int:
-  """Augmented views the objective makes of every image: 2 for SimCLR, 1 supervised."""
-  return 1 if config.get("objective", "simclr") == "supervised" else 2
-
-
-def warmup_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  """Warm-up length in steps, by the rule of optim.create_learning_rate_fn."""
-  if config.optimizer.get("warmup_steps", -1) >= 0:
-    return int(config.optimizer.warmup_steps)
-  return int(round(config.optimizer.get("warmup_epochs", 0.0) * steps_per_epoch))
+    raise ConfigError(one_line(error)) from None
 
 
 def known_datasets() -> List[str]:
-  """'name/config' of every dataset this project can prepare."""
+  """'name/config' of every dataset this project can prepare (data.known_datasets)."""
   from simclr_jax import data
-  return [f"{builder.name}/{builder_config.name}"
-          for builder in (data.SyntheticCxr, data.NihChestXray14)
-          for builder_config in builder.BUILDER_CONFIGS]
+  return [f"{name}/{config_name}" for name, config_names in data.known_datasets().items()
+          for config_name in config_names]
 
 
 def open_dataset(config: ml_collections.ConfigDict):
@@ -225,14 +166,10 @@ def open_dataset(config: ml_collections.ConfigDict):
   try:
     builder = data.get_builder(config.dataset, config.data_dir)
   except (tfds.core.registered.DatasetNotFoundError, ValueError) as error:
-    raise ConfigError(f"config.dataset={config.dataset!r}: {_one_line(error)}") from None
+    raise ConfigError(f"config.dataset={config.dataset!r}: {one_line(error)}") from None
   except FileNotFoundError as error:
-    raise ConfigError(_one_line(error)) from None
+    raise ConfigError(one_line(error)) from None
   return builder
-
-
-def _one_line(error: BaseException) -> str:
-  return " ".join(str(error).split()) or type(error).__name__
 
 
 # ----------------------------------------------------------------------------- CLI keys
@@ -351,7 +288,7 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict,
     message = unknown_key_message(config, field)
     if message:
       raise ConfigError(message.replace("--config.", "--allow_config_changes="))
-  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return {}
   try:
@@ -378,7 +315,7 @@ def record_config(workdir: str, config: ml_collections.ConfigDict,
   """
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  path = os.path.join(workdir, CONFIG_FILE)
   if changes and os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)

@@ -1,28 +1,15 @@
-"""Training objectives: the per-device loss of one step for each `config.objective`.
+"""Supervised baseline (and the fine-tuning of a pretrained encoder): ONE augmented view per
+image (`augment.make_view`: SimCLR's first view, same keys) -> encoder -> linear classifier.
 
-An objective is a pure function
-
-  objective(params, batch_stats, batch, rng, example_ids)
-      -> (loss scalar, (new batch_stats, metrics dict))
-
-run inside the pmapped train step (`train.train_step` differentiates it with respect to
-`params`). `rng` is the step's key and `example_ids` [per_device] the global index of each
-row of the batch, so augmentation does not depend on how devices split the batch.
-`create_objective(config, model, axis_name)` binds the static settings.
-
-  simclr      two augmented views per image -> encoder -> projection head -> NT-Xent
-              with negatives from every device (losses.nt_xent_with_metrics).
-  supervised  ONE augmented view per image (`augment.make_view`: SimCLR's first view,
-              same keys) -> encoder -> linear classifier -> sigmoid binary cross-entropy
-              over the findings when the batch holds 'labels' float32 [per_device, C]
-              (multi-label, NIH), softmax cross-entropy when it holds 'label' int32
-              [per_device] (single-label); optional inverse-frequency class weights
-              (config.supervised.class_weights).
-
-`loss.scale` multiplies the loss that is differentiated, never the logged 'loss'.
+The loss is sigmoid binary cross-entropy over the findings when the batch holds 'labels'
+float32 [per_device, C] (multi-label, NIH), softmax cross-entropy when it holds 'label'
+int32 [per_device] (single-label); optional inverse-frequency class weights
+(config.supervised.class_weights). `resolve` fills in the class count and, for the
+weights, the class frequencies of the training split. `loss.scale` multiplies the loss that
+is differentiated, never the logged 'loss'.
 """
 import functools
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 from jax import lax
@@ -32,47 +19,13 @@ import numpy as np
 import optax
 
 from simclr_jax import augment
-from simclr_jax import losses
+from simclr_jax import models
+from simclr_jax.errors import ConfigError
+from simclr_jax.errors import one_line
+from simclr_jax.objectives.base import LossFn
+from simclr_jax.objectives.base import Objective
 
-OBJECTIVES = ("simclr", "supervised")
 CLASS_WEIGHTS = ("none", "inverse_frequency")
-
-Objective = Callable[..., Tuple[jax.Array, Tuple[Any, Dict[str, jax.Array]]]]
-
-
-def simclr_objective(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
-                     rng: jax.Array, example_ids: jax.Array, *, model: Any,
-                     augment_config: ml_collections.ConfigDict, image_size: int,
-                     temperature: float, loss_scale: float, axis_name: str
-                     ) -> Tuple[jax.Array, Tuple[Any, Dict[str, jax.Array]]]:
-  """NT-Xent of two views of every image of this device's batch.
-
-  Args:
-    params, batch_stats: the SimCLR module's variables.
-    batch: 'image' uint8 [per_device, H, W, 1] and optionally 'weight' float32
-      [per_device] per-example loss weights.
-    rng: the step's key; example_ids: [per_device] global row indices.
-    model: SimCLR module built with `axis_name` (global BatchNorm).
-    augment_config, image_size: on-device augmentation of the views.
-    temperature: NT-Xent temperature.
-    loss_scale: multiplies the optimised loss (not the logged 'loss' metric).
-    axis_name: the pmap axis negatives are gathered over.
-
-  Returns:
-    (loss_scale * loss, (new batch_stats, metrics incl. 'loss')).
-  """
-  views1, views2 = augment.make_views(rng, batch["image"], example_ids, augment_config,
-                                      image_size)  # [per_device, S, S, 1] each
-  both_views = jnp.concatenate([views1, views2], axis=0)  # [2 * per_device, S, S, 1]
-  (_, projections), new_model_state = model.apply(
-      {"params": params, "batch_stats": batch_stats}, both_views, train=True,
-      mutable=["batch_stats"])
-  # View 1 of image i is the positive of view 2 of image i and vice versa.
-  z1, z2 = jnp.split(projections.astype(jnp.float32), 2, axis=0)
-  loss, metrics = losses.nt_xent_with_metrics(
-      z1, z2, temperature=temperature, axis_name=axis_name, weights=batch.get("weight"))
-  metrics = dict(metrics, loss=loss)
-  return loss_scale * loss, (new_model_state["batch_stats"], metrics)
 
 
 def inverse_frequency_weights(class_frequencies: np.ndarray, multi_label: bool
@@ -118,7 +71,7 @@ def _global_mean(total: jax.Array, count: jax.Array, axis_name: Optional[str]) -
   return total / jnp.maximum(count, 1.0)
 
 
-def _multi_label_loss(logits, labels, class_frequencies, axis_name):
+def multi_label_loss(logits, labels, class_frequencies, axis_name):
   """Mean sigmoid BCE over this device's (image, finding) pairs, and its metrics."""
   if labels.shape != logits.shape:
     raise ValueError(
@@ -147,7 +100,7 @@ def _multi_label_loss(logits, labels, class_frequencies, axis_name):
   return loss, metrics
 
 
-def _single_label_loss(logits, label, class_frequencies):
+def single_label_loss(logits, label, class_frequencies):
   """Mean softmax cross-entropy over this device's images, and its accuracy."""
   if label.shape != logits.shape[:1]:
     raise ValueError(
@@ -161,7 +114,7 @@ def _single_label_loss(logits, label, class_frequencies):
   return jnp.mean(per_image), {"accuracy": accuracy}
 
 
-def supervised_objective(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
+def supervised_loss(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
                          rng: jax.Array, example_ids: jax.Array, *, model: Any,
                          augment_config: ml_collections.ConfigDict, image_size: int,
                          class_frequencies: Optional[np.ndarray], loss_scale: float,
@@ -208,33 +161,36 @@ def supervised_objective(params: Any, batch_stats: Any, batch: Dict[str, jax.Arr
       mutable=["batch_stats"])
   logits = logits.astype(jnp.float32)  # [per_device, C]
   if "labels" in batch:
-    loss, metrics = _multi_label_loss(logits, batch["labels"], class_frequencies, axis_name)
+    loss, metrics = multi_label_loss(logits, batch["labels"], class_frequencies, axis_name)
   else:
-    loss, metrics = _single_label_loss(logits, batch["label"], class_frequencies)
+    loss, metrics = single_label_loss(logits, batch["label"], class_frequencies)
   metrics = dict(metrics, loss=loss)
   return loss_scale * loss, (new_model_state["batch_stats"], metrics)
 
 
-def _class_frequencies(config: ml_collections.ConfigDict, model: Any,
-                       class_frequencies: Optional[Sequence[float]]) -> Optional[np.ndarray]:
+def check(config: ml_collections.ConfigDict) -> None:
+  if config.loss.example_weights != "none":
+    raise ConfigError(
+        f"config.loss.example_weights={config.loss.example_weights!r} weighs SimCLR's images; "
+        "with objective='supervised' leave it 'none' and use config.supervised.class_weights="
+        "'inverse_frequency'.")
+  if config.supervised.class_weights not in CLASS_WEIGHTS:
+    raise ConfigError(f"config.supervised.class_weights={config.supervised.class_weights!r}: "
+                      f"accepted values are {list(CLASS_WEIGHTS)}.")
+
+
+def _class_frequencies(config: ml_collections.ConfigDict, model: Any) -> Optional[np.ndarray]:
   """The frequencies for inverse-frequency weights, or None when weights are off."""
-  supervised = config.get("supervised", None) or ml_collections.ConfigDict()
-  class_weights = supervised.get("class_weights", "none")
-  if class_weights not in CLASS_WEIGHTS:
-    raise ValueError(f"config.supervised.class_weights={class_weights!r}: accepted values "
-                     f"are {list(CLASS_WEIGHTS)}.")
-  if class_weights == "none":
+  if config.supervised.class_weights == "none":
     return None
-  if class_frequencies is None:
-    class_frequencies = supervised.get("class_frequencies", ())
-  frequencies = np.asarray(class_frequencies, np.float64).reshape(-1)
+  frequencies = np.asarray(config.supervised.class_frequencies, np.float64).reshape(-1)
   num_classes = getattr(model, "num_classes", None)
   if frequencies.size == 0 or (num_classes is not None and frequencies.size != num_classes):
     raise ValueError(
         f"config.supervised.class_frequencies={tuple(frequencies.tolist())}: "
         f"class_weights='inverse_frequency' needs one frequency per class "
         f"({num_classes} classes), computed on the training split (pass "
-        "class_frequencies= to objectives.create_objective or set the config field).")
+        "class_frequencies= to objectives.create_loss or set the config field).")
   if np.any(frequencies <= 0):   # the multi-label range (< 1) is checked with the data
     raise ValueError(
         f"config.supervised.class_frequencies={tuple(frequencies.tolist())}: every class "
@@ -243,46 +199,71 @@ def _class_frequencies(config: ml_collections.ConfigDict, model: Any,
   return frequencies
 
 
-def create_objective(config: ml_collections.ConfigDict, model: Any, axis_name: str,
-                     class_frequencies: Optional[Sequence[float]] = None) -> Objective:
-  """The objective named by `config.objective`, with its static settings bound.
-
-  Args:
-    config: the experiment config: objective, augment, image_size, loss.temperature,
-      loss.scale, and for 'supervised' supervised.class_weights and
-      supervised.class_frequencies.
-    model: the module of `models.create_model(config, axis_name, ...)`.
-    axis_name: the pmap axis of the train step.
-    class_frequencies: supervised with class_weights 'inverse_frequency': [C] class
-      frequencies of the training split (overrides config.supervised.class_frequencies);
-      single-label: share or count of each class, multi-label: fraction of images
-      positive for each finding.
-
-  Returns:
-    objective(params, batch_stats, batch, rng, example_ids) -> (loss, (batch_stats, metrics)).
+def build_loss(config: ml_collections.ConfigDict, model: Any,
+               axis_name: Optional[str]) -> LossFn:
+  """`supervised_loss` with the augmentation, class weights and loss scale bound.
 
   Raises:
-    ValueError: an unknown objective or class weighting, missing or wrong class
-      frequencies, or per-example loss weights with the supervised objective; the
-      message names the config field.
+    ValueError: a class weighting, class frequencies or per-example loss weights it
+      cannot train with; the message names the config field.
   """
-  name = config.get("objective", "simclr")
-  loss_scale = float(config.loss.get("scale", 1.0))
-  if name == "simclr":
-    return functools.partial(
-        simclr_objective, model=model, augment_config=config.augment,
-        image_size=int(config.image_size), temperature=float(config.loss.temperature),
-        loss_scale=loss_scale, axis_name=axis_name)
-  if name == "supervised":
-    example_weights = config.loss.get("example_weights", "none")
-    if example_weights != "none":
-      raise ValueError(
-          f"config.loss.example_weights={example_weights!r} weighs SimCLR's images; with "
-          "objective='supervised' leave it 'none' and use config.supervised.class_weights="
-          "'inverse_frequency'.")
-    return functools.partial(
-        supervised_objective, model=model, augment_config=config.augment,
-        image_size=int(config.image_size),
-        class_frequencies=_class_frequencies(config, model, class_frequencies),
-        loss_scale=loss_scale, axis_name=axis_name)
-  raise ValueError(f"config.objective={name!r}: accepted values are {list(OBJECTIVES)}.")
+  check(config)
+  return functools.partial(
+      supervised_loss, model=model, augment_config=config.augment,
+      image_size=int(config.image_size),
+      class_frequencies=_class_frequencies(config, model),
+      loss_scale=float(config.loss.scale), axis_name=axis_name)
+
+
+def batch_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The target of the prepared dataset: {'labels': float32} (multi-hot) or {'label': int32}."""
+  from simclr_jax import data   # TFDS: only when batches are made
+  target, _, multi_label = data.supervised_target_spec(config.dataset, config.data_dir)
+  return {target: np.float32 if multi_label else np.int32}
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy with what a supervised run learns from the prepared data filled in.
+
+  `supervised.num_classes` (-1 = from the dataset: 14 NIH findings, 5 phantom classes)
+  and, with `class_weights = inverse_frequency`, `supervised.class_frequencies` of the
+  training split; config.json then records the values the run was trained with.
+
+  Raises:
+    ConfigError: the data is not prepared or has no target, the class count differs
+      from the data's, or a class never occurs (absent) in the training split.
+  """
+  from simclr_jax import data
+  config = config.copy_and_resolve_references()
+  supervised = config.supervised
+  try:
+    _, num_classes, multi_label = data.supervised_target_spec(config.dataset, config.data_dir)
+    frequencies = None
+    if supervised.class_weights == "inverse_frequency" and not tuple(
+        supervised.class_frequencies or ()):
+      frequencies = data.class_frequencies(config.dataset, config.data_dir,
+                                           config.train_split)
+  except (FileNotFoundError, ValueError) as error:
+    raise ConfigError(one_line(error)) from None
+  if supervised.num_classes == -1:
+    supervised.num_classes = int(num_classes)
+  elif supervised.num_classes != num_classes:
+    raise ConfigError(
+        f"config.supervised.num_classes={supervised.num_classes} but {config.dataset} has "
+        f"{num_classes} classes; use -1 (from the data) or {num_classes}.")
+  if frequencies is not None:
+    supervised.class_frequencies = tuple(float(f) for f in frequencies)
+  given = tuple(supervised.class_frequencies or ())
+  if supervised.class_weights == "inverse_frequency" and len(given) == num_classes:
+    try:   # every class present (multi-label: and absent) somewhere in the training split
+      inverse_frequency_weights(np.asarray(given), multi_label=multi_label)
+    except ValueError as error:
+      raise ConfigError(f"config.supervised.class_weights='inverse_frequency' on "
+                        f"{config.dataset} split {config.train_split!r}: "
+                        f"{one_line(error)}") from None
+  return config
+
+
+OBJECTIVE = Objective(name="supervised", views_per_image=1,
+                      build_model=models.create_supervised, build_loss=build_loss,
+                      batch_fields=batch_fields, resolve=resolve, check=check)

@@ -1,0 +1,93 @@
+"""SimCLR: two augmented views per image -> encoder -> projection head -> NT-Xent with
+negatives from every device (losses.nt_xent_with_metrics).
+
+`loss.scale` multiplies the loss that is differentiated, never the logged 'loss';
+`loss.example_weights='inverse_frequency'` weighs each image's terms (the pipeline serves
+the weights as the batch's 'weight').
+"""
+import functools
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from simclr_jax import augment
+from simclr_jax import losses
+from simclr_jax import models
+from simclr_jax.errors import ConfigError
+from simclr_jax.objectives.base import copy_of
+from simclr_jax.objectives.base import LossFn
+from simclr_jax.objectives.base import Objective
+
+EXAMPLE_WEIGHTS = ("none", "inverse_frequency")
+
+
+def simclr_loss(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
+                rng: jax.Array, example_ids: jax.Array, *, model: Any,
+                augment_config: ml_collections.ConfigDict, image_size: int,
+                temperature: float, loss_scale: float, axis_name: Optional[str]
+                ) -> Tuple[jax.Array, Tuple[Any, Dict[str, jax.Array]]]:
+  """NT-Xent of two views of every image of this device's batch.
+
+  Args:
+    params, batch_stats: the SimCLR module's variables.
+    batch: 'image' uint8 [per_device, H, W, 1] and optionally 'weight' float32
+      [per_device] per-example loss weights.
+    rng: the step's key; example_ids: [per_device] global row indices.
+    model: SimCLR module built with `axis_name` (global BatchNorm).
+    augment_config, image_size: on-device augmentation of the views.
+    temperature: NT-Xent temperature.
+    loss_scale: multiplies the optimised loss (not the logged 'loss' metric).
+    axis_name: the pmap axis negatives are gathered over.
+
+  Returns:
+    (loss_scale * loss, (new batch_stats, metrics incl. 'loss')).
+  """
+  views1, views2 = augment.make_views(rng, batch["image"], example_ids, augment_config,
+                                      image_size)  # [per_device, S, S, 1] each
+  both_views = jnp.concatenate([views1, views2], axis=0)  # [2 * per_device, S, S, 1]
+  (_, projections), new_model_state = model.apply(
+      {"params": params, "batch_stats": batch_stats}, both_views, train=True,
+      mutable=["batch_stats"])
+  # View 1 of image i is the positive of view 2 of image i and vice versa.
+  z1, z2 = jnp.split(projections.astype(jnp.float32), 2, axis=0)
+  loss, metrics = losses.nt_xent_with_metrics(
+      z1, z2, temperature=temperature, axis_name=axis_name, weights=batch.get("weight"))
+  metrics = dict(metrics, loss=loss)
+  return loss_scale * loss, (new_model_state["batch_stats"], metrics)
+
+
+def _check_example_weights(config: ml_collections.ConfigDict) -> None:
+  if config.loss.example_weights not in EXAMPLE_WEIGHTS:
+    raise ConfigError(f"config.loss.example_weights={config.loss.example_weights!r}; "
+                      f"accepted: {', '.join(map(repr, EXAMPLE_WEIGHTS))}")
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  temperature = config.loss.temperature
+  if not (isinstance(temperature, (int, float)) and temperature > 0):   # also catches NaN
+    raise ConfigError(f"config.loss.temperature={temperature!r}: the NT-Xent temperature "
+                      f"must be > 0, e.g. 0.1 (SimCLR uses 0.1-0.5).")
+  _check_example_weights(config)
+
+
+def build_loss(config: ml_collections.ConfigDict, model: Any,
+               axis_name: Optional[str]) -> LossFn:
+  """`simclr_loss` with the config's augmentation, temperature and loss scale bound."""
+  return functools.partial(
+      simclr_loss, model=model, augment_config=config.augment,
+      image_size=int(config.image_size), temperature=float(config.loss.temperature),
+      loss_scale=float(config.loss.scale), axis_name=axis_name)
+
+
+def batch_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """Images only, plus the per-example 'weight' with loss.example_weights on."""
+  _check_example_weights(config)
+  return {} if config.loss.example_weights == "none" else {"weight": np.float32}
+
+
+OBJECTIVE = Objective(name="simclr", views_per_image=2, build_model=models.create_simclr,
+                      build_loss=build_loss, batch_fields=batch_fields, resolve=copy_of,
+                      check=check)
