@@ -18,9 +18,11 @@ import ml_collections
 import numpy as np
 
 from simclr_jax.errors import NonFiniteError
+from simclr_jax.errors import WorkdirNotWritable
 from simclr_jax.runtime import compilation_cache
 from simclr_jax.runtime.progress import format_duration
 from simclr_jax.runtime.progress import Progress
+from simclr_jax.workdir import METRICS_DAMAGED_PREFIX
 from simclr_jax.workdir import METRICS_FILE
 from simclr_jax.workdir import TENSORBOARD_DIR
 
@@ -46,31 +48,36 @@ def check_finite(step: int, metrics: Dict[str, Any]) -> None:
 class MetricsWriter:
   """WORKDIR/metrics.jsonl (one JSON line per logged step) + TensorBoard; process 0 only.
 
-  The file is only ever appended to. On resume, the lines after the restored step (their
-  steps are trained again) are cut off in place (truncate), never rewritten through a
-  temporary file: the caller holds the workdir lock, and no reader sees a file replaced.
+  The file is only ever appended to. On resume (`resume_metrics_file`) the lines after the
+  restored step (their steps are trained again) are dropped in place (truncate, then the
+  kept lines after the cut appended again), never through a temporary file: the caller
+  holds the workdir lock, and no reader sees a file replaced. A line that cannot be read
+  is set aside, never dropped. A line that cannot be written stops the run (exit 2).
   """
 
   def __init__(self, workdir: str, start_step: int):
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
-    from tensorboardX import SummaryWriter
-    path = os.path.join(workdir, METRICS_FILE)
-    if os.path.exists(path):
-      cut = _end_of_steps_up_to(path, start_step)
-      if cut < os.path.getsize(path):
-        os.truncate(path, cut)
-    self._jsonl = open(path, "a")
+    self._path = os.path.join(workdir, METRICS_FILE)
+    try:
+      if os.path.exists(self._path):
+        resume_metrics_file(self._path, start_step)
+      self._jsonl = open(self._path, "a")
+    except OSError as error:
+      raise _not_writable(self._path, start_step + 1, error) from None
     # purge_step: TensorBoard hides the events of steps after it from earlier runs.
-    self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
+    self._tensorboard = _summary_writer_class()(os.path.join(workdir, TENSORBOARD_DIR),
                                       purge_step=start_step + 1 if start_step else None)
 
   def write(self, step: int, scalars: Dict[str, Any]) -> None:
     if not self.enabled:
       return
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-    self._jsonl.flush()
+    try:
+      self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+      self._jsonl.flush()
+    except OSError as error:
+      raise _not_writable(self._path, step, error) from None
     for name, value in scalars.items():
       # Online monitor scalars get their own TensorBoard section.
       tag = (f"online/{name[len('online_'):]}" if name.startswith("online_")
@@ -79,22 +86,108 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
+      try:
+        self._jsonl.close()
+      except OSError:   # the line that could not be written: reported already
+        pass
       self._tensorboard.close()
 
 
-def _end_of_steps_up_to(path: str, step: int) -> int:
-  """Byte offset where the first line of a later step (or a line cut short) starts."""
-  offset = 0
+def _summary_writer_class():
+  """tensorboardX.SummaryWriter, imported without PyTorch.
+
+  tensorboardX imports torch when it is installed (only to accept torch tensors, which
+  this writer never gets): seconds at every start of the trainer.
+  """
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None   # `import torch` raises ImportError: tensorboardX goes on
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
+def _not_writable(path: str, step: int, error: OSError) -> WorkdirNotWritable:
+  return WorkdirNotWritable(
+      f"cannot write {path} at step {step} ({error.strerror or error}); stopped. Free space "
+      f"or make it writable, then run the same command to resume from the newest "
+      f"checkpoint.")
+
+
+def resume_metrics_file(path: str, step: int) -> None:
+  """Keeps the lines of metrics.jsonl up to `step` (the restored checkpoint), in place.
+
+  Lines of later steps are dropped (they are trained again), and so is a last line cut
+  short by a kill; the log says how many. A line that cannot be read (not JSON, no
+  integer step) or whose step is not after the line before it is set aside with its line
+  number in metrics.jsonl.damaged-<time> beside it, and reported; the lines after it stay.
+  The file keeps its inode: it is cut at the first line that goes and the kept lines after
+  that are appended again (a `tail -f` keeps following it).
+  """
   with open(path, "rb") as f:
-    for line in f:
-      try:
-        if not line.endswith(b"\n") or int(json.loads(line)["step"]) > step:
-          break
-      except (ValueError, KeyError, TypeError):   # a line cut short by a kill
-        break
-      offset += len(line)
-  return offset
+    lines = f.readlines()
+  kept, damaged, dropped = [], [], 0
+  first_change, last_step = len(lines), None
+  for index, line in enumerate(lines):
+    logged_step = _logged_step(line) if line.endswith(b"\n") else None
+    if logged_step is None and index == len(lines) - 1 and not line.endswith(b"\n"):
+      dropped += 1                                  # cut short by a kill
+    elif logged_step is None or (last_step is not None and logged_step <= last_step):
+      if logged_step is None or logged_step <= step:
+        damaged.append({"line": index + 1, "text": line.decode("utf-8", "backslashreplace")})
+      else:
+        dropped += 1                                # a later step, repeated: trained again
+    elif logged_step > step:
+      dropped += 1
+    else:
+      kept.append((index, line))
+      last_step = logged_step
+      continue
+    first_change = min(first_change, index)
+  if first_change == len(lines):
+    return
+  if damaged:
+    aside = _set_aside(path, damaged)
+    logging.warning("%s: %d line(s) that cannot be read or are out of step order (line %s) "
+                    "set aside in %s; the other lines are kept.", path, len(damaged),
+                    ", ".join(str(record["line"]) for record in damaged[:10]), aside)
+  if dropped:
+    logging.warning("%s: dropped %d line(s) of steps after the restored checkpoint %d (they "
+                    "are trained again).", path, dropped, step)
+  offset = sum(len(line) for line in lines[:first_change])
+  with open(path, "r+b") as f:
+    f.truncate(offset)
+    f.seek(offset)
+    f.writelines(line for index, line in kept if index > first_change)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _logged_step(line: bytes) -> Optional[int]:
+  """The step of a metrics line, or None when it is not a JSON object with an int step."""
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  step = record.get("step") if isinstance(record, dict) else None
+  return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def _set_aside(path: str, damaged: List[Dict[str, Any]]) -> str:
+  """Writes the damaged lines (JSON: line number and text) beside `path`; returns the file."""
+  stamp = time.strftime("%Y%m%dT%H%M%S")
+  aside = os.path.join(os.path.dirname(path), f"{METRICS_DAMAGED_PREFIX}{stamp}")
+  suffix = 1
+  while os.path.exists(aside):
+    suffix += 1
+    aside = os.path.join(os.path.dirname(path), f"{METRICS_DAMAGED_PREFIX}{stamp}-{suffix}")
+  with open(aside, "w") as f:
+    for record in damaged:
+      f.write(json.dumps(record) + "\n")
+  return aside
 
 
 class _PlainLines:
