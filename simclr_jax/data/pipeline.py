@@ -359,8 +359,12 @@ class TrainIterator(grain.DatasetIterator):
     return {'global_batches_consumed': self._batches_consumed, **self._fingerprint}
 
   def set_state(self, state: dict) -> None:
+    """Restores a position; one saved at another global batch size (a resume that changed
+    config.batch_size) becomes the same number of examples of the same shuffled stream,
+    rounded up to a whole batch (the few examples in between are skipped)."""
     mismatched = {key: (state.get(key), value) for key, value in self._fingerprint.items()
                   if key in state and int(state[key]) != value}
+    saved_batch = int(mismatched.pop('global_batch_size', (0, 0))[0])
     if mismatched:
       raise ValueError(
           'data iterator state does not match this config: '
@@ -368,6 +372,14 @@ class TrainIterator(grain.DatasetIterator):
                       for key, (saved, now) in mismatched.items()))
     self._stop()
     self._batches_consumed = int(state['global_batches_consumed'])
+    if saved_batch:
+      examples = self._batches_consumed * saved_batch
+      batch = self._fingerprint['global_batch_size']
+      self._batches_consumed = -(-examples // batch)
+      logging.warning('Data position saved at batch size %d (%d batches, %d examples): '
+                      'resuming at batch %d of size %d (%d examples skipped).', saved_batch,
+                      int(state['global_batches_consumed']), examples, self._batches_consumed,
+                      batch, self._batches_consumed * batch - examples)
 
   def _stop(self):
     if self._iterator is not None:

@@ -125,8 +125,17 @@ class OnlineMonitor:
                                          int(online.max_train_examples), self._seed)
     self._eval_examples = read_examples(config.dataset, config.data_dir, online.eval_split,
                                         int(online.max_eval_examples), self._seed + 1)
-    label_set = representations_lib.build(self._eval_examples, self._train_examples,
-                                          seed=self._seed).label_set
+    try:
+      label_set = representations_lib.build(self._eval_examples, self._train_examples,
+                                            seed=self._seed).label_set
+    except ValueError:   # too few labelled images: name the trainer's fields, not evaluate's
+      raise ValueError(
+          f"config.online_eval.eval_split={online.eval_split!r} of {config.dataset} gives the "
+          f"online monitor {len(self._eval_examples['image'])} image(s) "
+          f"(config.online_eval.max_eval_examples={online.max_eval_examples}), too few "
+          f"labelled ones to score (it needs at least 2): set config.online_eval.eval_split "
+          f"to a larger split, or turn the monitor off with --config.eval_every_steps=0."
+      ) from None
     for name, evaluator in self._evaluators:
       if name == "clustering":
         try:

@@ -14,6 +14,7 @@ The cache is trusted code: do not point it at a folder others can write to.
 """
 import logging
 import os
+import tempfile
 import threading
 from typing import Optional
 
@@ -80,7 +81,8 @@ def enable(config=None) -> Optional[str]:
 
   Returns:
     The cache directory, or None when the cache is off (by config or environment) or the
-    directory cannot be created.
+    directory cannot be created or written (one warning; JAX would otherwise warn at
+    every computation it fails to cache).
   """
   global _listening, _enabled_dir
   if not _listening:
@@ -93,6 +95,14 @@ def enable(config=None) -> Optional[str]:
     os.makedirs(directory, exist_ok=True)
   except OSError as error:
     logging.warning("Compilation cache off: cannot create %s (%s).", directory, error)
+    return None
+  try:   # a real write: permission bits do not stop root, a read-only mount or +i does
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+      pass
+  except OSError as error:
+    logging.warning("Compilation cache off: cannot write to %s (%s); set "
+                    "config.compilation_cache_dir or %s to a writable folder.", directory,
+                    error.strerror or error, ENV_VAR)
     return None
   from jax.experimental.compilation_cache import compilation_cache as jax_cache
   if _enabled_dir is not None:

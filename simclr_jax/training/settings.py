@@ -4,9 +4,11 @@
 device, steps, the config resolved by its objective) or raises `errors.ConfigError` with
 one line naming the field, the value and what is accepted; it writes nothing, not even
 into `config`. `check_workdir_config` compares a workdir's config.json with the config a
-resumed run was started with (`check_resume`: what may change); `record_config` writes
-config.json and keeps the config it replaces in config_history.jsonl.
-`unknown_key_message` explains a mistyped `--config.KEY`.
+resumed run was started with (`check_resume`: what may change), and its dataset.json with
+the data it would resume on (`check_same_data`); `record_config` writes config.json and
+dataset.json and keeps the config it replaces in config_history.jsonl.
+`unknown_key_message` explains a mistyped `--config.KEY`; `warn_if_split_smaller_than_batch`
+warns when the images a run trains on do not fill one batch.
 """
 import dataclasses
 import difflib
@@ -24,8 +26,10 @@ from simclr_jax import objectives
 from simclr_jax.errors import ConfigError
 from simclr_jax.errors import one_line
 from simclr_jax.training import optim
+from simclr_jax.errors import WorkdirNotWritable
 from simclr_jax.workdir import CONFIG_FILE
 from simclr_jax.workdir import CONFIG_HISTORY_FILE
+from simclr_jax.workdir import DATASET_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +39,7 @@ class RunPlan:
   steps_per_epoch: int
   total_steps: int
   stored_image_size: int
+  dataset: Optional[Dict[str, Any]] = None   # dataset_record: what the run trains on
 
 
 def _positive(config: ml_collections.ConfigDict, field: str, what: str) -> None:
@@ -103,8 +108,12 @@ def check_run(config: ml_collections.ConfigDict) -> RunPlan:
         f"--config.image_size<={stored_image_size} or prepare the dataset at a larger size.")
   try:
     steps_per_epoch = data.steps_per_epoch(config)
+    train_images = data.num_examples(config.dataset, config.data_dir, config.train_split)
   except (FileNotFoundError, ValueError) as error:   # not prepared, unknown split
     raise ConfigError(one_line(error)) from None
+  warn_if_split_smaller_than_batch(
+      train_images, config.batch_size,
+      f"config.train_split={config.train_split!r} of {config.dataset}")
   if config.num_train_steps > 0:
     total_steps = int(config.num_train_steps)
   else:
@@ -132,7 +141,50 @@ def check_run(config: ml_collections.ConfigDict) -> RunPlan:
         f"--config.optimizer.warmup_steps={total_steps // 10}.")
   return RunPlan(config=config, per_device_batch=per_device_batch,
                  steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                 stored_image_size=stored_image_size)
+                 stored_image_size=stored_image_size,
+                 dataset=dataset_record(config, builder))
+
+
+def warn_if_split_smaller_than_batch(num_examples: int, batch_size: int, what: str) -> bool:
+  """One warning, with the numbers, when a run trains on fewer images than one batch.
+
+  Every batch then holds the same images several times (the contrastive loss sees copies
+  of one image as negatives), and an epoch counts as one step.
+
+  Args:
+    num_examples: the images the run trains on (a split, or a fine-tuning subset).
+    batch_size: config.batch_size (global).
+    what: names those images for the message, e.g. "config.train_split='train' of
+      synthetic_cxr/32".
+
+  Returns:
+    True when it warned.
+  """
+  if num_examples >= batch_size:
+    return False
+  logging.warning("%s has %d images, fewer than config.batch_size=%d: every batch repeats "
+                  "them (each about %.1f times) and an epoch counts as one step; use "
+                  "--config.batch_size<=%d or more images.", what, num_examples, batch_size,
+                  batch_size / max(num_examples, 1), max(num_examples, 1))
+  return True
+
+
+def dataset_record(config: ml_collections.ConfigDict, builder) -> Dict[str, Any]:
+  """What a run trains on, as WORKDIR/dataset.json keeps it: the prepared dataset's
+  version, split sizes and its metadata.json's prepare options and counts."""
+  metadata = dict(builder.info.metadata or {})
+  return _normalise({
+      "dataset": config.dataset, "data_dir": str(config.data_dir),
+      "metadata_file": os.path.join(str(builder.data_dir), "metadata.json"),
+      "version": str(builder.info.version),
+      "split_sizes": {name: int(split.num_examples)
+                      for name, split in sorted(builder.info.splits.items())},
+      "prepare_options": metadata.get("prepare_options"),
+      "prepare_counts": metadata.get("prepare_counts")})
+
+
+# Where two records may differ and still describe the same data.
+_RECORD_PLACES = ("data_dir", "metadata_file")
 
 
 def check_objective(config: ml_collections.ConfigDict) -> None:
@@ -216,6 +268,7 @@ RESUMABLE_FIELDS = (
     "checkpoint_every_steps", "keep_checkpoints", "progress_bar", "data_dir",
     "input.num_workers", "input.prefetch_buffer_size", "eval_every_steps", "online_eval.",
     "async_checkpointing", "compilation_cache", "compilation_cache_dir",
+    "stop_grace_seconds",
 )
 
 
@@ -269,20 +322,24 @@ def check_resume(stored: Dict[str, Any], config: ml_collections.ConfigDict, *,
 
 
 def check_workdir_config(workdir: str, config: ml_collections.ConfigDict,
-                         allowed: Sequence[str]) -> Dict[str, Tuple[Any, Any]]:
+                         allowed: Sequence[str], *, dataset: Optional[Dict[str, Any]] = None
+                         ) -> Dict[str, Tuple[Any, Any]]:
   """Compares WORKDIR/config.json with this run's config (reads only).
 
   Args:
     workdir: the run's directory (the caller holds its lock).
     config: this run's config.
     allowed: --allow_config_changes.
+    dataset: this run's dataset_record, checked against WORKDIR/dataset.json on a resume
+      (`check_same_data`).
 
   Returns:
     All changes {field: (old, new)}; {} for a new workdir.
 
   Raises:
     ConfigError: resuming (the workdir has checkpoints) with a change outside
-      RESUMABLE_FIELDS and `allowed`, naming the fields; an unknown field in `allowed`.
+      RESUMABLE_FIELDS and `allowed`, naming the fields; on other data than the run's
+      (unless `allowed` names data_dir); an unknown field in `allowed`.
   """
   for field in allowed:
     message = unknown_key_message(config, field)
@@ -300,21 +357,99 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict,
   steps = checkpointing.complete_steps(workdir)
   if not steps:   # nothing trained with it yet: it is replaced (and kept in the history)
     return config_changes(stored, config)
-  return check_resume(stored, config, workdir=workdir, step=steps[-1], allowed=allowed)
+  changes = check_resume(stored, config, workdir=workdir, step=steps[-1], allowed=allowed)
+  if dataset is not None:
+    changes.update(check_same_data(workdir, stored, dataset, step=steps[-1],
+                                   allowed=allowed))
+  return changes
+
+
+def _stored_dataset_record(workdir: str, stored: Dict[str, Any]
+                           ) -> Optional[Dict[str, Any]]:
+  """WORKDIR/dataset.json; for a workdir written before it existed, the record of the
+  data_dir its config.json names, if that is still prepared; else None."""
+  path = os.path.join(workdir, DATASET_FILE)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    pass
+  except ValueError as error:
+    raise ConfigError(f"{path} is not valid JSON ({error}); move it away to resume (the "
+                      f"data will not be compared).") from None
+  try:
+    previous = ml_collections.ConfigDict(stored)
+    return dataset_record(previous, open_dataset(previous))
+  except Exception:  # pylint: disable=broad-except  (moved, not prepared any more: unknown)
+    return None
+
+
+def check_same_data(workdir: str, stored: Dict[str, Any], dataset: Dict[str, Any], *,
+                    step: int, allowed: Iterable[str] = ()) -> Dict[str, Tuple[Any, Any]]:
+  """A resume trains on the data the run was trained on (WORKDIR/dataset.json).
+
+  config.data_dir may change (the same data, moved or copied); data whose version, split
+  sizes or prepare options/counts (its metadata.json) differ is refused unless `allowed`
+  names data_dir.
+
+  Returns:
+    {'dataset.json: FIELD': (old, new)} of the differences (accepted ones, for the config
+    history).
+
+  Raises:
+    ConfigError: other data, naming the metadata.json, the fields and how to accept it.
+  """
+  before = _stored_dataset_record(workdir, stored)
+  if before is None:
+    return {}
+  old, new = flatten(before), flatten(dataset)
+  names = [*new, *(name for name in old if name not in new)]   # the record's order
+  differences = {name: (old.get(name), new.get(name)) for name in names
+                 if name not in _RECORD_PLACES and old.get(name) != new.get(name)}
+  if not differences:
+    return {}
+  if "data_dir" not in allowed:
+    listing = ", ".join(f"{name} {a!r} -> {b!r}" for name, (a, b) in
+                        list(differences.items())[:3])
+    more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+    raise ConfigError(
+        f"--workdir={workdir} holds a run at step {step} trained on other data than "
+        f"{dataset['metadata_file']} describes: {listing}{more} (the run's data: "
+        f"{os.path.join(workdir, DATASET_FILE)}, data_dir {before.get('data_dir')!r}). Resume "
+        f"with that data, or accept the change with --allow_config_changes=data_dir.")
+  return {f"{DATASET_FILE}: {name}": change for name, change in differences.items()}
 
 
 def record_config(workdir: str, config: ml_collections.ConfigDict,
-                   changes: Dict[str, Tuple[Any, Any]], start_step: int) -> None:
-  """Writes WORKDIR/config.json; the config it replaces goes to config_history.jsonl.
+                  changes: Dict[str, Tuple[Any, Any]], start_step: int, *,
+                  dataset: Optional[Dict[str, Any]] = None) -> None:
+  """Writes WORKDIR/config.json (and dataset.json); the config it replaces goes to
+  config_history.jsonl.
 
   Args:
     workdir: the run's directory (the caller holds its lock).
     config: this run's config.
     changes: from check_workdir_config.
     start_step: the step this start resumed from (recorded with the old config).
+    dataset: this run's dataset_record, written to WORKDIR/dataset.json.
+
+  Raises:
+    WorkdirNotWritable: a file cannot be written (naming it and why).
   """
   if jax.process_index() != 0:
     return
+  try:
+    _record_config(workdir, config, changes, start_step, dataset)
+  except OSError as error:
+    raise WorkdirNotWritable(
+        f"cannot write {error.filename or workdir} ({error.strerror or error}) after step "
+        f"{start_step + 1}; stopped. Free space or make it writable, then run the same "
+        f"command.") from None
+
+
+def _record_config(workdir: str, config: ml_collections.ConfigDict,
+                   changes: Dict[str, Tuple[Any, Any]], start_step: int,
+                   dataset: Optional[Dict[str, Any]]) -> None:
   path = os.path.join(workdir, CONFIG_FILE)
   if changes and os.path.exists(path):
     with open(path) as f:
@@ -329,3 +464,8 @@ def record_config(workdir: str, config: ml_collections.ConfigDict,
                     "%s.", ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in changes.items()),
                     CONFIG_HISTORY_FILE)
   checkpointing.write_config(workdir, config)
+  if dataset is not None:
+    dataset_path = os.path.join(workdir, DATASET_FILE)
+    with open(dataset_path + ".tmp", "w") as f:
+      json.dump(dataset, f, indent=2, sort_keys=True)
+    os.replace(dataset_path + ".tmp", dataset_path)
