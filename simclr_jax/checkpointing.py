@@ -19,6 +19,7 @@ directly and never writes, so an evaluator can read the checkpoints of a running
 import json
 import logging
 import os
+import re
 import time
 from typing import Any, List, Optional, Tuple
 
@@ -78,7 +79,10 @@ def create_manager(workdir: str, *, max_to_keep: int,
               "data_iter": grain.checkpoint.CheckpointHandler()}
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-      enable_async_checkpointing=async_saves)
+      enable_async_checkpointing=async_saves,
+      # Folders made in `save` itself: made in the background, a failure (no inodes, no
+      # permission) left `save` waiting forever for a folder that never came.
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
   return ocp.CheckpointManager(checkpoint_directory(workdir), options=options,
                                item_handlers=handlers)
 
@@ -112,6 +116,25 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, rng: np.ndarray,
            "rng": ocp.args.StandardSave({"key": rng}),
            "data_iter": grain.checkpoint.CheckpointSave(_IteratorStateAtSave(data_iterator))}
   manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+# TensorStore's errors carry the OS error as text: "... No space left on device
+# [os_error_code='28']".
+_TENSORSTORE_OS_ERROR = re.compile(r"os_error_code='(\d+)'")
+
+
+def save_error_cause(error: BaseException) -> str:
+  """Why a save failed, on one line: the OS error (strerror and errno) when there is one."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno:
+      where = f": {seen.filename}" if seen.filename else ""
+      return f"{os.strerror(seen.errno)} [errno {seen.errno}{where}]"
+    code = _TENSORSTORE_OS_ERROR.search(str(seen))
+    if code:
+      return f"{os.strerror(int(code.group(1)))} [errno {code.group(1)}]"
+    seen = seen.__cause__ or seen.__context__
+  return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

@@ -93,6 +93,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.progress_bar = True
   config.stop_at_step = -1              # > 0: save and exit after this step (job time limits)
+  config.stop_grace_seconds = 90.0      # after SIGTERM/Ctrl-C: longest wait for a save, then exit
   config.async_checkpointing = True     # save in the background while training continues
   config.compilation_cache = True       # persistent XLA compilation cache (restarts skip compiling)
   config.compilation_cache_dir = ""     # "" = $SIMCLR_COMPILATION_CACHE or ~/.cache/simclr_jax/xla

@@ -1,8 +1,9 @@
 """Every way a run of this package ends on purpose: the error classes and their exit codes.
 
 A `RunError` reaches the user as one line on stderr (no traceback) and the process exits
-with its `exit_code`: 2 for settings and workdir problems, 3 for a non-finite step, 130
-for Ctrl-C. The checkpoint errors below are caught inside the package (the trainer moves a
+with its `exit_code`: 2 for settings and workdir problems (a checkpoint that cannot be
+written, a workdir moved or taken over while training included), 3 for a non-finite step,
+130 for Ctrl-C. The checkpoint errors below are caught inside the package (the trainer moves a
 damaged checkpoint aside; an incompatible one becomes a ConfigError).
 """
 
@@ -22,6 +23,25 @@ class WorkdirBusy(RunError):
 
 class WorkdirNotWritable(RunError):
   """The workdir cannot be created or written."""
+
+
+class WorkdirLost(RunError):
+  """The workdir was moved or deleted, or its lock taken by another trainer, while
+  training: the run stops before it writes there again."""
+
+
+class SaveFailed(RunError):
+  """A checkpoint could not be written (no space, no inodes, permission, its folder gone),
+  or did not finish within config.stop_grace_seconds of a stop signal. The run stops; the
+  newest complete checkpoint is kept.
+
+  `abandoned`: the save's threads may still be blocked; the process exits without
+  waiting for them (train.py). Exit 2, or 130 when a Ctrl-C was waiting for the save.
+  """
+
+  def __init__(self, message: str, *, abandoned: bool = False, exit_code: int = 2):
+    super().__init__(message)
+    self.abandoned, self.exit_code = abandoned, exit_code
 
 
 class NoUsableCheckpoint(RunError):

@@ -6,7 +6,9 @@
 Starting on a workdir that already holds checkpoints resumes from the newest good one
 (`training.loop.train_and_evaluate`). Exit codes (simclr_jax/errors.py): 0 done or
 preempted (SIGTERM) or stopped at config.stop_at_step, 2 bad settings / workdir in use /
-no restorable checkpoint, 3 a non-finite step, 130 Ctrl-C.
+no restorable checkpoint / a checkpoint or file that cannot be written / a workdir moved
+or taken over while training / a stop whose save did not finish within
+config.stop_grace_seconds, 3 a non-finite step, 130 Ctrl-C.
 """
 import logging
 import os
@@ -17,6 +19,7 @@ import ml_collections
 
 from simclr_jax.errors import Interrupted
 from simclr_jax.errors import RunError
+from simclr_jax.errors import SaveFailed
 
 
 def _load_config_file(argv: Sequence[str]) -> Optional[ml_collections.ConfigDict]:
@@ -102,7 +105,10 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   # orbax/TFDS log every save/restore step through absl at INFO; keep ours only.
   logging.getLogger("absl").setLevel(logging.WARNING)
-  message, exit_code = None, 0
+  # A failed save is one line (training/checkpoints.py), not orbax's tracebacks of it.
+  logging.getLogger("absl").addFilter(_without_orbax_errors)
+  sys.unraisablehook = _without_closed_loop_errors(sys.unraisablehook)
+  message, exit_code, abandoned = None, 0, False
   try:
     from simclr_jax.training import loop
     distributed.initialize()
@@ -111,13 +117,33 @@ def main(argv):
   except RunError as error:
     prefix = "" if isinstance(error, Interrupted) else "error: "
     message, exit_code = f"{prefix}{error}", error.exit_code
+    abandoned = isinstance(error, SaveFailed) and error.abandoned
   except KeyboardInterrupt:   # before the handlers were installed (start-up)
     message, exit_code = "Interrupted during start-up; nothing was written.", 130
   # Exit outside the except blocks: the exception's frames (and the loader's shared-memory
   # batches they hold) are released first, so nothing is left for the resource tracker.
   if message is not None:
     print(message, file=sys.stderr, flush=True)
+    if abandoned:   # a stuck save's threads would keep the interpreter from exiting
+      sys.stdout.flush()
+      os._exit(exit_code)
     sys.exit(exit_code)
+
+
+def _without_closed_loop_errors(unraisablehook):
+  """sys.unraisablehook without TensorStore's echo of a failed save: its callbacks report
+  "RuntimeError: Event loop is closed" once per pending write after orbax gave up."""
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError and
+            str(unraisable.exc_value) == "Event loop is closed"):
+      unraisablehook(unraisable)
+  return hook
+
+
+def _without_orbax_errors(record: logging.LogRecord) -> bool:
+  """Drops orbax's error records (tracebacks of a failed save, reported in one line)."""
+  return not (record.levelno >= logging.ERROR and
+              f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
 
 
 if __name__ == "__main__":

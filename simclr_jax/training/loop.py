@@ -7,6 +7,7 @@ save), run_control.py (the lock and the three ways a run stops early). A new hoo
 profiler window, an EMA evaluation) is one line in `_loop` and one function elsewhere.
 """
 import logging
+import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax
@@ -42,18 +43,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Raises:
     errors.RunError: the run ended on purpose, with `exit_code` and a one-line
       message: bad settings, workdir in use or not writable, no restorable checkpoint
-      (2), a non-finite step (3), Ctrl-C (130).
+      (2), a non-finite step (3), Ctrl-C (130); a checkpoint that cannot be written or
+      a workdir moved or taken over while training (2).
   """
   # First: a Ctrl-C from here on only sets a flag, and never lands inside XLA.
-  stop = run_control.StopSignals(stop_at_step=config.stop_at_step)
+  stop = run_control.StopSignals(stop_at_step=config.stop_at_step,
+                                 grace_seconds=config.get("stop_grace_seconds", 90.0))
   lock = None
   try:
     cache_dir = compilation_cache.enable(config)
     plan = settings.check_run(config)          # reads the data, writes nothing
     monitor = _create_monitor(plan.config)     # reads its held-out images now
     lock = run_control.lock_workdir(workdir)
-    changes = settings.check_workdir_config(workdir, plan.config, allow_config_changes)
-    return _train(plan, workdir, stop, changes, cache_dir, monitor)
+    changes = settings.check_workdir_config(workdir, plan.config, allow_config_changes,
+                                            dataset=plan.dataset)
+    return _train(plan, workdir, stop, lock, changes, cache_dir, monitor)
   finally:
     stop.close()
     if lock is not None:
@@ -62,6 +66,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _create_monitor(config: ml_collections.ConfigDict):
   """The online monitor (config.eval_every_steps > 0), or None; bad settings exit 2."""
+  if int(config.eval_every_steps) <= 0:
+    return None   # without importing the evaluators (scikit-learn: seconds per start)
   from simclr_jax.evaluation import online
   try:
     return online.maybe_create(config)
@@ -70,6 +76,7 @@ def _create_monitor(config: ml_collections.ConfigDict):
 
 
 def _train(plan: settings.RunPlan, workdir: str, stop: run_control.StopSignals,
+           lock: Optional[run_control.WorkdirLock],
            config_changes: Dict[str, Tuple[Any, Any]], cache_dir: Optional[str],
            monitor: Optional[Any]) -> TrainState:
   """Builds the model, optimiser and data of a checked plan, resumes, then loops."""
@@ -90,36 +97,42 @@ def _train(plan: settings.RunPlan, workdir: str, stop: run_control.StopSignals,
     logging.info("Checkpoint step %d already reaches the run's %d steps; nothing to train.",
                  start_step, plan.total_steps)
     return state
+  if stop.at_stop_step(start_step):
+    logging.warning("Checkpoint step %d is at or past config.stop_at_step=%d; nothing to "
+                    "train (raise or remove stop_at_step to go on).", start_step,
+                    config.stop_at_step)
+    return state
   p_train_step = step_lib.pmap_train_step(tx, learning_rate_fn,
                                           objective.build_loss(config, model, AXIS_NAME))
   replicated_state, replicated_rng = step_lib.to_devices(state), step_lib.to_devices(train_rng)
   log = StepLog(config, workdir, start_step=start_step, total_steps=plan.total_steps,
                 steps_per_epoch=plan.steps_per_epoch,
                 views_per_image=objective.views_per_image, cache_dir=cache_dir)
-  saver = checkpoints.Saver(config, workdir, train_rng, data_iterator)
+  saver = checkpoints.Saver(config, workdir, train_rng, data_iterator, stop=stop, lock=lock)
 
   def open_workdir(step: int, metrics: Dict[str, Any]) -> None:
     """After a first step that finished: metrics files, config.json, checkpoints."""
     log.open(step, metrics)
-    settings.record_config(workdir, config, config_changes, start_step)
+    settings.record_config(workdir, config, config_changes, start_step, dataset=plan.dataset)
     saver.open()
 
   return _loop(config, workdir, p_train_step=p_train_step,
                state=replicated_state, rng=replicated_rng,
                data_iterator=data_iterator, start_step=start_step,
-               total_steps=plan.total_steps, stop=stop, log=log, saver=saver,
+               total_steps=plan.total_steps, stop=stop, lock=lock, log=log, saver=saver,
                monitor=monitor, open_workdir=open_workdir)
 
 
 def _loop(config: ml_collections.ConfigDict, workdir: str, *, p_train_step: Callable,
           state: TrainState, rng: jax.Array, data_iterator: Any, start_step: int,
-          total_steps: int, stop: run_control.StopSignals, log: StepLog,
+          total_steps: int, stop: run_control.StopSignals,
+          lock: Optional[run_control.WorkdirLock], log: StepLog,
           saver: checkpoints.Saver, monitor: Optional[Any],
           open_workdir: Callable[[int, Dict[str, Any]], None]) -> TrainState:
   """Steps from `start_step` to `total_steps` (or a stop); returns the host-local state.
 
   `state` and `rng` are replicated (`step.to_devices`); nothing is written before the
-  first step finished (`open_workdir`).
+  first step finished (`open_workdir`), nor after the workdir stopped being this run's.
   """
   step, finished = start_step, False
   try:
@@ -128,6 +141,8 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, *, p_train_step: Call
       log.step_starts()
       state, metrics = p_train_step(state, batch, rng)
       step += 1
+      run_control.check_workdir(lock, step)  # moved, deleted, taken over: stop, write nothing
+      saver.check(step)                      # a background save that failed stops the run
       stop_now = stop.should_stop(step)      # Ctrl-C, SIGTERM or config.stop_at_step
       if log.first_step(metrics):            # compiled (or loaded from the cache), timed
         if stop_now and stop.requested:      # a signal during compilation
@@ -150,7 +165,8 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, *, p_train_step: Call
   finally:
     batch = None            # the last batch lives in the loader's shared memory: release it,
     data_iterator.close()   # then stop Grain's worker processes (they free the rest)
-    saver.close()           # waits for a save in flight: the last checkpoint is complete
+    # Waits for a save in flight: the last checkpoint is complete (bounded on an error).
+    saver.close(after_error=sys.exc_info()[0] is not None)
     log.close(stop.outcome or ("done" if finished else "failed"), step)
   return flax.jax_utils.unreplicate(state)
 

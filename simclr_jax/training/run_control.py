@@ -3,9 +3,13 @@
   `StopSignals()`: installed first, before anything compiles, so a Ctrl-C never raises
   KeyboardInterrupt inside XLA (which crashed the interpreter with a segfault).
   `lock_workdir(workdir)`: one trainer per workdir; a second one exits 2 at once, having
-  written nothing.
+  written nothing. `WorkdirLock.check(step)`, before the run writes again: a lock file
+  deleted under a running trainer is taken again (a second trainer stays refused); a
+  workdir moved or deleted, or a lock another trainer took meanwhile, stops the run.
   `StopSignals.should_stop(step)` and `StopSignals.end(...)`: the three ways a run stops
-  early (Ctrl-C, SIGTERM/preemption, config.stop_at_step), decided and ended here.
+  early (Ctrl-C, SIGTERM/preemption, config.stop_at_step), decided and ended here; a stop
+  that cannot finish (a save that hangs) ends the process config.stop_grace_seconds after
+  the signal.
 
 Every way a run ends on purpose is an `errors.RunError` with an exit code and one line
 for the user (no traceback).
@@ -20,7 +24,8 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Dict, Optional
+import time
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -29,8 +34,13 @@ from simclr_jax import checkpointing
 from simclr_jax.errors import Interrupted
 from simclr_jax.errors import RunError
 from simclr_jax.errors import WorkdirBusy
+from simclr_jax.errors import WorkdirLost
 from simclr_jax.errors import WorkdirNotWritable
 from simclr_jax.workdir import LOCK_FILE
+
+# After a stop signal, the watchdog ends a run still alive this long after
+# config.stop_grace_seconds (the bounded waits for a save raise at the grace itself).
+WATCHDOG_MARGIN_SECONDS = 15.0
 
 
 # ----------------------------------------------------------------------------- lock
@@ -43,10 +53,17 @@ class WorkdirLock:
   by forked children (Grain workers) that could outlive the trainer. It works on NFS
   (lockd). The file stays after the run; it holds the last holder's host, PID and start
   time, which a second trainer prints.
+
+  A lock lives on the file, not on its name: `rm WORKDIR/.lock` would let a second trainer
+  in. So before the run writes again (every step) `check` compares the file at the path
+  with the one this lock holds (device and inode: one os.stat) and the workdir with the
+  one it locked.
   """
 
   def __init__(self, workdir: str, fd: int, created_workdir: bool):
     self.workdir, self._fd, self._created_workdir = workdir, fd, created_workdir
+    self._path = os.path.join(workdir, LOCK_FILE)
+    self._workdir_id = _file_id(workdir)
 
   @classmethod
   def acquire(cls, workdir: str) -> "WorkdirLock":
@@ -60,42 +77,118 @@ class WorkdirLock:
     path = os.path.join(workdir, LOCK_FILE)
     try:
       os.makedirs(workdir, exist_ok=True)
-      # No O_TRUNC: a second trainer must not touch the holder's record.
-      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+      fd = _open_and_lock(path)
     except OSError as error:
       raise WorkdirNotWritable(
           f"--workdir={workdir} is not writable ({error.strerror or error}); choose a "
           f"directory you can write to.") from error
-    try:
-      fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-      holder = _read_holder(fd)
-      os.close(fd)
-      if error.errno not in (errno.EACCES, errno.EAGAIN):
-        raise WorkdirNotWritable(f"cannot lock {path}: {error}") from error
+    except _Held as held:
+      if held.errno not in (errno.EACCES, errno.EAGAIN):
+        raise WorkdirNotWritable(f"cannot lock {path}: {held.error}") from held.error
       raise WorkdirBusy(
-          f"--workdir={workdir} is in use by another trainer ({holder}); wait for it to "
-          f"finish or stop it, or use another --workdir.") from None
-    record = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv)}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+          f"--workdir={workdir} is in use by another trainer ({held.holder}); wait for it "
+          f"to finish or stop it, or use another --workdir.") from None
     return cls(workdir, fd, created)
+
+  def holds(self) -> bool:
+    """The workdir is the one locked and its lock file the one this lock holds."""
+    return (self._fd is not None and not self.moved() and
+            _file_id(self._path) == _file_id(self._fd))
+
+  def moved(self) -> bool:
+    """The workdir's path no longer names the folder locked (moved, deleted, replaced)."""
+    return _file_id(self.workdir) != self._workdir_id
+
+  def check(self, step: int) -> None:
+    """Before the run writes to the workdir again (called after every step).
+
+    A lock file deleted (or replaced by an unlocked file) is locked again, with a warning:
+    a second trainer started now is refused. Costs two os.stat calls.
+
+    Raises:
+      WorkdirLost: the workdir was moved or deleted (nothing is written at its old path
+        any more), or another trainer holds the lock file now.
+    """
+    if self._fd is None or self.holds():
+      return
+    if self.moved():
+      raise WorkdirLost(
+          f"--workdir={self.workdir} was moved or deleted while training (noticed after "
+          f"step {step}); stopped without writing there again. Put it back, or pass its new "
+          f"place as --workdir, and run the same command to resume from its newest "
+          f"checkpoint.")
+    what = "replaced" if os.path.lexists(self._path) else "deleted"
+    try:
+      fd = _open_and_lock(self._path)
+    except _Held as held:
+      raise WorkdirLost(
+          f"{self._path} was {what} while training and another trainer holds it now "
+          f"({held.holder}); stopped after step {step} without writing to "
+          f"--workdir={self.workdir} again.") from None
+    except OSError as error:
+      raise WorkdirLost(f"{self._path} was {what} while training and cannot be made again "
+                        f"({error.strerror or error}); stopped after step {step}.") from None
+    os.close(self._fd)   # the old file's lock: nobody can find that file any more
+    self._fd = fd
+    logging.warning("%s was %s while training (noticed after step %d); locked it again, so "
+                    "a second trainer on this workdir is still refused.", self._path, what,
+                    step)
 
   def release(self) -> None:
     """Releases the lock; removes a workdir this run created if it holds only the lock."""
     if self._fd is None:
       return
-    if self._created_workdir and os.listdir(self.workdir) == [LOCK_FILE]:
-      # Nothing else was written (e.g. stopped during compilation): leave no trace.
-      try:
-        os.unlink(os.path.join(self.workdir, LOCK_FILE))
+    try:
+      if (self._created_workdir and self.holds() and
+          os.listdir(self.workdir) == [LOCK_FILE]):
+        # Nothing else was written (e.g. stopped during compilation): leave no trace.
+        os.unlink(self._path)
         os.rmdir(self.workdir)
-      except OSError:   # another trainer started here meanwhile: its workdir now
-        pass
+    except OSError:   # another trainer started here meanwhile: its workdir now
+      pass
     os.close(self._fd)   # releases the lock
     self._fd = None
+
+
+class _Held(Exception):
+  """The lock file is locked by another process."""
+
+  def __init__(self, error: OSError, holder: str):
+    super().__init__(holder)
+    self.error, self.errno, self.holder = error, error.errno, holder
+
+
+def _open_and_lock(path: str) -> int:
+  """Opens (creating) and locks `path`, then records this process in it; returns the fd.
+
+  Raises:
+    OSError: the file cannot be created or opened.
+    _Held: another process holds the lock.
+  """
+  # No O_TRUNC: a second trainer must not touch the holder's record.
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as error:
+    holder = _read_holder(fd)
+    os.close(fd)
+    raise _Held(error, holder) from None
+  record = {"host": socket.gethostname(), "pid": os.getpid(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)}
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+  return fd
+
+
+def _file_id(path_or_fd: Any) -> Optional[Tuple[int, int]]:
+  """(device, inode) of what a path names, or of an open fd; None when it is gone."""
+  try:
+    status = (os.fstat(path_or_fd) if isinstance(path_or_fd, int) else
+              os.stat(path_or_fd))
+  except OSError:
+    return None
+  return status.st_dev, status.st_ino
 
 
 def _read_holder(fd: int) -> str:
@@ -128,6 +221,12 @@ def lock_workdir(workdir: str) -> Optional[WorkdirLock]:
   return lock
 
 
+def check_workdir(lock: Optional[WorkdirLock], step: int) -> None:
+  """`lock.check(step)` on the process holding the lock (process 0); nothing elsewhere."""
+  if lock is not None:
+    lock.check(step)
+
+
 # ----------------------------------------------------------------------------- signals
 
 class StopSignals:
@@ -143,7 +242,13 @@ class StopSignals:
   compilation no longer raises KeyboardInterrupt while XLA is compiling (that tore the
   interpreter down under XLA's threads: a segfault).
 
-  * config.stop_at_step (job time limits): save at that step, exit 0.
+  * config.stop_at_step (job time limits): save at that step, exit 0 (a run already at or
+    past it stops before training: training/loop.py).
+
+  A stop waits for the save it starts (and one in flight) at most `grace_seconds`
+  (config.stop_grace_seconds) after the signal (`past_deadline`, training/checkpoints.py);
+  should anything else hang (a save stuck in a system call, a step that never returns), a
+  watchdog ends the process `WATCHDOG_MARGIN_SECONDS` later with one line.
 
   On several processes, JAX's preemption service (distributed.initialize) catches
   SIGTERM and lets all processes agree on one step; a SIGINT is forwarded to it as a
@@ -151,9 +256,12 @@ class StopSignals:
   stop is only taken at the step the service agreed on, see `should_stop`).
   """
 
-  def __init__(self, stop_at_step: int = -1):
+  def __init__(self, stop_at_step: int = -1, grace_seconds: float = 90.0):
     self.reason: Optional[str] = None       # None | 'preemption' | 'interrupt'
     self.outcome: Optional[str] = None      # how the run stopped early (`end`), in words
+    self.grace_seconds = float(grace_seconds)
+    self._requested_at: Optional[float] = None   # time.monotonic() of the first signal
+    self._watchdog: Optional[threading.Timer] = None
     self._stop_at_step = stop_at_step
     self._interrupts = 0
     self._previous: Dict[int, Any] = {}
@@ -174,11 +282,42 @@ class StopSignals:
   def requested(self) -> bool:
     return self.reason is not None
 
+  def past_deadline(self) -> bool:
+    """A signal came more than grace_seconds ago: stop waiting for a save."""
+    return (self._requested_at is not None and
+            time.monotonic() > self._requested_at + self.grace_seconds)
+
+  def describe(self) -> str:
+    """The signal that stopped the run, in words."""
+    return "Ctrl-C" if self.reason == "interrupt" else "SIGTERM"
+
+  def _request(self, reason: str) -> None:
+    """The first signal: remember it and when, and arm the watchdog."""
+    if self.reason is not None:
+      return
+    self.reason, self._requested_at = reason, time.monotonic()
+    self._watchdog = threading.Timer(self.grace_seconds + WATCHDOG_MARGIN_SECONDS,
+                                     self._abandon)
+    self._watchdog.daemon = True
+    self._watchdog.start()
+
+  def _abandon(self) -> None:
+    """The watchdog: the run did not end after a signal; exit without waiting any more."""
+    seconds = self.grace_seconds + WATCHDOG_MARGIN_SECONDS
+    print(f"error: stopping on {self.describe()} did not finish within {seconds:.0f} s "
+          f"(config.stop_grace_seconds={self.grace_seconds:g}): a save or a step is stuck; "
+          f"exiting without it. The newest complete checkpoint is kept; run the same "
+          f"command to resume from it.", file=sys.stderr, flush=True)
+    import multiprocessing
+    for child in multiprocessing.active_children():   # the data loader's workers
+      child.terminate()
+    os._exit(Interrupted.exit_code if self.reason == "interrupt" else RunError.exit_code)
+
   def _on_terminate(self, signum, frame):
     del signum, frame
     if self.reason is None:
       logging.warning("SIGTERM: will save a checkpoint at the current step and exit.")
-      self.reason = "preemption"
+      self._request("preemption")
 
   def _on_interrupt(self, signum, frame):
     del frame
@@ -191,7 +330,7 @@ class StopSignals:
       return
     logging.warning("Ctrl-C: stopping after the current step (saving a checkpoint once "
                     "training has started); Ctrl-C again aborts at once without saving.")
-    self.reason = "interrupt"
+    self._request("interrupt")
     if self._multi_process:
       os.kill(os.getpid(), signal.SIGTERM)   # through JAX's preemption service
 
@@ -204,15 +343,18 @@ class StopSignals:
     waiting in the next collective); `reason` keeps what this process received, for its
     exit code.
     """
-    return self._signalled(step) or step == self._stop_at_step
+    return self._signalled(step) or self.at_stop_step(step)
+
+  def at_stop_step(self, step: int) -> bool:
+    """`step` is at or past config.stop_at_step (> 0)."""
+    return 0 < self._stop_at_step <= step
 
   def _signalled(self, step: int) -> bool:
     if self._multi_process:
       from jax.experimental import multihost_utils
       if not multihost_utils.reached_preemption_sync_point(step):
         return False
-      if self.reason is None:
-        self.reason = "preemption"
+      self._request("preemption")   # no-op when this process got the signal itself
       return True
     return self.reason is not None
 
@@ -246,6 +388,8 @@ class StopSignals:
     logging.warning("Stopping early (%s): saved checkpoint at step %d; exiting.", reason, step)
 
   def close(self) -> None:
+    if self._watchdog is not None:
+      self._watchdog.cancel()
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous = {}
