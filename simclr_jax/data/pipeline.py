@@ -4,7 +4,8 @@ Datasets are opened through `registry` (names, builders, prepared splits).
 
 Training stream (`create_train_iterator`):
 
-  record indices: range(N).shuffle(seed).repeat()          (or a class-balanced sampler)
+  record indices: range(N).shuffle(seed).repeat()          (or a class-balanced sampler;
+                  a supervised run: positions in its training subset, train_subset.py)
     -> read record (TFDS data source, random access) -> {'image': uint8 [H, W, 1]}
        (objective 'supervised': + the target, 'labels' float32 [C] or 'label' int32)
     -> batch(per_process_batch)                             a global batch is P such batches
@@ -35,6 +36,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from simclr_jax.data import train_subset
 from simclr_jax.data.registry import check_labelled
 from simclr_jax.data.registry import check_split
 from simclr_jax.data.registry import data_source
@@ -42,10 +44,19 @@ from simclr_jax.data.registry import num_examples
 from simclr_jax.data.registry import prepared_builder
 
 
+def num_train_examples(config) -> int:
+  """Images one epoch passes over: config.train_split, or a supervised run's subset of it
+  (`train_subset`: label mode, label fraction)."""
+  subset = train_subset.of_config(config)
+  if subset is not None:
+    return subset.num_images
+  return num_examples(config.dataset, config.data_dir, config.train_split)
+
+
 def steps_per_epoch(config) -> int:
-  """Training steps per pass over config.train_split at the global config.batch_size."""
-  count = num_examples(config.dataset, config.data_dir, config.train_split)
-  return max(1, count // config.batch_size)
+  """Training steps per pass over the training images (`num_train_examples`) at the global
+  config.batch_size."""
+  return max(1, num_train_examples(config) // config.batch_size)
 
 
 def example_weights(labels) -> np.ndarray:
@@ -173,24 +184,37 @@ def balance_labels(dataset: str, data_dir: str, split: str) -> np.ndarray:
   """Labels used for balancing, in record order: multi-hot 'labels' [N, C] if the dataset
   has them (NIH), else 'label' [N]. Read once, then cached next to the dataset files."""
   builder = prepared_builder(dataset, str(data_dir))
-  check_split(builder, dataset, split)
   feature = 'labels' if 'labels' in builder.info.features else 'label'
-  cache = pathlib.Path(builder.data_path) / f'{split}-{feature}.npy'
-  if cache.exists():
-    return np.load(cache)
+  return split_columns(dataset, data_dir, split, (feature,))[feature]
+
+
+def split_columns(dataset: str, data_dir: str, split: str, features) -> dict:
+  """{feature: [N, ...] in record order} of per-example features of a split (labels,
+  patient ids; not images). Read in one pass over the records, then cached next to the
+  dataset files (`<split>-<feature>.npy`)."""
+  builder = prepared_builder(dataset, str(data_dir))
+  check_split(builder, dataset, split)
+  caches = {feature: pathlib.Path(builder.data_path) / f'{split}-{feature}.npy'
+            for feature in features}
+  columns = {feature: np.load(cache) for feature, cache in caches.items() if cache.exists()}
+  missing = [feature for feature in features if feature not in columns]
+  if not missing:
+    return columns
   source = builder.as_data_source(split)
-  chunks = []
+  chunks = {feature: [] for feature in missing}
   for start in range(0, len(source), 1024):
     records = source.__getitems__(range(start, min(start + 1024, len(source))))
-    chunks.append(np.stack([np.asarray(record[feature]) for record in records]))
-  labels = np.concatenate(chunks)
-  try:  # atomic: several processes may do this at once
-    temporary = cache.with_suffix(f'.tmp{np.random.randint(1 << 30)}.npy')
-    np.save(temporary, labels)
-    temporary.rename(cache)
-  except OSError as e:  # read-only data_dir: fine, just not cached
-    logging.info('could not cache %s: %s', cache, e)
-  return labels
+    for feature in missing:
+      chunks[feature].append(np.stack([np.asarray(record[feature]) for record in records]))
+  for feature in missing:
+    columns[feature] = np.concatenate(chunks[feature]) if chunks[feature] else np.zeros(0)
+    try:  # atomic: several processes may do this at once
+      temporary = caches[feature].with_suffix(f'.tmp{np.random.randint(1 << 30)}.npy')
+      np.save(temporary, columns[feature])
+      temporary.rename(caches[feature])
+    except OSError as e:  # read-only data_dir: fine, just not cached
+      logging.info('could not cache %s: %s', caches[feature], e)
+  return columns
 
 
 def supervised_target_spec(dataset: str, data_dir: str) -> tuple:
@@ -239,9 +263,35 @@ def check_labels_needed(config) -> None:
       ('config.input.class_balanced=True', config.get('input', {}).get('class_balanced')),
       ('config.loss.example_weights=inverse_frequency',
        str(config.get('loss', {}).get('example_weights', 'none')) != 'none'),
-      ("config.objective='supervised'", config.get('objective') == 'supervised')) if wanted]
+      ("config.objective='supervised'", config.get('objective') == 'supervised'),
+      (f"config.supervised.label_fraction={_label_fraction(config)}",
+       _label_fraction(config) != 1.0)) if wanted]
   if needs:
     check_labelled(config.dataset, config.data_dir, ' and '.join(needs))
+
+
+def _label_fraction(config):
+  return (config.get('supervised') or {}).get('label_fraction', 1.0)
+
+
+class _RecordOf:
+  """Position in the training subset -> record index of the split."""
+
+  def __init__(self, records):
+    self._records = np.asarray(records, np.int64)
+
+  def __call__(self, position):
+    return int(self._records[int(position)])
+
+
+class _WithTarget:
+  """Reads a record and adds its class under the run's label mode as 'label' int32."""
+
+  def __init__(self, reader, targets):
+    self._reader, self._targets = reader, np.asarray(targets, np.int32)
+
+  def __call__(self, index):
+    return dict(self._reader(index), label=self._targets[int(index)])
 
 
 def create_train_iterator(config, *, process_index=None, process_count=None,
@@ -264,6 +314,9 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
     + for objective 'supervised' the target: 'labels' float32 multi-hot
     [local_devices, per_device, num_classes] or 'label' int32 [local_devices, per_device]).
     The target does not change the iterator's state or which images a batch holds.
+    A supervised run draws only the records of its training subset (`train_subset`:
+    label_fraction, and the records its label_mode keeps; with a label mode 'label' is
+    the mode's class).
 
   Raises:
     ValueError: batch_size not divisible by the total device count, an unknown objective.
@@ -290,16 +343,28 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
   loss_weights = fields.pop('weight', None) is not None
 
   count = num_examples(config.dataset, config.data_dir, config.train_split)
+  # A supervised run's subset (label mode, label fraction); None: every record of the split.
+  subset = train_subset.of_config(config)
+  records = None if subset is None or subset.covers_split else subset.indices
+  targets = None if subset is None else subset.targets
+  if targets is not None:   # the label mode's class, not a feature of the record
+    fields.pop('label', None)
   labels = None
   if class_balanced or loss_weights:
     labels = balance_labels(config.dataset, config.data_dir, config.train_split)
   if class_balanced:
-    indices = grain.MapDataset.source(WeightedIndexSampler(example_weights(labels), config.seed))
+    drawn = labels if records is None else labels[records]
+    indices = grain.MapDataset.source(WeightedIndexSampler(example_weights(drawn), config.seed))
   else:
-    indices = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat()
+    size = count if records is None else records.size
+    indices = grain.MapDataset.range(size).shuffle(seed=config.seed).repeat()
+  if records is not None:
+    indices = indices.map(_RecordOf(records))
   reader = _RecordReader(
       config.dataset, config.data_dir, config.train_split, features=('image', *fields),
       weights=example_weights(labels) if loss_weights else None, dtypes=fields)
+  if targets is not None:
+    reader = _WithTarget(reader, targets)
   batches = (indices.map(reader)
              .batch(per_process_batch, drop_remainder=True)
              [process_index::process_count]

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from simclr_jax import augment
+from simclr_jax import config as config_lib
 from simclr_jax import losses
 from simclr_jax import models
 from simclr_jax.errors import ConfigError
@@ -65,7 +66,24 @@ def _check_example_weights(config: ml_collections.ConfigDict) -> None:
                       f"accepted: {', '.join(map(repr, EXAMPLE_WEIGHTS))}")
 
 
+# config.supervised fields that only a supervised run (fine-tuning) can use.
+FINE_TUNING_FIELDS = ("label_mode", "label_fraction", "freeze_encoder",
+                      "encoder_lr_multiplier", "select_by_validation")
+
+
+def _check_no_fine_tuning(config: ml_collections.ConfigDict) -> None:
+  defaults = config_lib.default_config().supervised
+  supervised = config.get("supervised") or {}
+  changed = [f"config.supervised.{name}={supervised[name]!r}" for name in FINE_TUNING_FIELDS
+             if name in supervised and supervised[name] != defaults[name]]
+  if changed:
+    raise ConfigError(f"{', '.join(changed)}: fine-tuning settings of objective="
+                      f"'supervised'; SimCLR pretrains on every train image without labels. "
+                      f"Use --config.objective=supervised, or leave them at their defaults.")
+
+
 def check(config: ml_collections.ConfigDict) -> None:
+  _check_no_fine_tuning(config)
   temperature = config.loss.temperature
   if not (isinstance(temperature, (int, float)) and temperature > 0):   # also catches NaN
     raise ConfigError(f"config.loss.temperature={temperature!r}: the NT-Xent temperature "
