@@ -169,6 +169,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: Optional[str] = None
     if os.path.isdir(path):
       source = _resolve_workdir(value, path, step, config)
     elif os.path.isfile(path) and step is None:
+      for field, theirs in (("width", 1.0), ("stem", "imagenet")):   # torchvision's ResNets
+        if config[field] != theirs:
+          raise _error(value, f"{field} differs: torchvision weights have {field}={theirs!r}, "
+                              f"this run {field}={config[field]!r}; use --config.{field}="
+                              f"{theirs!r} or start from a run of this project.")
       source = {"kind": "torchvision", "path": os.path.abspath(path), "step": -1,
                 "sha256": _sha256_of_file(path), "objective": ""}
     else:
