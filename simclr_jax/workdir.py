@@ -9,6 +9,9 @@
                                        (simclr_jax/checkpointing.py)
   WORKDIR/checkpoints/damaged-<step>/  a checkpoint that could not be restored, moved aside
                                        by the trainer (training/checkpoints.py)
+  WORKDIR/best_checkpoint.json         supervised.select_by_validation: the classifier's
+                                       validation AUROC at every scored step and the best
+                                       step (evaluation/selection.py; `evaluate --step best`)
 
 Evaluation only reads a workdir (config.json and complete checkpoints).
 """
@@ -18,5 +21,6 @@ CONFIG_HISTORY_FILE = "config_history.jsonl"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT_FILE = "best_checkpoint.json"
 DAMAGED_PREFIX = "damaged-"   # never '_<digits>': orbax would take 'damaged_10' for step 10
 

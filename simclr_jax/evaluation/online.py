@@ -144,14 +144,9 @@ class OnlineMonitor:
 
   def _features(self, p_encode, variables: Any, images: np.ndarray) -> np.ndarray:
     """Features of `images` with the replicated `variables`, in fixed-size batches."""
-    def batches():
-      for start in range(0, images.shape[0], self._batch_size):
-        batch = images[start:start + self._batch_size]
-        mask = np.arange(self._batch_size) < batch.shape[0]
-        padding = np.zeros((self._batch_size - batch.shape[0],) + batch.shape[1:], batch.dtype)
-        yield {"image": np.concatenate([batch, padding]), "mask": mask}
-    return features_lib.extract_features(p_encode, variables, batches(),
-                                         replicated=True)["features"]
+    return features_lib.extract_features(
+        p_encode, variables, features_lib.padded_batches(images, self._batch_size),
+        replicated=True)["features"]
 
   def run(self, step: int, params: Any, batch_stats: Any) -> dict:
     """Scores the encoder in `params['encoder']` / `batch_stats['encoder']`.

@@ -10,7 +10,7 @@ simclr_jax/checkpointing.py; this module is what a training run does with it:
                  compilation writes nothing), and host copies of the replicated state.
 """
 import logging
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import flax
 import jax
@@ -120,16 +120,26 @@ class Saver:
 
   def open(self) -> None:
     """Creates the CheckpointManager (it may delete the temporary directories of saves
-    that never finished, and checkpoints beyond config.keep_checkpoints)."""
+    that never finished, and checkpoints beyond config.keep_checkpoints; with
+    supervised.select_by_validation it also keeps the best validation checkpoint)."""
+    selecting = (self._config.get("objective") == "supervised" and
+                 self._config.supervised.select_by_validation > 0)
     self._manager = checkpointing.create_manager(
         self._workdir, max_to_keep=self._config.keep_checkpoints,
-        async_saves=self._config.async_checkpointing)
+        async_saves=self._config.async_checkpointing,
+        best_metric=checkpointing.SELECTION_METRIC if selecting else None)
+    self._selecting = selecting
 
-  def save(self, step: int, replicated_state: step_lib.TrainState) -> None:
-    """Starts saving (in the background with async_checkpointing)."""
+  def save(self, step: int, replicated_state: step_lib.TrainState,
+           metrics: Optional[Dict[str, float]] = None) -> None:
+    """Starts saving (in the background with async_checkpointing); `metrics` (the
+    validation selection's) are saved with the checkpoint."""
     host_state = step_lib.host_copy(
         flax.jax_utils.unreplicate(replicated_state).to_checkpoint())
-    checkpointing.save(self._manager, step, host_state, self._rng, self._data_iterator)
+    if self._selecting and metrics is None:
+      metrics = {}   # saved without a score: kept only while among the newest
+    checkpointing.save(self._manager, step, host_state, self._rng, self._data_iterator,
+                       metrics=metrics)
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
