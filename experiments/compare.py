@@ -127,10 +127,13 @@ def earlier_comparison_files(out: str) -> list:
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--simclr_workdir", help="SimCLR training run (config.json + checkpoints/)")
-  parser.add_argument("--step", type=int, help="checkpoint step of the SimCLR run (default latest)")
+  parser.add_argument("--step", type=encoders.parse_step,
+                      help="checkpoint step of the SimCLR run (default latest)")
   parser.add_argument("--supervised_workdir",
                       help="run of this project with config.objective=supervised")
-  parser.add_argument("--supervised_step", type=int, help="its checkpoint step (default latest)")
+  parser.add_argument("--supervised_step", type=encoders.parse_step,
+                      help="its checkpoint step (default latest; 'best': its best validation "
+                           "checkpoint)")
   parser.add_argument("--supervised_weights", help="torchvision state_dict trained with labels")
   parser.add_argument("--supervised_labels", default=LABELS_USED["supervised"],
                       help="text for the 'labels used' column of the supervised row")

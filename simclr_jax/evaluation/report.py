@@ -318,12 +318,41 @@ def _per_class_table(report: dict, name: str, title: str) -> list:
   return lines
 
 
+def _training_lines(training) -> list:
+  """The run's init source, label fraction and subset (report.json `training`)."""
+  if not training:
+    return []
+  source = training.get("init_from")
+  lines = []
+  if source:
+    lines.append(f"- initialised from: {source.get('kind')} `{source.get('path')}`"
+                 + (f" step {source.get('step')} (its config.json sha256 "
+                    f"`{source.get('sha256')}`, {source.get('objective')} run)"
+                    if source.get("kind") == "workdir" else
+                    f" (sha256 `{source.get('sha256')}`)"))
+  if "fine_tuning" in training:
+    subset = training.get("subset") or {}
+    positives = ", ".join(f"{name} {count}" for name, count in
+                          zip(subset.get("class_names") or [], subset.get("positives") or []))
+    lines.append(f"- training: {training['fine_tuning']}; label mode "
+                 f"`{training.get('label_mode') or 'the dataset’s own'}`; label fraction "
+                 f"{training.get('label_fraction')} (subset seed {training.get('subset_seed')}):"
+                 f" {subset.get('num_images')} images of {subset.get('num_patients')} patients,"
+                 f" positives {positives or 'n/a'}; subset sha256 `{subset.get('ids_sha256')}`"
+                 + (f"; checkpoints scored on validation every "
+                    f"{training['select_by_validation']} steps"
+                    if training.get("select_by_validation") else ""))
+  return lines
+
+
 def report_markdown(report: dict) -> str:
   """Human-readable report: summary table, per-label AUROC, label fractions, definitions."""
   lines = [f"# Evaluation: {report.get('encoder', '')}", ""]
   if report.get("warnings"):
     lines += ["**Warnings:**", ""] + [f"- {text}" for text in report["warnings"]] + [""]
-  lines += [f"- encoder init: {report.get('encoder_init')}",
+  lines += [f"- encoder init: {report.get('encoder_init')}"]
+  lines += _training_lines(report.get("training"))
+  lines += [
             f"- dataset: `{report.get('dataset')}` split `{report.get('split')}` "
             f"(probe/kNN train split: `{report.get('train_split')}`); patients in several "
             f"splits: {format_value(report.get('patients_in_several_splits'))}",
