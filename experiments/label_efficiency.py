@@ -4,7 +4,7 @@ r"""Fewer labels, measured: fine-tuned AUROC against the label fraction, per ini
       --data_dir runs/data --simclr_workdir runs/thumbs/simclr \
       [--imagenet_weights resnet18.pth] --fractions 0.01,0.1,1.0 --seeds 0,1,2 \
       --out runs/thumbs/label_efficiency [--config experiments/configs/thumbs_finetune.py] \
-      [--label_mode "binary:No Finding"] [--train_flags "--config.num_epochs=30 ..."]
+      [--label_mode "binary:No Finding"] [--train_flags="--config.num_epochs=30 ..."]
 
 Per label fraction F and seed S it trains, with the same training subset (the patient-wise
 subsample of the train split drawn with subset_seed S, `data/train_subset.py`) for every
@@ -56,7 +56,6 @@ import shlex
 import signal
 import statistics
 import sys
-import threading
 import time
 
 if __name__ == "__main__":  # Ctrl-C while the modules below load: one line, exit 130
@@ -66,7 +65,7 @@ if __name__ == "__main__":  # Ctrl-C while the modules below load: one line, exi
 if __package__ in (None, ""):  # `python experiments/label_efficiency.py`
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from simclr_jax.errors import RunError  # pylint: disable=wrong-import-position
+from simclr_jax import errors  # pylint: disable=wrong-import-position
 
 ROWS = ("scratch", "simclr_finetune", "simclr_frozen", "imagenet_finetune")
 ROW_TITLES = {"scratch": "from scratch", "simclr_finetune": "SimCLR, fine-tuned",
@@ -106,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--label_mode", default=None,
                       help="supervised.label_mode (default: the config's)")
   parser.add_argument("--train_flags", default="",
-                      help="extra --config.KEY=VALUE flags for every run, one string")
+                      help="extra --config.KEY=VALUE flags for every run, one string: "
+                           "--train_flags=\"--config.a=1 --config.b=2\"")
   parser.add_argument("--split", default="test", help="the split every run is scored on")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace a report of another protocol in --out")
@@ -154,18 +154,21 @@ def load_config(path: str, train_flags: str):
   bad = [flag for flag in extra if not flag.startswith("--config.")]
   if bad:
     raise ValueError(f"--train_flags: {bad[0]!r} is not a --config.KEY=VALUE flag.")
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", path, flag_values=flag_values, lock_config=True)
+  def parse(argv):
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=flag_values,
+                                    lock_config=True, sys_argv=argv)   # overrides: sys_argv
+    flag_values(argv)
+    return flag_values.config
+
   try:
-    flag_values(["label_efficiency", f"--config={path}", *extra])
-    config = flag_values.config
-  except (flags.Error, AttributeError, KeyError) as error:
-    for flag in extra:
-      base = flag_values["config"].value if flag_values["config"].present else None
-      message = base is not None and settings.unknown_key_message(
-          base, flag[len("--config."):].split("=", 1)[0])
+    config = parse(["label_efficiency", f"--config={path}"])
+    for flag in extra:   # a mistyped field: one line with the closest names
+      message = settings.unknown_key_message(config, flag[len("--config."):].split("=")[0])
       if message:
-        raise ValueError(f"--train_flags: {message}") from None
+        raise ValueError(f"--train_flags: {message}")
+    config = parse(["label_efficiency", f"--config={path}", *extra])
+  except (flags.Error, AttributeError, KeyError, OSError, ImportError, SyntaxError) as error:
     raise ValueError(f"--train_flags / --config: {' '.join(str(error).split())}") from None
   return config.copy_and_resolve_references()
 
@@ -173,12 +176,7 @@ def load_config(path: str, train_flags: str):
 def _set(config, **fields):
   """A copy of `config` with dotted fields set."""
   config = config.copy_and_resolve_references()
-  for dotted, value in fields.items():
-    *sections, name = dotted.split(".")
-    node = config
-    for section in sections:
-      node = node[section]
-    node[name] = value
+  config.update_from_flattened_dict(fields)
   return config
 
 
@@ -555,21 +553,8 @@ def _format(value) -> str:
 
 def cli(argv=None) -> int:
   """`main` with bad input as one line on stderr and exit status 2 (130 on Ctrl-C)."""
-  if threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-  try:
-    main(argv)
-  except RunError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return error.exit_code
-  except (ValueError, OSError) as error:
-    message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    print("interrupted: finished runs are kept and reused by the next start.", file=sys.stderr)
-    return 130
-  return 0
+  return errors.run_command(main, argv, "interrupted: finished runs are kept and reused by "
+                                        "the next start.")
 
 
 if __name__ == "__main__":
