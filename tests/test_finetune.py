@@ -27,6 +27,7 @@ from simclr_jax.config import default_config
 from simclr_jax.data import pipeline
 from simclr_jax.data import registry
 from simclr_jax.data import train_subset
+from simclr_jax.training import init_from as init_from_lib
 from simclr_jax.training import loop
 from simclr_jax.training import optim
 from simclr_jax.training import settings
@@ -192,6 +193,7 @@ BAD = [  # (what, overrides, init_from, words)
     ("model", {"model": "resnet18"}, "{source}",
      ["model differs", "model='resnet_tiny'", "model='resnet18'"]),
     ("stem", {"stem": "imagenet"}, "{source}", ["stem differs", "stem='cifar'"]),
+    ("input channels", {}, "{source}", ["input channels differ", "takes 1 channels, this run 3"]),
     ("step missing", {}, "{source}@7", ["step 7 is not a complete checkpoint", "[1, 2]"]),
     ("no such source", {}, "{tmp}/nowhere", ["no such run directory or weights file"]),
     ("still writing", {}, "{writing}", ["no complete checkpoint", "still being written"]),
@@ -227,6 +229,8 @@ def test_bad_input_is_one_line_and_writes_nothing(what, overrides, init_from, wo
     places["probe_only"] = _without_encoder(source, tmp_path, monkeypatch)
   if what == "unlabelled":
     monkeypatch.setattr(registry, "is_labelled", lambda *_: False)
+  if what == "input channels":   # as if this version's encoders took RGB input
+    monkeypatch.setattr(init_from_lib, "INPUT_CHANNELS", 3)
   config = _config(synthetic_data_dir, init_from=init_from.format(**places), **overrides)
   workdir = tmp_path / "run"
   with pytest.raises(errors.ConfigError) as raised:

@@ -38,6 +38,11 @@ PLOT_FILES = ("embedding_pca.png", "cluster_confusion.png", "label_efficiency.pn
 METRIC_DEFINITIONS = {
     "encoder_init": "how the evaluated weights were obtained (trained checkpoint, "
                     "torchvision-style random init, torchvision weights).",
+    "training": "what trained a run's weights (report.json `training`, `init_from`): the "
+                "init source (path, step, sha256 of its config.json or weights file), the "
+                "fine-tuning mode, the label mode, the label fraction and the patient-wise "
+                "subset trained on (images, patients, positives per class, sha256 of the "
+                "record ids).",
     "label set": "which examples the label mode keeps and what their classes are; k-means "
                  "k defaults to the number of these classes.",
     "cluster_accuracy": "k-means clusters matched one-to-one to classes by the Hungarian "
