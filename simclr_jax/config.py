@@ -48,6 +48,14 @@ def default_config() -> ml_collections.ConfigDict:
                                         # the global batch) are not its negatives (NT-Xent
                                         # patient_ids; needs batches with 'patient_id')
   ))
+  # Patient-aware positives (objective simclr; issue 19, MICLe / MedAug): with probability
+  # same_patient_prob the second view of an image is made from ANOTHER image of the same
+  # patient in the training split (the image itself when its patient has no other), chosen
+  # from (seed, the image's position in the training stream): deterministic, resumable,
+  # the same on any number of devices or processes. 0.0: plain SimCLR (two views of one image).
+  config.pairs = ml_collections.ConfigDict(dict(
+      same_patient_prob=0.0,
+  ))
   # objective = "supervised": one view per image, a linear classifier on the encoder's
   # pooled features; sigmoid BCE when batches hold 'labels' [n, C] (multi-label, NIH
   # findings), softmax cross-entropy when they hold 'label' [n] (single-label).
