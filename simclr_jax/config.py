@@ -85,9 +85,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0           # 0: off; else run config.online_eval every N steps
   config.online_eval = ml_collections.ConfigDict(dict(
       # {evaluator: settings}, as `python -m simclr_jax.evaluate` names and builds them
-      # (simclr_jax.evaluation.from_config): knn (accuracy + AUROC) always; clustering
-      # (k-means NMI) optional, e.g. "clustering": {"n_init": 1}.
-      evaluators={"knn": {"k": 20, "temperature": 0.07}},
+      # (simclr_jax.evaluation.from_config): knn (accuracy + AUROC) always; patient_shortcut
+      # (same-patient nearest neighbours vs chance, on the kNN's features: nearly free);
+      # clustering (k-means NMI) optional, e.g. "clustering": {"n_init": 1}.
+      evaluators={"knn": {"k": 20, "temperature": 0.07}, "patient_shortcut": {}},
       train_split="train",              # kNN memory bank
       eval_split="validation",          # queries
       max_train_examples=2048,
