@@ -148,7 +148,8 @@ def test_paired_stream_is_the_same_on_one_or_two_processes(synthetic_data_dir):
           _rows(global_batch, name), err_msg=name)
 
 
-def test_patient_settings_reach_the_batch_fields_and_are_checked():
+def test_patient_settings_reach_the_batch_fields_and_are_checked(synthetic_data_dir,
+                                                                monkeypatch):
   config = default_config()
   assert objectives.of(config).batch_fields(config) == {}   # p = 0, no mask: images only
   config.loss.mask_same_patient, config.pairs.same_patient_prob = True, 0.5
@@ -172,6 +173,16 @@ def test_patient_settings_reach_the_batch_fields_and_are_checked():
   old = default_config()
   del old["pairs"]
   objectives.of(old).check(old)
+  # resolve (with the data, before anything compiles) needs the split's patient ids.
+  config.dataset, config.data_dir = DATASET, str(synthetic_data_dir)
+  assert objectives.of(config).resolve(config).to_dict() == config.to_dict()
+  builder = pipeline.prepared_builder(DATASET, str(synthetic_data_dir))
+  monkeypatch.setattr(builder.info, "_features", {"image": builder.info.features["image"]})
+  monkeypatch.setattr(pipeline, "prepared_builder", lambda *args: builder)
+  with pytest.raises(ConfigError, match=r"config.pairs.same_patient_prob=0.5 and "
+                                        r"config.loss.mask_same_patient=True: dataset "
+                                        r"'synthetic_cxr/32' .* has no 'patient_id'"):
+    objectives.of(config).resolve(config)
 
 
 class _PooledPixels:

@@ -397,11 +397,8 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
     per_record['weight'] = example_weights(labels)
   patients = None
   if patient_ids or pairs_probability > 0:
-    patients = patient_index(config.dataset, config.data_dir, config.train_split, ' and '.join(
-        setting for setting, wanted in (
-            ('config.loss.mask_same_patient=True', patient_ids),
-            (f'config.pairs.same_patient_prob={pairs_probability}', pairs_probability > 0))
-        if wanted))
+    patients = patient_index(config.dataset, config.data_dir, config.train_split,
+                             'config.pairs / config.loss.mask_same_patient')
   if patient_ids:
     per_record['patient_id'] = patients
   pairs = (SamePatientPairs(patients, pairs_probability, config.seed)

@@ -20,6 +20,7 @@ from simclr_jax import augment
 from simclr_jax import losses
 from simclr_jax import models
 from simclr_jax.errors import ConfigError
+from simclr_jax.errors import one_line
 from simclr_jax.objectives.base import copy_of
 from simclr_jax.objectives.base import LossFn
 from simclr_jax.objectives.base import Objective
@@ -111,6 +112,28 @@ def check(config: ml_collections.ConfigDict) -> None:
   patient_settings(config)
 
 
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """An unchanged copy, once the training split is known to have the patient ids the
+  patient settings need (read and cached now, before anything compiles).
+
+  Raises:
+    ConfigError: pairs.same_patient_prob > 0 or loss.mask_same_patient on data without
+      'patient_id' (or not prepared), naming the setting.
+  """
+  probability, mask_same_patient = patient_settings(config)
+  if probability > 0 or mask_same_patient:
+    from simclr_jax import data   # TFDS: only when a run really starts
+    settings = " and ".join(
+        setting for setting, wanted in (
+            (f"config.pairs.same_patient_prob={probability}", probability > 0),
+            ("config.loss.mask_same_patient=True", mask_same_patient)) if wanted)
+    try:
+      data.patient_index(config.dataset, config.data_dir, config.train_split, settings)
+    except (FileNotFoundError, ValueError) as error:
+      raise ConfigError(one_line(error)) from None
+  return copy_of(config)
+
+
 def build_loss(config: ml_collections.ConfigDict, model: Any,
                axis_name: Optional[str]) -> LossFn:
   """`simclr_loss` with the config's augmentation, temperature and loss scale bound."""
@@ -138,5 +161,5 @@ def batch_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 
 OBJECTIVE = Objective(name="simclr", views_per_image=2, build_model=models.create_simclr,
-                      build_loss=build_loss, batch_fields=batch_fields, resolve=copy_of,
+                      build_loss=build_loss, batch_fields=batch_fields, resolve=resolve,
                       check=check)
