@@ -118,13 +118,16 @@ class SamePatientPairs:
 
   With probability `probability` another record of the same patient among `records`
   (chosen uniformly), else the record itself (also when its patient has no other record
-  there). Both draws come from numpy's generator seeded by (seed, position): a pure
-  function of the stream position, so it is the same after a resume, in any Grain worker
-  and on any number of processes or devices; and the partner a position gets at p = 0.5
-  is the one it gets at p = 1 whenever it gets one.
+  there). Both draws of position i are row i % B of the [B, 2] uniforms that numpy's
+  generator seeded by (seed, i // B) gives: a pure function of the stream position, so it
+  is the same after a resume, in any Grain worker and on any number of processes or
+  devices; and the partner a position gets at p = 0.5 is the one it gets at p = 1
+  whenever it gets one. (Blocks of B positions: the stream is read in order, so one
+  block's draws serve B reads.)
   """
 
   _STREAM = 19  # keeps these draws apart from other generators seeded by (seed, ...)
+  _BLOCK = 1024
 
   def __init__(self, patient_index, probability: float, seed: int, records=None):
     """
@@ -144,14 +147,23 @@ class SamePatientPairs:
     self._patient_index = patient_index
     self._grouped = records[np.argsort(patients, kind='stable')]  # records by patient
     counts = np.bincount(patients, minlength=int(patient_index.max(initial=-1)) + 1)
-    self._starts = np.concatenate([[0], np.cumsum(counts)])  # patient -> its block
+    self._starts = np.concatenate([[0], np.cumsum(counts)])  # patient -> its records
+    self._cache = (None, None)  # (block, its draws): one assignment, so Grain's reader
+                                # threads never see one block's number with another's draws
+
+  def _draws(self, position: int) -> np.ndarray:
+    block, offset = divmod(int(position), self._BLOCK)
+    cached_block, draws = self._cache
+    if cached_block != block:
+      draws = np.random.default_rng([self._seed, self._STREAM, block]).random((self._BLOCK, 2))
+      self._cache = (block, draws)
+    return draws[offset]
 
   def __call__(self, position: int, record: int) -> int:
     patient = self._patient_index[record]
     group = self._grouped[self._starts[patient]:self._starts[patient + 1]]
     others = group[group != record]
-    draw, choice = np.random.default_rng(
-        [self._seed, self._STREAM, int(position)]).random(2)
+    draw, choice = self._draws(position)
     if draw < self._probability and len(others):
       return int(others[int(choice * len(others))])
     return int(record)
