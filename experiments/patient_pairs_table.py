@@ -55,7 +55,8 @@ def _patient_settings(setting_dir: str, seeds: list) -> tuple:
 
 
 def collect(root: str, split: str) -> dict:
-  """{setting folder: (seed names, comparisons, (p, mask))} of every setting under root.
+  """{setting folder: (seed names, comparisons, (p, mask))} of every setting under root, in
+  the order of (p, mask).
 
   Raises:
     ValueError: no comparison on `split`, or settings run with different seeds.
@@ -74,6 +75,7 @@ def collect(root: str, split: str) -> dict:
   if not settings:
     raise ValueError(f"no ROOT/<setting>/seed<S>/compare_{split}/report.json under {root}; "
                      f"run experiments/patient_pairs_table.sh first.")
+  settings = dict(sorted(settings.items(), key=lambda item: item[1][2]))
   seed_sets = {name: seeds for name, (seeds, _, _) in settings.items()}
   if len({tuple(seeds) for seeds in seed_sets.values()}) > 1:
     raise ValueError(f"the settings were evaluated with different seeds on {split} "

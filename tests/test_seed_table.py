@@ -138,14 +138,15 @@ def test_patient_pairs_table_chooses_on_validation_then_marks_the_test_row(tmp_p
     (run / f"compare_{split}").mkdir()
     (run / f"compare_{split}" / "report.json").write_text(json.dumps(comparison))
 
-  settings = [("p0_maskFalse", 0.0, False), ("p1_maskTrue", 1.0, True)]
+  # Folder names sort p1 before p0.5 ('.' < '_'); rows follow (p, mask).
+  settings = [("p1_maskTrue", 1.0, True), ("p0_maskFalse", 0.0, False)]
   for split in ("validation", "test"):
     for index, (setting, probability, mask) in enumerate(settings):
       for seed in (0, 1):
         # p = 1 is better on validation, worse on test: the choice must not move.
         better = (probability > 0) == (split == "validation")
         write(setting, seed, split, probability, mask, 0.7 + 0.1 * better + seed / 100,
-              random_init=index == 0)
+              random_init=index == 1)
   root = str(tmp_path)
   with pytest.raises(ValueError, match="chosen.json not found: choose the setting on the "
                                        "validation split first"):
@@ -162,8 +163,10 @@ def test_patient_pairs_table_chooses_on_validation_then_marks_the_test_row(tmp_p
   row = next(line for line in lines if line.startswith(
       "| SimCLR, same-patient p = 1, mask on (chosen on validation)"))
   assert "| 0.805 ± 0.007 |" in row and row.endswith("| 0.200 ± 0.000 | 0.020 ± 0.000 |")
-  assert any(line.startswith("| SimCLR, same-patient p = 0, mask off |") for line in lines)
-  assert any(line.startswith("| Random init (torchvision-style) |") for line in lines)
+  rows = [line.split("|")[1].strip() for line in lines if line.startswith("| ")][1:]
+  assert rows == ["SimCLR, same-patient p = 0, mask off",
+                  "SimCLR, same-patient p = 1, mask on (chosen on validation)",
+                  "Random init (torchvision-style)"]
   test = patient_pairs_table.main([root, "--split", "test", "--out", str(tmp_path / "t.md")])
   assert "| SimCLR, same-patient p = 1, mask on (chosen on validation) | 0.600" in test
   with pytest.raises(ValueError, match="--choose_by=nope: not a column"):
