@@ -96,17 +96,19 @@ class WeightedIndexSampler:
     self._cumulative = np.cumsum(weights / weights.sum())
     self._cumulative[-1] = 1.0
     self._seed = int(seed)
-    self._cached_epoch, self._cached_draws = None, None
+    self._cache = (None, None)  # (epoch, its draws): one assignment, so Grain's reader
+                                # threads never see one epoch's number with another's draws
 
   def __len__(self) -> int:
     return sys.maxsize
 
   def _draws(self, epoch: int) -> np.ndarray:
-    if epoch != self._cached_epoch:
+    cached_epoch, draws = self._cache
+    if epoch != cached_epoch:
       uniform = np.random.default_rng([self._seed, epoch]).random(len(self._cumulative))
-      self._cached_draws = np.searchsorted(self._cumulative, uniform, side='right')
-      self._cached_epoch = epoch
-    return self._cached_draws
+      draws = np.searchsorted(self._cumulative, uniform, side='right')
+      self._cache = (epoch, draws)
+    return draws
 
   def __getitem__(self, position: int) -> int:
     epoch, offset = divmod(int(position), len(self._cumulative))
