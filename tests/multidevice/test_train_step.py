@@ -114,7 +114,8 @@ def test_paired_masked_simclr_step_on_one_and_four_devices_gives_the_same_update
   4 devices. Patients 0 and 3 have images on several devices."""
   config = default_config()
   config.loss.mask_same_patient, config.pairs.same_patient_prob = True, 0.5
-  config.augment.jitter_prob = config.augment.blur_prob = 0.0   # a smaller program
+  # A smaller program: crop and flip stay, and depend on the per-example keys.
+  config.augment.jitter_prob = config.augment.blur_prob = config.augment.rotation_degrees = 0
   config.model, config.width, config.stem, config.image_size, config.batch_size = (
       "resnet_tiny", 0.125, "cifar", 16, 8)
   config.head.hidden_dim, config.head.output_dim = 16, 8
