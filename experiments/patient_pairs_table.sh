@@ -30,9 +30,6 @@
 # 10 % labels; any experiments.seed_table column key), TRAIN_FLAGS (extra --config.KEY=VALUE flags
 # for every training; use a new OUT for each setting), PYTHON (.venv/bin/python if present).
 set -euo pipefail
-OUT_DEFAULT=runs/patient_pairs_table
-# shellcheck source=experiments/thumbs_common.sh
-source "$(dirname "$0")/thumbs_common.sh"   # THUMBS, CSV, OUT, SEEDS, PYTHON; prepares DATA_DIR
 PROBS=${PROBS:-0 0.5 1}
 MASKS=${MASKS:-False True}
 CHOOSE_BY=${CHOOSE_BY:-fraction:0.1}
@@ -42,6 +39,9 @@ done
 for mask in $MASKS; do
   [[ "$mask" == True || "$mask" == False ]] || { echo "error: MASKS='$MASKS': each True or False" >&2; exit 2; }
 done
+OUT_DEFAULT=runs/patient_pairs_table
+# shellcheck source=experiments/thumbs_common.sh
+source "$(dirname "$0")/thumbs_common.sh"   # THUMBS, CSV, OUT, SEEDS, PYTHON; prepares DATA_DIR
 
 settings=()
 for P in $PROBS; do for M in $MASKS; do settings+=("$P:$M"); done; done
