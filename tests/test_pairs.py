@@ -3,7 +3,6 @@
 (issue 19). Pipeline tests read the session's tiny synthetic_cxr/32, whose synthetic
 patients have 1-4 films each; no training here (tests/multidevice/test_train_step.py runs
 a paired, masked step on 1 and 4 devices)."""
-import functools
 import json
 
 import jax
@@ -186,54 +185,59 @@ def test_patient_settings_reach_the_batch_fields_and_are_checked(synthetic_data_
 
 
 class _PooledPixels:
-  """Stands in for the SimCLR module: a view's projection is its 4 x 4 pooled pixels."""
+  """Stands in for the SimCLR module: a view's projection is its 4 x 4 pooled pixels. It
+  hands the views back as its new 'batch_stats', so the test sees what the loss saw."""
 
   def apply(self, variables, views, train, mutable):
-    del train, mutable
-    n, size = views.shape[0], views.shape[1]
-    pooled = views.reshape(n, 4, size // 4, 4, size // 4).mean(axis=(2, 4)).reshape(n, 16)
-    return (pooled, pooled), {"batch_stats": variables["batch_stats"]}
+    del variables, train, mutable
+    return (_pooled(views), _pooled(views)), {"batch_stats": views}
+
+
+def _pooled(views):
+  n, size = views.shape[0], views.shape[1]
+  return views.reshape(n, 4, size // 4, 4, size // 4).mean(axis=(2, 4)).reshape(n, 16)
 
 
 def test_simclr_loss_pairs_view_2_and_masks_the_patients_of_the_batch():
-  """The objective makes view 2 from 'image_partner' (same keys) and passes 'patient_id'
-  to NT-Xent with mask_same_patient; without the settings it is today's loss."""
+  """The objective makes view 2 from 'image_partner' (same per-example keys) and passes
+  'patient_id' to NT-Xent with mask_same_patient; without the settings it is today's loss."""
   config = default_config()
   config.image_size = 16
-  # Small programs (four are compiled): crop and flip stay, and depend on the keys.
+  # Small programs (two are compiled): crop and flip stay, and depend on the keys.
   config.augment.jitter_prob = config.augment.blur_prob = config.augment.rotation_degrees = 0
   rng = np.random.RandomState(0)
   images = rng.randint(0, 256, (6, 16, 16, 1)).astype(np.uint8)
   partners = rng.randint(0, 256, (6, 16, 16, 1)).astype(np.uint8)
   patient_ids = np.array([0, 1, 0, 2, 1, 0], np.int32)
   key, ids = jax.random.PRNGKey(3), jnp.arange(6)
-  make_views = jax.jit(functools.partial(augment.make_views, config=config.augment,
-                                         image_size=16))
-  pooled = lambda views: _PooledPixels().apply({"batch_stats": {}}, views, True, None)[0][1]
+  temperature = config.loss.temperature
 
-  def loss_of(batch):
-    loss_fn = jax.jit(objectives.create_loss(config, _PooledPixels(), None))
-    return float(loss_fn({}, {}, batch, key, ids)[0])
+  def run(loss_fn, batch):
+    """(loss, views 1, views 2) of `batch`."""
+    loss, (views, _) = loss_fn({}, {}, batch, key, ids)
+    return (float(loss), *np.split(np.asarray(views), 2))
 
-  plain = loss_of({"image": images})
-  views1, views2 = make_views(key, images, ids)
-  expected = losses.nt_xent(pooled(views1), pooled(views2), config.loss.temperature)
-  np.testing.assert_allclose(plain, expected, rtol=1e-6)
+  plain_fn = jax.jit(objectives.create_loss(config, _PooledPixels(), None))
+  plain, views1, views2 = run(plain_fn, {"image": images})
+  np.testing.assert_allclose(plain, losses.nt_xent(_pooled(views1), _pooled(views2),
+                                                   temperature), rtol=1e-6)
+  config.loss.mask_same_patient, config.pairs.same_patient_prob = True, 0.5
+  paired_fn = jax.jit(objectives.create_loss(config, _PooledPixels(), None))
   # An image paired with itself (its patient has no other image) gets its own two views:
   # the per-example keys are the same with and without a partner.
-  for view, own_view in zip(make_views(key, images, ids, second_images=images),
-                            (views1, views2)):
-    np.testing.assert_allclose(view, own_view, atol=1e-5)
-  config.loss.mask_same_patient, config.pairs.same_patient_prob = True, 0.5
-  paired = loss_of({"image": images, "image_partner": partners, "patient_id": patient_ids})
-  partner_views1, partner_views = make_views(key, images, ids, second_images=partners)
-  np.testing.assert_allclose(partner_views1, views1, atol=1e-5)   # view 1: the image's
-  assert float(jnp.max(jnp.abs(partner_views - views2))) > 0.1
-  expected = losses.nt_xent(pooled(views1), pooled(partner_views), config.loss.temperature,
-                            patient_ids=patient_ids)
-  np.testing.assert_allclose(paired, expected, rtol=1e-6)
+  _, self1, self2 = run(paired_fn, {"image": images, "image_partner": images,
+                                    "patient_id": np.arange(6, dtype=np.int32)})
+  np.testing.assert_allclose(self1, views1, atol=1e-5)
+  np.testing.assert_allclose(self2, views2, atol=1e-5)
+  paired, partner1, partner2 = run(paired_fn, {"image": images, "image_partner": partners,
+                                               "patient_id": patient_ids})
+  np.testing.assert_allclose(partner1, views1, atol=1e-5)   # view 1: the image's
+  assert np.max(np.abs(partner2 - views2)) > 0.1              # view 2: the partner's
+  np.testing.assert_allclose(paired, losses.nt_xent(_pooled(partner1), _pooled(partner2),
+                                                    temperature, patient_ids=patient_ids),
+                             rtol=1e-6)
   assert abs(paired - plain) > 1e-3
   with pytest.raises(ValueError, match="mask_same_patient=True needs batches with 'patient_id'"):
-    loss_of({"image": images})
+    paired_fn({}, {}, {"image": images}, key, ids)
   with pytest.raises(ValueError, match="second_images must be uint8"):
-    make_views(key, images, ids, second_images=partners[:2])
+    augment.make_views(key, images, ids, config.augment, 16, second_images=partners[:2])
