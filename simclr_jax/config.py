@@ -61,6 +61,14 @@ def default_config() -> ml_collections.ConfigDict:
                                         # the global batch) are not its negatives (NT-Xent
                                         # patient_ids; needs batches with 'patient_id')
   ))
+  # Patient-aware positives (objective simclr; issue 19, MICLe / MedAug): with probability
+  # same_patient_prob the second view of an image is made from ANOTHER image of the same
+  # patient in the training split (the image itself when its patient has no other), chosen
+  # from (seed, the image's position in the training stream): deterministic, resumable,
+  # the same on any number of devices or processes. 0.0: plain SimCLR (two views of one image).
+  config.pairs = ml_collections.ConfigDict(dict(
+      same_patient_prob=0.0,
+  ))
   # objective = "supervised": one view per image, a linear classifier on the encoder's
   # pooled features; sigmoid BCE when batches hold 'labels' [n, C] (multi-label, NIH
   # findings), softmax cross-entropy when they hold 'label' [n] (single-label).
@@ -116,9 +124,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0           # 0: off; else run config.online_eval every N steps
   config.online_eval = ml_collections.ConfigDict(dict(
       # {evaluator: settings}, as `python -m simclr_jax.evaluate` names and builds them
-      # (simclr_jax.evaluation.from_config): knn (accuracy + AUROC) always; clustering
-      # (k-means NMI) optional, e.g. "clustering": {"n_init": 1}.
-      evaluators={"knn": {"k": 20, "temperature": 0.07}},
+      # (simclr_jax.evaluation.from_config): knn (accuracy + AUROC) always; patient_shortcut
+      # (same-patient nearest neighbours vs chance, on the kNN's features: nearly free);
+      # clustering (k-means NMI) optional, e.g. "clustering": {"n_init": 1}.
+      evaluators={"knn": {"k": 20, "temperature": 0.07}, "patient_shortcut": {}},
       train_split="train",              # kNN memory bank
       eval_split="validation",          # queries
       max_train_examples=2048,

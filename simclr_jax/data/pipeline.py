@@ -7,7 +7,11 @@ Training stream (`create_train_iterator`):
   record indices: range(N).shuffle(seed).repeat()          (or a class-balanced sampler;
                   a supervised run: positions in its training subset, train_subset.py)
     -> read record (TFDS data source, random access) -> {'image': uint8 [H, W, 1]}
-       (objective 'supervised': + the target, 'labels' float32 [C] or 'label' int32)
+       (objective 'supervised': + the target, 'labels' float32 [C] or 'label' int32;
+        simclr with loss.mask_same_patient: + 'patient_id' int32, the dense patient index;
+        with pairs.same_patient_prob = p > 0 the reader also gets the stream position and
+        adds 'image_partner': with probability p another image of the same patient,
+        drawn from (seed, position) by SamePatientPairs, else the image itself)
     -> batch(per_process_batch)                             a global batch is P such batches
     -> [process_index::process_count]                       process p keeps the p-th of them
     -> reshape to [local_devices, per_device, H, W, 1]
@@ -24,7 +28,9 @@ subset, so the global batches would change with the process count.
 
 The iterator (TrainIterator, a grain DatasetIterator) has a small JSON state,
 `get_state()` -> {'global_batches_consumed': k, ...}; `set_state()` restores the exact
-position, also with a different number of Grain workers, processes or devices.
+position, also with a different number of Grain workers, processes or devices. The
+partner of a same-patient pair is a function of the stream position too, so paired
+streams restore and split over processes exactly like plain ones.
 """
 import logging
 import pathlib
@@ -101,49 +107,119 @@ class WeightedIndexSampler:
     self._cumulative = np.cumsum(weights / weights.sum())
     self._cumulative[-1] = 1.0
     self._seed = int(seed)
-    self._cached_epoch, self._cached_draws = None, None
+    self._cache = (None, None)  # (epoch, its draws): one assignment, so Grain's reader
+                                # threads never see one epoch's number with another's draws
 
   def __len__(self) -> int:
     return sys.maxsize
 
   def _draws(self, epoch: int) -> np.ndarray:
-    if epoch != self._cached_epoch:
+    cached_epoch, draws = self._cache
+    if epoch != cached_epoch:
       uniform = np.random.default_rng([self._seed, epoch]).random(len(self._cumulative))
-      self._cached_draws = np.searchsorted(self._cumulative, uniform, side='right')
-      self._cached_epoch = epoch
-    return self._cached_draws
+      draws = np.searchsorted(self._cumulative, uniform, side='right')
+      self._cache = (epoch, draws)
+    return draws
 
   def __getitem__(self, position: int) -> int:
     epoch, offset = divmod(int(position), len(self._cumulative))
     return int(self._draws(epoch)[offset])
 
 
-class _RecordReader:
-  """Reads record `index` of a split and keeps `features` (+ 'weight' when weights given).
+class SamePatientPairs:
+  """Which record's image makes the second view of the image at a stream position.
 
+  With probability `probability` another record of the same patient among `records`
+  (chosen uniformly), else the record itself (also when its patient has no other record
+  there). Both draws of position i are row i % B of the [B, 2] uniforms that numpy's
+  generator seeded by (seed, i // B) gives: a pure function of the stream position, so it
+  is the same after a resume, in any Grain worker and on any number of processes or
+  devices; and the partner a position gets at p = 0.5 is the one it gets at p = 1
+  whenever it gets one. (Blocks of B positions: the stream is read in order, so one
+  block's draws serve B reads.)
+  """
+
+  _STREAM = 19  # keeps these draws apart from other generators seeded by (seed, ...)
+  _BLOCK = 1024
+
+  def __init__(self, patient_index, probability: float, seed: int, records=None):
+    """
+    Args:
+      patient_index: int [N] dense patient index of every record of the split.
+      probability: p in [0, 1].
+      seed: config.seed.
+      records: the record indices the stream draws from (default all N): partners
+        come from these only.
+    """
+    self._probability = float(probability)
+    self._seed = int(seed)
+    patient_index = np.asarray(patient_index, np.int64).reshape(-1)
+    records = (np.arange(len(patient_index)) if records is None
+               else np.unique(np.asarray(records, np.int64)))
+    patients = patient_index[records]
+    self._patient_index = patient_index
+    self._grouped = records[np.argsort(patients, kind='stable')]  # records by patient
+    counts = np.bincount(patients, minlength=int(patient_index.max(initial=-1)) + 1)
+    self._starts = np.concatenate([[0], np.cumsum(counts)])  # patient -> its records
+    self._cache = (None, None)  # (block, its draws): one assignment, so Grain's reader
+                                # threads never see one block's number with another's draws
+
+  def _draws(self, position: int) -> np.ndarray:
+    block, offset = divmod(int(position), self._BLOCK)
+    cached_block, draws = self._cache
+    if cached_block != block:
+      draws = np.random.default_rng([self._seed, self._STREAM, block]).random((self._BLOCK, 2))
+      self._cache = (block, draws)
+    return draws[offset]
+
+  def __call__(self, position: int, record: int) -> int:
+    patient = self._patient_index[record]
+    group = self._grouped[self._starts[patient]:self._starts[patient + 1]]
+    others = group[group != record]
+    draw, choice = self._draws(position)
+    if draw < self._probability and len(others):
+      return int(others[int(choice * len(others))])
+    return int(record)
+
+
+class _RecordReader:
+  """Reads record `index` of a split and keeps `features`, plus `per_record` values
+  computed for the split ({'weight': float32 [N], 'patient_id': int32 [N]}).
+
+  With `pairs` (a SamePatientPairs) it is mapped with the stream position
+  (`map_with_index`) and adds 'image_partner', the image of the record `pairs` picks.
   Pickles without its data source (opened lazily in each process): workers of
   mp_prefetch re-open the ArrayRecord files themselves.
   """
 
-  def __init__(self, dataset, data_dir, split, features=('image',), weights=None,
-               dtypes=None):
+  def __init__(self, dataset, data_dir, split, features=('image',), per_record=None,
+               dtypes=None, pairs=None):
     self._location = (dataset, str(data_dir), split)
     self._features = tuple(features)
     self._dtypes = dict(dtypes or {})  # feature -> numpy dtype it is converted to
-    self._weights = None if weights is None else np.asarray(weights, np.float32)
+    self._per_record = dict(per_record or {})
+    self._pairs = pairs
     self._source = None
 
   def __getstate__(self):
     return {**self.__dict__, '_source': None}
 
-  def __call__(self, index):
+  def _record(self, index):
     if self._source is None:
       self._source = data_source(*self._location)
-    record = self._source[int(index)]
+    return self._source[int(index)]
+
+  def __call__(self, *position_and_index):
+    index = int(position_and_index[-1])
+    record = self._record(index)
     example = {name: np.asarray(record[name], self._dtypes.get(name))
                for name in self._features}
-    if self._weights is not None:
-      example['weight'] = self._weights[int(index)]
+    for name, values in self._per_record.items():
+      example[name] = values[index]
+    if self._pairs is not None:
+      partner = self._pairs(position_and_index[0], index)
+      example['image_partner'] = (example['image'] if partner == index else
+                                  np.asarray(self._record(partner)['image']))
     return example
 
 
@@ -186,6 +262,26 @@ def balance_labels(dataset: str, data_dir: str, split: str) -> np.ndarray:
   builder = prepared_builder(dataset, str(data_dir))
   feature = 'labels' if 'labels' in builder.info.features else 'label'
   return split_columns(dataset, data_dir, split, (feature,))[feature]
+
+
+def patient_index(dataset: str, data_dir: str, split: str, needed_by: str = '') -> np.ndarray:
+  """int32 [N]: the patient of every record of `split` as a dense index 0 .. P - 1 (in the
+  order of the patient ids), from the records' 'patient_id' (read once, then cached next
+  to the dataset files).
+
+  Raises:
+    ValueError: the dataset has no 'patient_id' (prepared before patient ids), naming
+      `needed_by` (the setting that asked).
+  """
+  builder = prepared_builder(dataset, str(data_dir))
+  check_split(builder, dataset, split)
+  if 'patient_id' not in builder.info.features:
+    raise ValueError(
+        f'{needed_by or "patient_index"}: dataset {dataset!r} in {data_dir} has no '
+        f'\'patient_id\' feature (prepared before patient ids); prepare it again '
+        f'(python -m simclr_jax.prepare) or leave the setting off.')
+  patient_ids = split_columns(dataset, data_dir, split, ('patient_id',))['patient_id']
+  return np.unique(patient_ids, return_inverse=True)[1].reshape(-1).astype(np.int32)
 
 
 def split_columns(dataset: str, data_dir: str, split: str, features) -> dict:
@@ -284,16 +380,6 @@ class _RecordOf:
     return int(self._records[int(position)])
 
 
-class _WithTarget:
-  """Reads a record and adds its class under the run's label mode as 'label' int32."""
-
-  def __init__(self, reader, targets):
-    self._reader, self._targets = reader, np.asarray(targets, np.int32)
-
-  def __call__(self, index):
-    return dict(self._reader(index), label=self._targets[int(index)])
-
-
 def create_train_iterator(config, *, process_index=None, process_count=None,
                           local_device_count=None):
   """Infinite, deterministic, checkpointable training iterator of this process's batches.
@@ -302,8 +388,10 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
     config: reads dataset, data_dir, train_split, batch_size (GLOBAL), seed,
       input.num_workers, input.prefetch_buffer_size, input.class_balanced and the batch
       fields of its objective (`objectives.of(config).batch_fields`: simclr's 'weight'
-      with loss.example_weights='inverse_frequency', the supervised target, see
-      supervised_target_spec); a field it lacks has its config.py default.
+      with loss.example_weights='inverse_frequency', 'patient_id' with
+      loss.mask_same_patient, 'image_partner' with pairs.same_patient_prob > 0; the
+      supervised target, see supervised_target_spec); a field it lacks has its
+      config.py default.
     process_index, process_count, local_device_count: default jax.process_index(),
       jax.process_count(), jax.local_device_count().
 
@@ -312,8 +400,10 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
     [local_devices, per_device, H, W, 1]}
     (+ 'weight' float32 [local_devices, per_device] when loss weights are requested;
     + for objective 'supervised' the target: 'labels' float32 multi-hot
-    [local_devices, per_device, num_classes] or 'label' int32 [local_devices, per_device]).
-    The target does not change the iterator's state or which images a batch holds.
+    [local_devices, per_device, num_classes] or 'label' int32 [local_devices, per_device];
+    + 'patient_id' int32 [local_devices, per_device] and 'image_partner' uint8 like
+    'image', see above).
+    Neither changes the iterator's state or which images a batch holds.
     A supervised run draws only the records of its training subset (`train_subset`:
     label_fraction, and the records its label_mode keeps; with a label mode 'label' is
     the mode's class).
@@ -341,11 +431,14 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
   # converted to a dtype, and 'weight' (per-example loss weights, computed here).
   fields = objectives.of(config).batch_fields(config)
   loss_weights = fields.pop('weight', None) is not None
+  patient_ids = fields.pop('patient_id', None) is not None
+  pairs_probability = float(config.pairs.same_patient_prob) if fields.pop(
+      'image_partner', None) is not None else 0.0
 
   count = num_examples(config.dataset, config.data_dir, config.train_split)
   # A supervised run's subset (label mode, label fraction); None: every record of the split.
   subset = train_subset.of_config(config)
-  records = None if subset is None or subset.covers_split else subset.indices
+  subset_records = None if subset is None or subset.covers_split else subset.indices
   targets = None if subset is None else subset.targets
   if targets is not None:   # the label mode's class, not a feature of the record
     fields.pop('label', None)
@@ -353,19 +446,32 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
   if class_balanced or loss_weights:
     labels = balance_labels(config.dataset, config.data_dir, config.train_split)
   if class_balanced:
-    drawn = labels if records is None else labels[records]
+    drawn = labels if subset_records is None else labels[subset_records]
     indices = grain.MapDataset.source(WeightedIndexSampler(example_weights(drawn), config.seed))
   else:
-    size = count if records is None else records.size
+    size = count if subset_records is None else subset_records.size
     indices = grain.MapDataset.range(size).shuffle(seed=config.seed).repeat()
-  if records is not None:
-    indices = indices.map(_RecordOf(records))
+  if subset_records is not None:
+    indices = indices.map(_RecordOf(subset_records))
+  per_record = {}
+  if loss_weights:
+    per_record['weight'] = example_weights(labels)
+  if targets is not None:   # the label mode's class of every record
+    per_record['label'] = targets.astype(np.int32)
+  patients = None
+  if patient_ids or pairs_probability > 0:
+    patients = patient_index(config.dataset, config.data_dir, config.train_split,
+                             'config.pairs / config.loss.mask_same_patient')
+  if patient_ids:
+    per_record['patient_id'] = patients
+  pairs = (SamePatientPairs(patients, pairs_probability, config.seed, subset_records)
+           if pairs_probability > 0 else None)
   reader = _RecordReader(
       config.dataset, config.data_dir, config.train_split, features=('image', *fields),
-      weights=example_weights(labels) if loss_weights else None, dtypes=fields)
-  if targets is not None:
-    reader = _WithTarget(reader, targets)
-  batches = (indices.map(reader)
+      per_record=per_record, dtypes=fields, pairs=pairs)
+  # With pairs the reader also gets the stream position, which fixes the partner.
+  records = indices.map_with_index(reader) if pairs else indices.map(reader)
+  batches = (records
              .batch(per_process_batch, drop_remainder=True)
              [process_index::process_count]
              .map(_DeviceLayout(local_device_count)))
@@ -373,7 +479,8 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
   worker_options = grain.MultiprocessingOptions(
       num_workers=num_workers, per_worker_buffer_size=prefetch) if num_workers > 0 else None
   fingerprint = {'global_batch_size': int(config.batch_size), 'seed': int(config.seed),
-                 'class_balanced': int(class_balanced)}
+                 'class_balanced': int(class_balanced),
+                 'same_patient_prob': pairs_probability}
   return TrainIterator(batches, read_options, worker_options, fingerprint)
 
 
@@ -387,8 +494,9 @@ def _ignore_interrupts_in_worker(worker_index: int, worker_count: int) -> None:
 class TrainIterator(grain.DatasetIterator):
   """The training iterator: a grain DatasetIterator with a portable state.
 
-  Its state is the number of global batches consumed (plus the batch size, seed and
-  sampling mode it was made with, checked on restore), so it restores exactly on any
+  Its state is the number of global batches consumed (plus the batch size, seed, sampling
+  mode and same-patient pair probability it was made with, checked on restore), so it
+  restores exactly on any
   number of Grain workers, processes or devices: the pipeline up to the batches is a
   random-access MapDataset, and restoring starts it at that batch.
   """
@@ -425,7 +533,7 @@ class TrainIterator(grain.DatasetIterator):
 
   def set_state(self, state: dict) -> None:
     mismatched = {key: (state.get(key), value) for key, value in self._fingerprint.items()
-                  if key in state and int(state[key]) != value}
+                  if key in state and float(state[key]) != value}
     if mismatched:
       raise ValueError(
           'data iterator state does not match this config: '

@@ -62,6 +62,13 @@ METRIC_DEFINITIONS = {
                     "evaluated split; knn_accuracy_weighted votes with exp(cos / 0.07).",
     "knn_auroc_macro": "AUROC of the exp(cos / 0.07)-weighted fraction of the k neighbours "
                        "holding a label (per finding on multi-label data), macro mean.",
+    "patient_shortcut": "within the evaluated split, the fraction of images whose cosine "
+                        "nearest neighbour (itself excluded) is another image of the same "
+                        "patient, over the patient_shortcut_images images whose patient has "
+                        "several there; patient_shortcut_chance is what a random neighbour "
+                        "would give them. Far above chance: the features recognise people, "
+                        "which flatters kNN and probe figures on splits that are not "
+                        "patient-wise.",
     "label_fractions": "the linear probe fitted on a patient-wise random subsample of the "
                        "train labels (fixed seed; at least one positive per class added "
                        "where the train split has one).",
@@ -384,6 +391,9 @@ def report_markdown(report: dict) -> str:
           ("kNN accuracy, weighted", report.get("knn_accuracy_weighted")),
           ("kNN AUROC (macro)", with_interval(report.get("knn_auroc_macro"),
                                               report.get("knn_auroc_macro_ci95"))),
+          ("patient shortcut (nearest neighbour of the same patient)",
+           report.get("patient_shortcut")),
+          ("patient shortcut, chance", report.get("patient_shortcut_chance")),
           ("classifier AUROC (macro)", with_interval(report.get("classifier_auroc_macro"),
                                                      report.get("classifier_auroc_macro_ci95"))),
           ("classifier accuracy", with_interval(report.get("classifier_accuracy"),

@@ -205,6 +205,14 @@ def check(config: ml_collections.ConfigDict) -> None:
         f"config.loss.example_weights={config.loss.example_weights!r} weighs SimCLR's images; "
         "with objective='supervised' leave it 'none' and use config.supervised.class_weights="
         "'inverse_frequency'.")
+  for field, value, off in (
+      ("loss.mask_same_patient", config.loss.get("mask_same_patient", False), False),
+      ("pairs.same_patient_prob", (config.get("pairs") or {}).get("same_patient_prob", 0.0),
+       0.0)):
+    if value != off:   # SimCLR's patient settings: one view, no negatives, no pairs here
+      raise ConfigError(f"config.{field}={value!r} is a SimCLR setting (negatives and "
+                        f"view pairs); objective='supervised' trains one view per image: "
+                        f"leave it {off!r}.")
   if config.supervised.class_weights not in CLASS_WEIGHTS:
     raise ConfigError(f"config.supervised.class_weights={config.supervised.class_weights!r}: "
                       f"accepted values are {list(CLASS_WEIGHTS)}.")
