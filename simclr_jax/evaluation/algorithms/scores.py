@@ -4,7 +4,6 @@
 Pure numpy/scikit-learn/scipy."""
 from __future__ import annotations
 
-
 import warnings
 
 import numpy as np
