@@ -39,11 +39,11 @@ if __name__ == "__main__":  # Ctrl-C while the modules below load: one line, exi
 
 import logging  # pylint: disable=wrong-import-position
 import math  # pylint: disable=wrong-import-position
-import threading  # pylint: disable=wrong-import-position
 
 if __package__ in (None, ""):  # `python experiments/compare.py`: the repository on the path
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from simclr_jax import errors  # pylint: disable=wrong-import-position
 from simclr_jax.evaluation import EVALUATORS  # pylint: disable=wrong-import-position
 from simclr_jax.evaluation import encoders  # pylint: disable=wrong-import-position
 from simclr_jax.evaluation import label_efficiency  # pylint: disable=wrong-import-position
@@ -127,10 +127,13 @@ def earlier_comparison_files(out: str) -> list:
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--simclr_workdir", help="SimCLR training run (config.json + checkpoints/)")
-  parser.add_argument("--step", type=int, help="checkpoint step of the SimCLR run (default latest)")
+  parser.add_argument("--step", type=encoders.parse_step,
+                      help="checkpoint step of the SimCLR run (default latest)")
   parser.add_argument("--supervised_workdir",
                       help="run of this project with config.objective=supervised")
-  parser.add_argument("--supervised_step", type=int, help="its checkpoint step (default latest)")
+  parser.add_argument("--supervised_step", type=encoders.parse_step,
+                      help="its checkpoint step (default latest; 'best': its best validation "
+                           "checkpoint)")
   parser.add_argument("--supervised_weights", help="torchvision state_dict trained with labels")
   parser.add_argument("--supervised_labels", default=LABELS_USED["supervised"],
                       help="text for the 'labels used' column of the supervised row")
@@ -299,18 +302,8 @@ def _evaluate_rows(args, rows: list, fractions, staged: str) -> tuple[dict, str]
 def cli(argv=None) -> int:
   """`main` with bad settings and data as one line on stderr and exit status 2 (130 on
   Ctrl-C)."""
-  if threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
-  try:
-    main(argv)
-  except (ValueError, OSError) as error:  # OSError: e.g. no space for --out
-    message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    print("interrupted: no partial comparison was written to --out.", file=sys.stderr)
-    return 130
-  return 0
+  return errors.run_command(main, argv, "interrupted: no partial comparison was written to "
+                                        "--out.")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ r"""Summarises comparisons repeated with several seeds: mean ± standard deviati
 
 Each argument is the OUT/report.json of `python -m experiments.compare` (one seed each: the
 pretraining seed, which also seeds the random-init row). Rows and columns are the seed's
-table (`experiments.compare.comparison_markdown`); a cell is "mean ± sd" over the runs
+table (`experiments.compare.comparison_markdown`), plus the patient shortcut and its chance
+rate where the reports have them (evaluator patient_shortcut); a cell is "mean ± sd" over the runs
 (sample sd, n - 1), and only when every run has a value: a cell some runs lack (an
 undefined AUROC) reads "n/a (values in k of n runs)" rather than a mean over fewer runs
 than the table says. Then one line per cell with each seed's value, by seed name (the
@@ -32,6 +33,9 @@ COLUMNS = (("clustering accuracy", "cluster_accuracy"), ("NMI", "nmi"), ("ARI", 
            ("linear AUROC", "linear_auroc_macro"), ("kNN accuracy", "knn_accuracy"),
            ("kNN AUROC", "knn_auroc_macro"))
 CLASSIFIER_COLUMN = ("classifier AUROC", "classifier_auroc_macro")
+# Last, where the reports have them: nearest neighbour of the same patient vs chance.
+PATIENT_COLUMNS = (("patient shortcut", "patient_shortcut"),
+                   ("patient shortcut chance", "patient_shortcut_chance"))
 # What must agree, for every row, between the comparisons averaged.
 SETTINGS = ("dataset", "split", "train_split", "label_mode", "k", "features", "model",
             "image_size", "evaluators", "knn_k", "kmeans_n_init", "linear_probe_solver",
@@ -102,6 +106,9 @@ def summarise(comparisons: list, seeds: list = None) -> dict:
          for report in comparison.values()):
     columns.append(CLASSIFIER_COLUMN)
   keys = [key for _, key in columns] + [f"fraction:{f}" for f in sorted(fractions)]
+  if any(report.get(PATIENT_COLUMNS[0][1]) is not None for comparison in comparisons
+         for report in comparison.values()):
+    keys += [key for _, key in PATIENT_COLUMNS]
   table = {}
   for row in compare.ROWS:
     if row in comparisons[0]:
@@ -113,7 +120,7 @@ def summarise(comparisons: list, seeds: list = None) -> dict:
 def _column_name(key: str) -> str:
   if key.startswith("fraction:"):
     return f"linear AUROC @ {float(key.split(':', 1)[1]):g} labels"
-  return {k: name for name, k in COLUMNS + (CLASSIFIER_COLUMN,)}[key]
+  return {k: name for name, k in COLUMNS + (CLASSIFIER_COLUMN,) + PATIENT_COLUMNS}[key]
 
 
 def _mean_sd(values: list) -> str:
@@ -177,21 +184,35 @@ def main(argv=None) -> str:
     comparisons.append(comparison)
   seeds = _seed_names(args.reports)
   table = summarise(comparisons, seeds)
-  first = next(iter(comparisons[0].values()))
-  context = (f"`{first.get('dataset')}` split `{first.get('split')}`, label mode "
-             f"`{first.get('label_mode')}`, k = {first.get('k')}, {first.get('features')} "
-             f"features; {len(comparisons)} runs.")
-  text = markdown(table, seeds, context)
-  if args.out:
-    with open(args.out, "w") as f:
+  context = f"{describe(next(iter(comparisons[0].values())))}; {len(comparisons)} runs."
+  return emit(markdown(table, seeds, context), args.out)
+
+
+def describe(report: dict) -> str:
+  """What a comparison evaluated: '`dataset` split `split`, label mode `mode`, k = K, KIND
+  features'."""
+  return (f"`{report.get('dataset')}` split `{report.get('split')}`, label mode "
+          f"`{report.get('label_mode')}`, k = {report.get('k')}, {report.get('features')} "
+          f"features")
+
+
+def emit(text: str, out: str = None) -> str:
+  """Prints the table and writes it to `out` (when given); returns it."""
+  if out:
+    with open(out, "w") as f:
       f.write(text)
   print(text, end="")
   return text
 
 
-if __name__ == "__main__":
+def cli(main_function) -> None:
+  """Runs a table's main(); a refusal is one line on stderr and exit 2."""
   try:
-    main()
+    main_function()
   except (ValueError, FileExistsError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+
+
+if __name__ == "__main__":
+  cli(main)

@@ -27,34 +27,11 @@
 # "--config.augment.clahe_prob=0.5"; use a new OUT for each setting), PYTHON (.venv/bin/python
 # if present, else python3).
 set -euo pipefail
-# Paths given in the environment are relative to where the script is started; the defaults
-# to the repository root.
-for name in THUMBS CSV OUT; do
-  if [[ -n "${!name:-}" ]]; then printf -v "$name" '%s' "$(realpath -m -- "${!name}")"; fi
-done
-cd "$(dirname "$0")/.."
-
-THUMBS=${THUMBS:-../shared/data/nih_thumbs}
-CSV=${CSV:-$(dirname "$THUMBS")/nih_sample/Data_Entry_2017_v2020.csv.gz}
-OUT=${OUT:-runs/thumbs_table}
-SEEDS=${SEEDS:-0 1 2}
-[[ -n "${SEEDS//[[:space:]]/}" ]] || { echo "error: SEEDS='$SEEDS': give one or more seeds, e.g. SEEDS=\"0 1 2\"" >&2; exit 2; }
+OUT_DEFAULT=runs/thumbs_table
+# shellcheck source=experiments/thumbs_common.sh
+source "$(dirname "$0")/thumbs_common.sh"   # THUMBS, CSV, OUT, SEEDS, PYTHON; prepares DATA_DIR
 reports=()
 projection_reports=()
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-DATASET=nih_chest_xray14/thumbs64
-DATA_DIR=$OUT/data
-[[ -d "$THUMBS" ]] || { echo "error: THUMBS=$THUMBS is not a folder (nih_thumbs layout)" >&2; exit 2; }
-[[ -f "$CSV" ]] || { echo "error: CSV=$CSV not found (the official Data_Entry CSV)" >&2; exit 2; }
-mkdir -p "$OUT"
-start=$SECONDS
-
-echo "== prepare $THUMBS -> $DATA_DIR ($DATASET)"
-"$PYTHON" -m simclr_jax.prepare nih --manual_dir "$THUMBS" --csv "$CSV" --data_dir "$DATA_DIR" \
-    --image_size 64 | tail -n 2
 
 for SEED in $SEEDS; do
   RUN=$OUT/seed$SEED

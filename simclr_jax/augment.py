@@ -461,8 +461,9 @@ def _view_keys(rng: jax.Array, example_ids: jax.Array) -> jax.Array:
 
 
 def make_views(rng: jax.Array, images: jax.Array, example_ids: jax.Array, config: Any,
-               image_size: int) -> tuple[jax.Array, jax.Array]:
-  """Two augmented views of every image in a batch.
+               image_size: int, second_images: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+  """Two augmented views of every image in a batch (or of every pair of images).
 
   Each example's key is fold_in(rng, example_id), split into the keys of view 1 and view 2,
   so a view depends only on (rng, example_id, image): with globally unique ids (e.g. the
@@ -475,6 +476,9 @@ def make_views(rng: jax.Array, images: jax.Array, example_ids: jax.Array, config
     example_ids: int32 [n] unique ids of the examples within the global batch.
     config: config.augment (see `augment_image`).
     image_size: S, the static output side length.
+    second_images: None (both views from `images`) or uint8 [n, H, W, C]: view 2 of
+      example i is made from second_images[i] (e.g. another film of its patient), with
+      the same key it would have had.
 
   Returns:
     (views1, views2), each float32 [n, S, S, C].
@@ -482,10 +486,18 @@ def make_views(rng: jax.Array, images: jax.Array, example_ids: jax.Array, config
   _check_example_ids(images, example_ids, "make_views")
   view_keys = _view_keys(rng, example_ids)  # [n, 2, ...]
   augment = functools.partial(augment_image, config=config, image_size=image_size)
-  # Inner vmap over the two views of one image (image broadcast, not copied), outer over
-  # images: one traced copy of the pipeline instead of two.
-  augment_both = jax.vmap(jax.vmap(augment, in_axes=(0, None)), in_axes=(0, 0))
-  views = augment_both(view_keys, images)  # [n, 2, S, S, C]
+  if second_images is None:
+    # Inner vmap over the two views of one image (image broadcast, not copied), outer over
+    # images: one traced copy of the pipeline instead of two.
+    augment_both = jax.vmap(jax.vmap(augment, in_axes=(0, None)), in_axes=(0, 0))
+    views = augment_both(view_keys, images)  # [n, 2, S, S, C]
+  else:
+    if second_images.shape != images.shape or second_images.dtype != images.dtype:
+      raise ValueError(
+          f"augment.make_views: second_images must be {images.dtype} {images.shape} like "
+          f"images; got {second_images.dtype} {second_images.shape}.")
+    sources = jnp.stack([images, second_images], axis=1)  # [n, 2, H, W, C]
+    views = jax.vmap(jax.vmap(augment))(view_keys, sources)  # [n, 2, S, S, C]
   return views[:, 0], views[:, 1]
 
 

@@ -16,6 +16,7 @@ create, delete (keep_checkpoints), finalize and clean up temporary directories. 
 that reads — `complete_steps`, `restore`, `load_for_eval` — goes through orbax's handlers
 directly and never writes, so an evaluator can read the checkpoints of a running trainer.
 """
+import functools
 import json
 import logging
 import os
@@ -35,6 +36,11 @@ from simclr_jax.errors import IncompatibleCheckpoint
 from simclr_jax.workdir import CHECKPOINT_DIR
 from simclr_jax.workdir import CONFIG_FILE
 from simclr_jax.workdir import DAMAGED_PREFIX
+
+
+# The metric a run with config.supervised.select_by_validation saves its checkpoints with
+# (the classifier's macro AUROC on the validation split); the best one is kept.
+SELECTION_METRIC = "validation_auroc"
 
 
 def checkpoint_directory(workdir: str) -> epath.Path:
@@ -58,8 +64,8 @@ def incomplete_checkpoints(workdir: str) -> List[str]:
   return sorted(p.name for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name)
 
 
-def create_manager(workdir: str, *, max_to_keep: int,
-                   async_saves: bool) -> ocp.CheckpointManager:
+def create_manager(workdir: str, *, max_to_keep: int, async_saves: bool,
+                   best_metric: Optional[str] = None) -> ocp.CheckpointManager:
   """The trainer's CheckpointManager for WORKDIR/checkpoints (saving only).
 
   Only a trainer holding the workdir lock may create one: on creation it deletes the
@@ -73,18 +79,67 @@ def create_manager(workdir: str, *, max_to_keep: int,
     async_saves (config.async_checkpointing): write in a background thread, so training continues during the save
       (`save` returns once the arrays are handed over; `wait_until_finished` /
       `close` block until the checkpoint is complete).
+    best_metric: also keep the checkpoint whose saved metrics hold the highest value of
+      this name (config.supervised.select_by_validation); checkpoints saved with metrics
+      carry them in <step>/metrics/ (`best_step` reads them).
   """
   handlers = {"state": ocp.StandardCheckpointHandler(),
               "rng": ocp.StandardCheckpointHandler(),
               "data_iter": grain.checkpoint.CheckpointHandler()}
+  if best_metric is None:
+    keep = dict(max_to_keep=max_to_keep)
+  else:
+    metric = functools.partial(_metric_or_lowest, best_metric)
+    keep = dict(best_fn=metric, best_mode="max", preservation_policy=ocp.checkpoint_managers.
+                AnyPreservationPolicy([
+                    ocp.checkpoint_managers.LatestN(max_to_keep),
+                    ocp.checkpoint_managers.BestN(get_metric_fn=metric, n=1,
+                                                  keep_checkpoints_without_metrics=False)]))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-      enable_async_checkpointing=async_saves,
+      create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_saves,
       # Folders made in `save` itself: made in the background, a failure (no inodes, no
       # permission) left `save` waiting forever for a folder that never came.
-      async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
+      **keep)
   return ocp.CheckpointManager(checkpoint_directory(workdir), options=options,
                                item_handlers=handlers)
+
+
+def _metric_or_lowest(name: str, metrics: Any) -> float:
+  """metrics[name], or -inf when it is missing or NaN (never the best)."""
+  value = float((metrics or {}).get(name, float("nan")))
+  return value if np.isfinite(value) else float("-inf")
+
+
+def saved_metrics(workdir: str, step: int) -> Optional[dict]:
+  """The metrics checkpoint `step` was saved with (<step>/metrics/metrics), or None."""
+  path = checkpoint_directory(workdir) / str(step) / "metrics" / "metrics"
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def best_step(workdir: str, metric: str = SELECTION_METRIC) -> Tuple[int, float]:
+  """(step, value) of the complete checkpoint with the highest saved `metric` (ties: the
+  newest), read-only.
+
+  Raises:
+    FileNotFoundError: no complete checkpoint.
+    ValueError: no complete checkpoint was saved with the metric.
+  """
+  steps = complete_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"No complete checkpoint in {checkpoint_directory(workdir)}.")
+  saved = {step: saved_metrics(workdir, step) or {} for step in steps}
+  scored = [(_metric_or_lowest(metric, saved[step]), step) for step in steps
+            if metric in saved[step]]
+  if not scored:
+    raise ValueError(f"no checkpoint in {checkpoint_directory(workdir)} carries {metric!r}: "
+                     f"the run was not trained with config.supervised.select_by_validation "
+                     f"> 0; give a --step (available: {steps}).")
+  value, step = max(scored)
+  return step, value
 
 
 class _IteratorStateAtSave:
@@ -104,18 +159,19 @@ class _IteratorStateAtSave:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, rng: np.ndarray,
-         data_iterator: Any) -> None:
+         data_iterator: Any, metrics: Optional[dict] = None) -> None:
   """Starts saving `state` and `rng` (host numpy copies) + the iterator state at `step`.
 
   The arrays must not alias buffers the next train step donates (the caller passes host
   copies). With an asynchronous manager the write completes in the background; the
   checkpoint only becomes a step (renamed from its temporary directory) once complete.
+  `metrics` ({name: float}) are saved with it when the manager keeps a best checkpoint.
   """
   # StandardSave takes PyTrees, not single arrays: the key goes in a one-entry dict.
   items = {"state": ocp.args.StandardSave(state),
            "rng": ocp.args.StandardSave({"key": rng}),
            "data_iter": grain.checkpoint.CheckpointSave(_IteratorStateAtSave(data_iterator))}
-  manager.save(step, args=ocp.args.Composite(**items), force=True)
+  manager.save(step, args=ocp.args.Composite(**items), force=True, metrics=metrics)
 
 
 # TensorStore's errors carry the OS error as text: "... No space left on device

@@ -36,7 +36,20 @@ def default_config() -> ml_collections.ConfigDict:
   ))
   config.zero_init_residual = True      # each block's last BN scale starts at 0 (google-research/simclr);
                                         # False: torchvision's random network (gamma = 1)
-  config.init_from = ""                 # torchvision state_dict file (ImageNet initialisation)
+  # Where the encoder starts (the head is always new): '' random | a torchvision state_dict
+  # FILE (ImageNet) | WORKDIR (the newest complete checkpoint of a SimCLR or supervised run
+  # of this project) | WORKDIR@STEP. Its params AND batch_stats are copied; the model,
+  # width, stem and input channels must match.
+  config.init_from = ""
+  # Resolved by the trainer from init_from (never set by hand); config.json records it, and a
+  # resumed run keeps it (a WORKDIR that trained further is not read again).
+  config.init_source = ml_collections.ConfigDict(dict(
+      kind="",                          # '' | 'torchvision' | 'workdir'
+      path="",                          # absolute path of the file or run directory
+      step=-1,                          # workdir: the checkpoint step copied
+      sha256="",                        # workdir: of its config.json; torchvision: of the file
+      objective="",                     # workdir: the objective the source run trained
+  ))
   # Objective and augmentation.
   config.objective = "simclr"           # simclr (two views, NT-Xent) | supervised (one view, labels)
   config.loss = ml_collections.ConfigDict(dict(
@@ -48,6 +61,14 @@ def default_config() -> ml_collections.ConfigDict:
                                         # the global batch) are not its negatives (NT-Xent
                                         # patient_ids; needs batches with 'patient_id')
   ))
+  # Patient-aware positives (objective simclr; issue 19, MICLe / MedAug): with probability
+  # same_patient_prob the second view of an image is made from ANOTHER image of the same
+  # patient in the training split (the image itself when its patient has no other), chosen
+  # from (seed, the image's position in the training stream): deterministic, resumable,
+  # the same on any number of devices or processes. 0.0: plain SimCLR (two views of one image).
+  config.pairs = ml_collections.ConfigDict(dict(
+      same_patient_prob=0.0,
+  ))
   # objective = "supervised": one view per image, a linear classifier on the encoder's
   # pooled features; sigmoid BCE when batches hold 'labels' [n, C] (multi-label, NIH
   # findings), softmax cross-entropy when they hold 'label' [n] (single-label).
@@ -57,6 +78,32 @@ def default_config() -> ml_collections.ConfigDict:
       class_frequencies=(),             # (): from the training split (resolved by the trainer);
                                         # single-label: share of each class; multi-label:
                                         # fraction of images positive for each finding
+      label_mode="",                    # '': the dataset's own target (above); else a label
+                                        # mode of data/labels.py, e.g. 'binary:No Finding'
+                                        # (normal vs abnormal): softmax over its classes,
+                                        # records it drops are not trained on
+      # Fine-tuning (issue 17): which labels, which parameters train.
+      label_fraction=1.0,               # (0, 1]: train on a seeded PATIENT-WISE subsample of the
+                                        # labelled train split (every class present keeps >= 1
+                                        # positive); epochs count epochs of the subset
+      subset_seed=0,                    # seeds the subsample (not config.seed: every init and
+                                        # training seed can share one subset)
+      freeze_encoder=False,             # True: only the classifier trains (on augmented views);
+                                        # the encoder runs in eval mode (BatchNorm running
+                                        # averages) and none of its variables change
+      encoder_lr_multiplier=1.0,        # the encoder's updates x this (0: its parameters stay,
+                                        # its BatchNorm statistics still update)
+      select_by_validation=0,           # N > 0: every N steps and at the end, the classifier's
+                                        # AUROC on online_eval.eval_split; the best step's
+                                        # checkpoint is kept (`evaluate --step best`)
+      # Resolved by the trainer: the subset trained on (config.json records it).
+      subset=ml_collections.ConfigDict(dict(
+          num_images=-1, num_patients=-1,
+          class_names=(),               # the target's classes (multi-label: the findings)
+          positives=(),                 # images per class in the subset
+          classes_without_positives=(), # no positive in the labelled split: cannot be learnt
+          ids_sha256="",                # sha256 of dataset, split and the record indices
+      )),
   ))
   config.augment = augment.default_config()
   # Optimisation.
@@ -77,9 +124,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0           # 0: off; else run config.online_eval every N steps
   config.online_eval = ml_collections.ConfigDict(dict(
       # {evaluator: settings}, as `python -m simclr_jax.evaluate` names and builds them
-      # (simclr_jax.evaluation.from_config): knn (accuracy + AUROC) always; clustering
-      # (k-means NMI) optional, e.g. "clustering": {"n_init": 1}.
-      evaluators={"knn": {"k": 20, "temperature": 0.07}},
+      # (simclr_jax.evaluation.from_config): knn (accuracy + AUROC) always; patient_shortcut
+      # (same-patient nearest neighbours vs chance, on the kNN's features: nearly free);
+      # clustering (k-means NMI) optional, e.g. "clustering": {"n_init": 1}.
+      evaluators={"knn": {"k": 20, "temperature": 0.07}, "patient_shortcut": {}},
       train_split="train",              # kNN memory bank
       eval_split="validation",          # queries
       max_train_examples=2048,

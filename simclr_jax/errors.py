@@ -3,8 +3,8 @@
 A `RunError` reaches the user as one line on stderr (no traceback) and the process exits
 with its `exit_code`: 2 for settings and workdir problems (a checkpoint that cannot be
 written, a workdir moved or taken over while training included), 3 for a non-finite step,
-130 for Ctrl-C. The checkpoint errors below are caught inside the package (the trainer moves a
-damaged checkpoint aside; an incompatible one becomes a ConfigError).
+130 for Ctrl-C. The checkpoint errors below are caught inside the package (the trainer
+moves a damaged checkpoint aside; an incompatible one becomes a ConfigError).
 """
 
 
@@ -73,3 +73,29 @@ class IncompatibleCheckpoint(ValueError):
 def one_line(error: BaseException) -> str:
   """An exception's message on one line (its class name when it has none)."""
   return " ".join(str(error).split()) or type(error).__name__
+
+
+def run_command(main, argv, interrupted: str) -> int:
+  """Runs a command line's `main(argv)`; returns its exit status.
+
+  A RunError, ValueError or OSError (bad settings or data, no space) is one line on stderr
+  and exit status 2 (a RunError's own code); Ctrl-C prints `interrupted` and gives 130.
+  """
+  import signal
+  import sys
+  import threading
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
+  try:
+    main(argv)
+  except RunError as error:
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return error.exit_code
+  except (ValueError, OSError) as error:  # OSError: e.g. no space for the output
+    message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(interrupted, file=sys.stderr)
+    return 130
+  return 0

@@ -3,6 +3,8 @@ r"""The evaluator's command line: one encoder, one split -> OUT/report.{json,md}
   python -m simclr_jax.evaluate --workdir runs/demo/train --dataset synthetic_cxr/32 \
       --data_dir runs/data --split test --out runs/demo/eval
   python -m simclr_jax.evaluate --workdir runs/demo/train --random_init ...   # baseline
+  python -m simclr_jax.evaluate --workdir runs/finetune --step best --evaluators classifier \
+      ...   # a fine-tuned run's best validation checkpoint
   python -m simclr_jax.evaluate --torch_weights resnet50_imagenet.pth --model resnet50 \
       --image_size 224 --dataset nih_chest_xray14/256 --data_dir DIR --split test --out DIR
 
@@ -39,6 +41,7 @@ from simclr_jax.evaluation.encoders import make_encode_fn  # noqa: F401  pylint:
 from simclr_jax.runtime import distributed  # pylint: disable=wrong-import-position
 
 SUMMARY_KEYS = ("cluster_accuracy", "nmi", "ari", "purity", "linear_auroc_macro",
+                "init_from",
                 "linear_auroc_macro_ci95", "linear_accuracy", "knn_accuracy",
                 "knn_auroc_macro", "classifier_auroc_macro", "classifier_auroc_macro_ci95",
                 "num_examples", "k", "label_mode", "checkpoint_step", "encoder_init",
@@ -62,7 +65,9 @@ def define_flags(flag_values) -> None:
 
   flag("string", "workdir", None, "Training run directory (config.json + checkpoints/); "
        "SimCLR or supervised. Only read.")
-  flag("integer", "step", None, "Checkpoint step (default: the latest complete one).")
+  flag("string", "step", None, "Checkpoint step (default: the latest complete one), or "
+       "'best': the best validation checkpoint of a run trained with "
+       "config.supervised.select_by_validation > 0.")
   flag("bool", "random_init", False, "Evaluate the workdir's (or --model's) architecture "
        "untrained, initialised torchvision-style (zero_init_residual=False).")
   flag("string", "torch_weights", None, "torchvision ResNet state_dict file.")
@@ -141,7 +146,8 @@ def main(argv: Sequence[str]) -> int:
       # Bad settings fail here, once, before the encoder is built.
       plan = offline.plan(offline.data_from_flags(options),
                           offline.evaluators_config(options), output)
-      encoder = load_encoder(workdir=options.workdir, step=options.step,
+      encoder = load_encoder(workdir=options.workdir,
+                             step=encoders.parse_step(options.step),
                              random_init=options.random_init,
                              torch_weights=options.torch_weights, model=options.model,
                              image_size=options.image_size, seed=options.seed)

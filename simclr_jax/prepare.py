@@ -86,9 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                            'patients in validation (default 0.1)')
   parser.add_argument('--keep_folder_splits', action=argparse.BooleanOptionalAction,
                       default=None,
-                      help='nih: keep split folders (thumbs layout) or lists that put a '
+                      help='nih, folder, csv: keep split folders (thumbs layout, train/ '
+                           'val/ test/ folders), lists or a --split_column that put a '
                            'patient in several splits, and record the leak; default: move '
-                           'each such patient wholly into one split (see data/nih.py)')
+                           'each such patient wholly into one split (data/subsets.py)')
   for split, size in synthetic_cxr.DEFAULT_SPLIT_SIZES.items():
     parser.add_argument(f'--{split}_size', type=int, default=None,
                         help=f'synthetic_cxr: examples in {split} (default {size})')

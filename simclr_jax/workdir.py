@@ -14,6 +14,9 @@
                                        (simclr_jax/checkpointing.py)
   WORKDIR/checkpoints/damaged-<step>/  a checkpoint that could not be restored, moved aside
                                        by the trainer (training/checkpoints.py)
+  WORKDIR/best_checkpoint.json         supervised.select_by_validation: the classifier's
+                                       validation AUROC at every scored step and the best
+                                       step (evaluation/selection.py; `evaluate --step best`)
 
 Evaluation only reads a workdir (config.json and complete checkpoints).
 """
@@ -25,5 +28,6 @@ METRICS_DAMAGED_PREFIX = METRICS_FILE + ".damaged-"
 DATASET_FILE = "dataset.json"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT_FILE = "best_checkpoint.json"
 DAMAGED_PREFIX = "damaged-"   # never '_<digits>': orbax would take 'damaged_10' for step 10
 

@@ -287,7 +287,7 @@ def test_supervised_batches_carry_the_labels_of_their_images(data_dir):
     np.testing.assert_array_equal(a['image'], b['image'])
   state = iterator.get_state()
   assert state == {'global_batches_consumed': 9, 'global_batch_size': 8, 'seed': 0,
-                   'class_balanced': 0}
+                   'class_balanced': 0, 'same_patient_prob': 0.0}
   resumed = data.create_train_iterator(
       config, process_index=0, process_count=1, local_device_count=2)
   resumed.set_state({**state, 'global_batches_consumed': 4})

@@ -191,40 +191,43 @@ def _finish(processes, timeout=300):
 
 def test_two_evaluations_into_one_out_give_one_report(tmp_path, synthetic_data_dir,
                                                       report_figures):
-  """Two `python -m simclr_jax.evaluate --overwrite` started at once into one --out (20
-  and 30 examples): one complete report (report.json, report.md and features.npz of the
-  same run) and one clear refusal, never a mix; the user's own file is never touched.
-  (More tries, with and without overwrite: test_concurrent_report_writers_never_mix.)"""
+  """Two `python -m simclr_jax.evaluate --overwrite` into one --out (20 and 30 examples),
+  the second started while the first holds --out: one complete report (report.json,
+  report.md and features.npz of the same run) and one clear refusal, never a mix; the
+  user's own file is never touched. The first is paused (SIGSTOP) once its lock beside
+  --out exists, so the overlap does not depend on timing. (More tries, with and without
+  overwrite: test_concurrent_report_writers_never_mix.)"""
   out = tmp_path / "out"
   out.mkdir()
   (out / "notes.txt").write_text("mine")
-  common = ["--data_dir", synthetic_data_dir, "--train_split=", "--evaluators", "similarity"]
-  figures = []
-  for attempt, overwrite in enumerate([["--overwrite"]]):
-    processes = [_evaluate_process(out, "--max_examples", count, *common, *overwrite)
-                 for count in (20, 30)]
-    outputs = _finish(processes)
-    codes = [process.returncode for process in processes]
-    for code, (_, stderr) in zip(codes, outputs):
-      assert code in (0, 2), stderr[-3000:]
-      if code == 2:
-        line = _one_error_line(stderr)
-        assert ("is being written by another evaluation" in line
-                or (not overwrite and "holds an earlier report" in line)), line
-    assert 0 in codes, outputs
-    report = json.loads((out / "report.json").read_text())
-    count = report["num_examples_total"]
-    assert count in (20, 30)
-    assert np.load(out / "features.npz")["features"].shape[0] == count   # the same run's
-    assert f"{count} of {count} examples kept" in (out / "report.md").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no lock or staging left
-    figures.append({"attempt": attempt, "overwrite": bool(overwrite), "exit codes": codes})
+  common = ["--data_dir", synthetic_data_dir, "--train_split=", "--evaluators", "similarity",
+            "--overwrite"]
+  lock = tmp_path / ".out.report-lock"
+  first = _evaluate_process(out, "--max_examples", 20, *common)
+  try:
+    deadline = time.monotonic() + 240
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.02)
+    first.send_signal(signal.SIGSTOP)
+    held = lock.exists()   # paused inside its reservation (not already finished)
+    second = _evaluate_process(out, "--max_examples", 30, *common)
+    second_output = _finish([second])[0]
+  finally:
+    first.send_signal(signal.SIGCONT)
+  first_output = _finish([first])[0]
+  assert held, first_output[1][-3000:]
+  assert first.returncode == 0, first_output[1][-3000:]
+  assert second.returncode == 2, second_output[1][-3000:]
+  assert "is being written by another evaluation" in _one_error_line(second_output[1])
+  report = json.loads((out / "report.json").read_text())
+  assert report["num_examples_total"] == 20
+  assert np.load(out / "features.npz")["features"].shape[0] == 20   # the same run's
+  assert "20 of 20 examples kept" in (out / "report.md").read_text()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no lock or staging left
   assert sorted(p.name for p in out.iterdir()) == ["features.npz", "notes.txt", "report.json",
                                                   "report.md"]
   assert (out / "notes.txt").read_text() == "mine"
-  # Started together, they overlapped: one was refused (without a lock both exit 0).
-  assert any(2 in entry["exit codes"] for entry in figures)
-  report_figures({"runs": figures})
+  report_figures({"exit codes": [first.returncode, second.returncode]})
 
 
 _WRITER = """

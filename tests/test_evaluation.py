@@ -83,7 +83,8 @@ def test_online_monitor(tmp_path, synthetic_data_dir, monkeypatch):
   config.update(dict(dataset="synthetic_cxr/32", data_dir=str(data_dir), image_size=32,
                      model="resnet_tiny", eval_every_steps=10))
   config.online_eval.update(dict(evaluators={"knn": {"k": 20, "temperature": 0.07},
-                                             "clustering": {"n_init": 1}},
+                                             "clustering": {"n_init": 1},
+                                             "patient_shortcut": {}},
                                  max_train_examples=64, max_eval_examples=16, batch_size=24))
   model = models.create_model(config)
 
@@ -98,12 +99,17 @@ def test_online_monitor(tmp_path, synthetic_data_dir, monkeypatch):
   monkeypatch.setattr(online, "from_config",
                       lambda spec: built.append(spec) or from_config(spec))
   monitor = online.maybe_create(config)
-  assert built == [{"knn": {"k": 20, "temperature": 0.07}, "clustering": {"n_init": 1}}]
-  assert monitor.evaluators == ("knn", "clustering")
+  assert built == [{"knn": {"k": 20, "temperature": 0.07}, "clustering": {"n_init": 1},
+                    "patient_shortcut": {}}]
+  assert monitor.evaluators == ("knn", "clustering", "patient_shortcut")
   first = monitor.run(10, params, batch_stats)
   assert set(first) == {"online_knn_accuracy", "online_knn_auroc", "online_kmeans_nmi",
+                        "online_patient_shortcut", "online_patient_shortcut_chance",
                         "online_eval_seconds"}
   assert all(isinstance(value, float) for value in first.values())
+  # The 16 validation phantoms hold patients with several films: the figure is defined.
+  assert 0.0 <= first["online_patient_shortcut"] <= 1.0
+  assert 0.0 < first["online_patient_shortcut_chance"] < 0.5
   assert 0.0 <= first["online_knn_accuracy"] <= 1.0 and 0.0 <= first["online_knn_auroc"] <= 1.0
   jax.tree_util.tree_map(np.testing.assert_array_equal, before,
                          jax.tree_util.tree_map(np.asarray, (params, batch_stats)))

@@ -418,3 +418,38 @@ def test_ctrl_c_during_prepare_exits_130_and_leaves_nothing(tmp_path):
   assert proc.returncode == 130, stderr
   assert stderr.startswith('Interrupted: prepare stopped') and stderr.count('\n') == 1, stderr
   assert not data_dir.exists(), list(data_dir.rglob('*'))
+
+
+def test_given_split_folders_are_made_patient_wise_unless_kept(tmp_path):
+  """Split folders that put a patient in two splits (issue 19 point 1, "any layout whose
+  folders give the split"): by default the patient is moved wholly into one split (NIH's
+  rule), counted and recorded; --keep_folder_splits keeps the folders and records the leak;
+  preparing again with the other choice is refused (it changes the content)."""
+  rng = np.random.default_rng(3)
+  root = tmp_path / 'input'
+  layout = {  # split folder -> patients (2 images each, p7 leaks from train into test)
+      'train': ['p1', 'p2', 'p3', 'p7'], 'val': ['p4'], 'test': ['p5', 'p6', 'p7']}
+  for split, patients in layout.items():
+    for patient in patients:
+      for film in range(2):
+        _png(root / split / 'normal' / f'{patient}_{split}_{film}.png',
+             rng.integers(0, 256, (20, 20), dtype=np.uint8))
+  common = ('folder', '--manual_dir', root, '--image_size', SIZE,
+            '--patient_regex', r'^(?:.*/)?p(\d+)_', '--num_workers', 1)
+  moved = _prepared(*common, '--name', 'moved', '--data_dir', tmp_path / 'a')
+  assert moved['patients_in_several_splits'] == 0
+  total = moved['counts']['total']
+  assert total['patients_moved'] == 1 and sum(total['images_moved'].values()) == 2
+  assert moved['options']['keep_folder_splits'] is False
+  assert sum(moved['splits'].values()) == 16
+  patients_by_split = {split: {int(r['patient_id']) for r in _records(
+      'folder/moved/16', str(tmp_path / 'a'), split).values()} for split in moved['splits']}
+  assert sum(7 in ids for ids in patients_by_split.values()) == 1
+  kept = _prepared(*common, '--name', 'kept', '--data_dir', tmp_path / 'b',
+                   '--keep_folder_splits')
+  assert kept['patients_in_several_splits'] == 1
+  assert kept['splits'] == {'train': 8, 'validation': 2, 'test': 6}
+  assert kept['options']['keep_folder_splits'] is True
+  status, _, err = _run_prepare(*common, '--name', 'kept', '--data_dir', tmp_path / 'b',
+                                '--no-keep_folder_splits')
+  assert status == 2 and 'keep_folder_splits' in err and len(err.strip().splitlines()) == 1

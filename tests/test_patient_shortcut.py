@@ -71,3 +71,14 @@ def test_evaluator_yields_the_figure_when_the_split_has_patient_ids():
                      "patient_shortcut_images": 18}
   del examples["patient_id"]
   assert not list(evaluator.run(representations.build(examples, class_names=["a", "b"])))
+
+
+def test_report_markdown_shows_the_figure_and_its_chance_rate():
+  from simclr_jax.evaluation import report as report_lib
+  report = {"label_mode": "default", "num_examples": 18, "num_examples_total": 18,
+            "num_classes": 2, "class_counts": {"a": 9, "b": 9}, "patient_shortcut": 0.75,
+            "patient_shortcut_chance": 2 / 17}
+  text = report_lib.report_markdown(report)
+  assert "| patient shortcut (nearest neighbour of the same patient) | 0.7500 |" in text
+  assert "| patient shortcut, chance | 0.1176 |" in text
+  assert "- **patient_shortcut**: within the evaluated split" in text

@@ -125,8 +125,9 @@ def test_full_disk_stops_the_run_at_once_with_one_line(tmp_path, synthetic_data_
   saves in the foreground), two trainers at once. Each stops with one line naming the
   step, the path and the cause, exit 2, its newest complete checkpoint intact and no
   temporary folder left (the background failure used to go unnoticed until the next save,
-  then end in ~740 lines of tracebacks; the inodes case hung). Without mount rights, ENOSPC is injected at the background commit and at
-  the foreground folder creation instead (tests/fault_injection.py)."""
+  then end in ~740 lines of tracebacks; the inodes case could hang). Without mount rights,
+  ENOSPC is injected at the background commit and at the foreground folder creation
+  instead (tests/fault_injection.py)."""
   # A checkpoint of this model is ~400 kB and 33 inodes: the second save fails.
   cases = {"bytes": ("size=640k", "--config.checkpoint_every_steps=10", "enospc_commit", 20),
            "inodes": ("size=16m,nr_inodes=60", "--config.checkpoint_every_steps=3",
@@ -152,7 +153,8 @@ def test_full_disk_stops_the_run_at_once_with_one_line(tmp_path, synthetic_data_
       workdir = tmp_path / name
       lines = _assert_one_line_error(trainer, "error: cannot save checkpoint ")
       step = int(lines[-1].split()[4])
-      assert f" to {workdir}/checkpoints/{step}: No space left on device [errno 28" in lines[-1]
+      assert (f" to {workdir}/checkpoints/{step}: No space left on device [errno 28"
+              in lines[-1])
       stopped = int(lines[-1].split("; stopped at step ")[1].split(".")[0])
       every = int(cases[name][1].split("=")[1])
       if name == "bytes":   # background: caught by the check after the step on which the
@@ -177,7 +179,8 @@ def test_unwritable_checkpoints_folder_stops_the_run_with_one_line(tmp_path,
   SIGTERM). `chattr +i` as root, chmod 555 otherwise; else EACCES injected at mkdir."""
   workdir = tmp_path / "w"
   (workdir / "checkpoints").mkdir(parents=True)
-  args = _train_args(workdir, synthetic_data_dir, *ENDLESS, "--config.checkpoint_every_steps=2")
+  args = _train_args(workdir, synthetic_data_dir, *ENDLESS,
+                     "--config.checkpoint_every_steps=2")
   with _unwritable(workdir / "checkpoints") as how:
     if how is None:
       how = "injected EACCES at mkdir"
@@ -201,8 +204,8 @@ def test_sigterm_ends_a_stuck_save_after_the_grace(tmp_path, synthetic_data_dir,
   the save of step 4 waits for it. SIGTERM then ends the run stop_grace_seconds later, exit
   2, one line naming the checkpoint; it used to wait forever."""
   workdir = tmp_path / "w"
-  args = _train_args(workdir, synthetic_data_dir, *ENDLESS, "--config.checkpoint_every_steps=2",
-                     "--config.stop_grace_seconds=2")
+  args = _train_args(workdir, synthetic_data_dir, *ENDLESS,
+                     "--config.checkpoint_every_steps=2", "--config.stop_grace_seconds=2")
   trainer = _start(_faulty_args(args), **_injected("hang_commit", 2))
   with _running(trainer):
     _wait_for_step(trainer, workdir, 4)
@@ -245,7 +248,8 @@ def _hold_lock_in_another_process(path):
   code = ("import fcntl, json, os, sys, time\n"
           f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
           "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-          "os.write(fd, json.dumps({'host': 'h', 'pid': os.getpid(), 'started': 't'}).encode())\n"
+          "record = {'host': 'h', 'pid': os.getpid(), 'started': 't'}\n"
+          "os.write(fd, json.dumps(record).encode())\n"
           "print('locked', flush=True)\n"
           "time.sleep(600)\n")
   holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -293,7 +297,8 @@ def test_lock_deleted_then_workdir_moved_under_a_running_trainer(tmp_path, synth
   have one line per step. The same command with stop_at_step at or below the step reached
   then stops at once, training nothing."""
   workdir, moved = tmp_path / "w", tmp_path / "moved"
-  args = _train_args(workdir, synthetic_data_dir, *ENDLESS, "--config.checkpoint_every_steps=3")
+  args = _train_args(workdir, synthetic_data_dir, *ENDLESS,
+                     "--config.checkpoint_every_steps=3")
   first = _start(args)
   with _running(first):
     _wait_for_step(first, workdir, 3)

@@ -45,6 +45,19 @@ def test_cells_are_mean_and_sample_sd_over_seeds(tmp_path, capsys):
   assert "- SimCLR (JAX) linear AUROC: seed0 0.580, seed1 0.620, seed2 0.600" in text
   assert (tmp_path / "table.md").read_text() == text
   assert capsys.readouterr().out == text
+  assert "patient shortcut" not in text   # only where the reports have it
+  for path in paths:
+    with open(path) as f:
+      comparison = json.load(f)
+    for report in comparison.values():
+      report.update(patient_shortcut=0.25, patient_shortcut_chance=0.01)
+    with open(path, "w") as f:
+      json.dump(comparison, f)
+  text = seed_table.main(paths)
+  header = next(line for line in text.splitlines() if line.startswith("| Method"))
+  assert header.endswith("| patient shortcut | patient shortcut chance |")
+  simclr_line = next(line for line in text.splitlines() if line.startswith("| SimCLR"))
+  assert simclr_line.endswith("| 0.250 ± 0.000 | 0.010 ± 0.000 |")
 
 
 def test_refuses_mixed_settings_and_existing_out(tmp_path):
@@ -103,3 +116,58 @@ def test_averages_like_with_like_only(tmp_path):
   line = next(line for line in text.splitlines() if line.startswith("| SimCLR"))
   assert "n/a (values in 2 of 3 runs)" in line
   assert "- SimCLR (JAX) linear AUROC: seed0 0.600, seed1 n/a, seed2 0.700" in text
+
+
+def test_patient_pairs_table_chooses_on_validation_then_marks_the_test_row(tmp_path):
+  """experiments.patient_pairs_table: a SimCLR row per setting (read from the runs'
+  config.json) and the random init; the choice is made on validation, and the test table
+  is refused until it was."""
+  from experiments import patient_pairs_table
+
+  def write(setting, seed, split, probability, mask, auroc_at_10, random_init):
+    run = tmp_path / setting / f"seed{seed}"
+    (run / "simclr").mkdir(parents=True, exist_ok=True)
+    (run / "simclr" / "config.json").write_text(json.dumps(
+        {"pairs": {"same_patient_prob": probability}, "loss": {"mask_same_patient": mask}}))
+    comparison = {"simclr": dict(_report(0.6, 0.6, auroc_at_10, split=split),
+                                 patient_shortcut=0.3 - probability / 10,
+                                 patient_shortcut_chance=0.02)}
+    if random_init:
+      comparison["random_init"] = dict(_report(0.5, 0.5, 0.5, split=split),
+                                       patient_shortcut=0.1, patient_shortcut_chance=0.02)
+    (run / f"compare_{split}").mkdir()
+    (run / f"compare_{split}" / "report.json").write_text(json.dumps(comparison))
+
+  # Folder names sort p1 before p0.5 ('.' < '_'); rows follow (p, mask).
+  settings = [("p1_maskTrue", 1.0, True), ("p0_maskFalse", 0.0, False)]
+  for split in ("validation", "test"):
+    for index, (setting, probability, mask) in enumerate(settings):
+      for seed in (0, 1):
+        # p = 1 is better on validation, worse on test: the choice must not move.
+        better = (probability > 0) == (split == "validation")
+        write(setting, seed, split, probability, mask, 0.7 + 0.1 * better + seed / 100,
+              random_init=index == 1)
+  root = str(tmp_path)
+  with pytest.raises(ValueError, match="chosen.json not found: choose the setting on the "
+                                       "validation split first"):
+    patient_pairs_table.main([root, "--split", "test"])
+  validation = patient_pairs_table.main([root, "--split", "validation"])
+  chosen = json.loads((tmp_path / "chosen.json").read_text())
+  assert chosen["setting"] == "p1_maskTrue" and chosen["choose_by"] == "fraction:0.1"
+  assert abs(chosen["validation_mean"] - 0.805) < 1e-9
+  lines = validation.splitlines()
+  assert "2 settings x 2 seeds" in lines[0]
+  header = next(line for line in lines if line.startswith("| Method"))
+  assert "linear AUROC @ 0.1 labels" in header and header.endswith(
+      "| patient shortcut | patient shortcut chance |")
+  row = next(line for line in lines if line.startswith(
+      "| SimCLR, same-patient p = 1, mask on (chosen on validation)"))
+  assert "| 0.805 ± 0.007 |" in row and row.endswith("| 0.200 ± 0.000 | 0.020 ± 0.000 |")
+  rows = [line.split("|")[1].strip() for line in lines if line.startswith("| ")][1:]
+  assert rows == ["SimCLR, same-patient p = 0, mask off",
+                  "SimCLR, same-patient p = 1, mask on (chosen on validation)",
+                  "Random init (torchvision-style)"]
+  test = patient_pairs_table.main([root, "--split", "test", "--out", str(tmp_path / "t.md")])
+  assert "| SimCLR, same-patient p = 1, mask on (chosen on validation) | 0.600" in test
+  with pytest.raises(ValueError, match="--choose_by=nope: not a column"):
+    patient_pairs_table.main([root, "--split", "validation", "--choose_by", "nope"])

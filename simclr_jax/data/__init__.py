@@ -21,9 +21,11 @@ from simclr_jax.data.registry import data_source
 from simclr_jax.data.pipeline import example_weights
 from simclr_jax.data.registry import get_builder
 from simclr_jax.data.pipeline import iterate_eval
+from simclr_jax.data.pipeline import patient_index as patient_index
 from simclr_jax.data.registry import known_datasets
 from simclr_jax.data.registry import num_examples
 from simclr_jax.data.registry import prepare_command
+from simclr_jax.data.pipeline import num_train_examples
 from simclr_jax.data.pipeline import steps_per_epoch
 from simclr_jax.data.pipeline import supervised_target_spec
 from simclr_jax.data.pipeline import WeightedIndexSampler

@@ -68,7 +68,7 @@ def _open(path: pathlib.Path):
 def plan(csv_path, *, image_root, name: str, path_column: str, label_columns,
          patient_column=None, split_column=None, uncertain=None, blank=None,
          patient_regex=None, test_fraction=None, validation_fraction=None,
-         split_seed=None) -> own_data.Plan:
+         split_seed=None, keep_folder_splits: bool = False) -> own_data.Plan:
   """Reads the table, checks every cell and assigns labels, patients and splits.
 
   Raises:
@@ -189,4 +189,5 @@ def plan(csv_path, *, image_root, name: str, path_column: str, label_columns,
   return own_data.make_plan(
       family='csv', name=name, labelling='multi-label', names=label_columns,
       examples=examples, options=options, source=f'CSV {csv_path} with images in {image_root}',
-      extra_counts={'total': total, **split_counts})
+      extra_counts={'total': total, **split_counts},
+      keep_given_splits=bool(keep_folder_splits) if split_column else None)

@@ -110,7 +110,8 @@ def _dicom_patient_ids(paths) -> list:
 
 
 def plan(manual_dir, *, name: str, unlabelled: bool = False, patient_regex=None,
-         test_fraction=None, validation_fraction=None, split_seed=None) -> own_data.Plan:
+         test_fraction=None, validation_fraction=None, split_seed=None,
+         keep_folder_splits: bool = False) -> own_data.Plan:
   """Finds the images of a folder and assigns labels, patients and splits.
 
   Raises:
@@ -183,4 +184,5 @@ def plan(manual_dir, *, name: str, unlabelled: bool = False, patient_regex=None,
       family='folder', name=name,
       labelling='single-label' if is_labelled else 'unlabelled', names=class_names,
       examples=examples, options=options, source=f'image folder {root}',
-      extra_counts={'total': {'ignored_files': ignored}})
+      extra_counts={'total': {'ignored_files': ignored}},
+      keep_given_splits=bool(keep_folder_splits) if given_splits else None)

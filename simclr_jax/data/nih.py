@@ -51,7 +51,6 @@ the finding's index when exactly one finding, 14 for No Finding, -1 for several
 findings; `patient_id` int64; `view_position` ('PA'/'AP'); `age` int32 (years);
 `sex` ('M'/'F'); `image_index` (file name).
 """
-import collections
 import dataclasses
 import inspect
 import logging
@@ -78,12 +77,14 @@ from simclr_jax.data.labels import read_data_entry_csv
 from simclr_jax.data.images import load_image as load_image
 from simclr_jax.data.images import to_grayscale_uint8 as to_grayscale_uint8
 from simclr_jax.data.subsets import patient_split
+from simclr_jax.data.subsets import patients_in_several_splits
+from simclr_jax.data.subsets import reassign_patient_wise
+from simclr_jax.data.subsets import SPLITS
 
 IMAGE_SIZES = (64, 224, 256, 512)
 THUMBS_CONFIG = 'thumbs64'
 THUMBS_SPLIT_FOLDERS = {'train': 'train', 'valid': 'validation', 'test': 'test'}
 THUMBS_CLASS_FOLDERS = ('0_normal', '1_abnormal')
-SPLITS = ('train', 'validation', 'test')
 CSV_GLOBS = ('Data_Entry_2017*.csv', 'Data_Entry_2017*.csv.gz')
 
 _MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -402,70 +403,6 @@ def plan_splits(manual_dir, *, layout='archives', csv_path=None, test_fraction=0
     if not plan[split]:
       logging.warning('nih_chest_xray14: split %s has no images; it is not written', split)
   return plan, counts
-
-
-def patients_in_several_splits(image_split: dict, patient_of: dict) -> int:
-  """Number of patients with images in more than one split ({image: split}, {image: id})."""
-  splits_of = collections.defaultdict(set)
-  for name, split in image_split.items():
-    splits_of[patient_of[name]].add(split)
-  return sum(len(splits) > 1 for splits in splits_of.values())
-
-
-def reassign_patient_wise(image_split: dict, patient_of: dict) -> tuple[dict, int, dict]:
-  """Moves every patient found in several splits wholly into one of them.
-
-  The rule (deterministic, keeps each split's size close to its folder's):
-    * a patient whose images all lie in one split stays there;
-    * the others ("leaked" patients) are placed one at a time, most images first (ties:
-      the smaller patient id), each into the split, among those holding some of its
-      images, that is furthest below its folder size relative to that size, i.e. the
-      largest (folder size - images placed so far) / folder size, counting the images
-      of the patients that stay and of the leaked patients placed before; ties go to
-      the split holding more of the patient's images, then to train, validation, test
-      in that order.
-  So a patient is never moved into a split it had no image in. Moving each leaked
-  patient to the split holding most of its images would move fewer images but let the
-  sizes drift (nih_thumbs: validation 200 -> 165, test 200 -> 228); this rule ends at
-  595 / 202 / 203 for nih_thumbs' 600 / 200 / 200.
-
-  Args:
-    image_split: {image: split} as the folders (or lists) give it.
-    patient_of: {image: patient id}.
-
-  Returns:
-    ({image: split} patient-wise, number of patients moved, {'from->to': images moved}
-    for the pairs with at least one image, in SPLITS order).
-  """
-  folder_size = collections.Counter(image_split.values())
-  images_of = collections.defaultdict(list)
-  for name in sorted(image_split):
-    images_of[patient_of[name]].append(name)
-  placed = collections.Counter()
-  leaked = []
-  for patient, names in images_of.items():
-    splits = {image_split[name] for name in names}
-    if len(splits) == 1:
-      placed[splits.pop()] += len(names)
-    else:
-      leaked.append(patient)
-  order = {split: position for position, split in enumerate(SPLITS)}
-  result = dict(image_split)
-  moved = collections.Counter()
-  for patient in sorted(leaked, key=lambda patient: (-len(images_of[patient]), patient)):
-    names = images_of[patient]
-    held = collections.Counter(image_split[name] for name in names)
-    target = max(held, key=lambda split: ((folder_size[split] - placed[split])
-                                          / folder_size[split], held[split],
-                                          -order.get(split, len(order))))
-    placed[target] += len(names)
-    for name in names:
-      if image_split[name] != target:
-        moved[(image_split[name], target)] += 1
-      result[name] = target
-  images_moved = {f'{source}->{target}': moved[(source, target)]
-                  for source in SPLITS for target in SPLITS if moved[(source, target)]}
-  return result, len(leaked), images_moved
 
 
 def _read_list(manual_dir, file_name):

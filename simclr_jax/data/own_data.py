@@ -55,8 +55,11 @@ Splits. Given ones are kept: split folders (train/, val|valid|validation/, test/
 CSV's --split_column, MedMNIST's train/val/test arrays. Otherwise a seeded hash of the
 patient id (data/subsets.py `patient_split`: --test_fraction 0.2 of the patients, then
 --validation_fraction 0.1 of the others; --split_seed picks another split), so no patient
-is in two splits. Given splits that put a patient in two are kept (the user asked for
-them), counted in `patients_in_several_splits` and warned about. A split with no image
+is in two splits. Given splits that put a patient in two are made patient-wise by default
+(each such patient moved wholly into one of its splits, the rule of NIH's thumbs layout:
+`subsets.reassign_patient_wise`; `patients_moved` / `images_moved` in the counts);
+`--keep_folder_splits` keeps them as given, counted in `patients_in_several_splits` and
+warned about. A split with no image
 is not written.
 
 Bad input (BadInput / FileNotFoundError, one line, exit 2 from prepare, nothing left
@@ -273,15 +276,36 @@ def empty_counts(**extra) -> dict:
 
 
 def make_plan(*, family, name, labelling, names, examples, options, source, extra_counts=None,
-              **kwargs) -> Plan:
+              keep_given_splits: Optional[bool] = None, **kwargs) -> Plan:
   """Groups examples by split, fills the found / patient counts and checks the result.
 
   Args:
     examples: [(split, Example)] in the order they are written.
     extra_counts: {split or 'total': {key: value}} the reader counted (e.g. CSV rows).
+    keep_given_splits: None when the splits come from the patient hash (patient-wise by
+      construction); else the splits were given (split folders, a split column) and
+      patients found in several of them are moved wholly into one
+      (`subsets.reassign_patient_wise`, NIH's rule) unless this is True
+      (--keep_folder_splits), which keeps them and records the leak.
   """
   if labelling not in LABELLINGS:
     raise ValueError(f'labelling {labelling!r} not in {LABELLINGS}')
+  moved_patients, images_moved = 0, {}
+  options = dict(options, keep_folder_splits=keep_given_splits)
+  if keep_given_splits is False:
+    image_split = {position: split for position, (split, _) in enumerate(examples)}
+    patient_of = {position: example.patient_id
+                  for position, (_, example) in enumerate(examples)}
+    if subsets.patients_in_several_splits(image_split, patient_of):
+      image_split, moved_patients, images_moved = subsets.reassign_patient_wise(
+          image_split, patient_of)
+      examples = [(image_split[position], example)
+                  for position, (_, example) in enumerate(examples)]
+      logging.warning('%s/%s: the given splits are not patient-wise: %d patient(s) in several '
+                      'splits, each moved wholly to one split (images moved: %s); '
+                      '--keep_folder_splits keeps the given splits', family, name,
+                      moved_patients, ', '.join(f'{pair} {n}' for pair, n in
+                                                 images_moved.items()))
   splits = {}
   for split, example in examples:
     splits.setdefault(split, []).append(example)
@@ -298,9 +322,14 @@ def make_plan(*, family, name, labelling, names, examples, options, source, extr
       patients.setdefault(example.patient_id, set()).add(split)
   counts['total']['patients'] = len(patients)
   counts['total']['patients_in_several_splits'] = sum(len(s) > 1 for s in patients.values())
+  if keep_given_splits is not None:
+    counts['total']['patients_moved'] = moved_patients
+    counts['total']['images_moved'] = images_moved
   if counts['total']['patients_in_several_splits']:
-    logging.warning('%s/%s: %d patient(s) have images in more than one of the given splits',
-                    family, name, counts['total']['patients_in_several_splits'])
+    logging.warning('%s/%s: %d patient(s) have images in more than one of the given splits '
+                    '(kept: --keep_folder_splits); figures on these splits can reward '
+                    'recognising the patient', family, name,
+                    counts['total']['patients_in_several_splits'])
   return Plan(family=family, name=name, labelling=labelling, names=tuple(names),
               splits=splits, options=options, counts=counts, source=source, **kwargs)
 

@@ -4,9 +4,14 @@ Datasets are opened through `registry` (names, builders, prepared splits).
 
 Training stream (`create_train_iterator`):
 
-  record indices: range(N).shuffle(seed).repeat()          (or a class-balanced sampler)
+  record indices: range(N).shuffle(seed).repeat()          (or a class-balanced sampler;
+                  a supervised run: positions in its training subset, train_subset.py)
     -> read record (TFDS data source, random access) -> {'image': uint8 [H, W, 1]}
-       (objective 'supervised': + the target, 'labels' float32 [C] or 'label' int32)
+       (objective 'supervised': + the target, 'labels' float32 [C] or 'label' int32;
+        simclr with loss.mask_same_patient: + 'patient_id' int32, the dense patient index;
+        with pairs.same_patient_prob = p > 0 the reader also gets the stream position and
+        adds 'image_partner': with probability p another image of the same patient,
+        drawn from (seed, position) by SamePatientPairs, else the image itself)
     -> batch(per_process_batch)                             a global batch is P such batches
     -> [process_index::process_count]                       process p keeps the p-th of them
     -> reshape to [local_devices, per_device, H, W, 1]
@@ -23,7 +28,9 @@ subset, so the global batches would change with the process count.
 
 The iterator (TrainIterator, a grain DatasetIterator) has a small JSON state,
 `get_state()` -> {'global_batches_consumed': k, ...}; `set_state()` restores the exact
-position, also with a different number of Grain workers, processes or devices.
+position, also with a different number of Grain workers, processes or devices. The
+partner of a same-patient pair is a function of the stream position too, so paired
+streams restore and split over processes exactly like plain ones.
 """
 import logging
 import pathlib
@@ -35,6 +42,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from simclr_jax.data import train_subset
 from simclr_jax.data.registry import check_labelled
 from simclr_jax.data.registry import check_split
 from simclr_jax.data.registry import data_source
@@ -42,10 +50,19 @@ from simclr_jax.data.registry import num_examples
 from simclr_jax.data.registry import prepared_builder
 
 
+def num_train_examples(config) -> int:
+  """Images one epoch passes over: config.train_split, or a supervised run's subset of it
+  (`train_subset`: label mode, label fraction)."""
+  subset = train_subset.of_config(config)
+  if subset is not None:
+    return subset.num_images
+  return num_examples(config.dataset, config.data_dir, config.train_split)
+
+
 def steps_per_epoch(config) -> int:
-  """Training steps per pass over config.train_split at the global config.batch_size."""
-  count = num_examples(config.dataset, config.data_dir, config.train_split)
-  return max(1, count // config.batch_size)
+  """Training steps per pass over the training images (`num_train_examples`) at the global
+  config.batch_size."""
+  return max(1, num_train_examples(config) // config.batch_size)
 
 
 def example_weights(labels) -> np.ndarray:
@@ -90,49 +107,119 @@ class WeightedIndexSampler:
     self._cumulative = np.cumsum(weights / weights.sum())
     self._cumulative[-1] = 1.0
     self._seed = int(seed)
-    self._cached_epoch, self._cached_draws = None, None
+    self._cache = (None, None)  # (epoch, its draws): one assignment, so Grain's reader
+                                # threads never see one epoch's number with another's draws
 
   def __len__(self) -> int:
     return sys.maxsize
 
   def _draws(self, epoch: int) -> np.ndarray:
-    if epoch != self._cached_epoch:
+    cached_epoch, draws = self._cache
+    if epoch != cached_epoch:
       uniform = np.random.default_rng([self._seed, epoch]).random(len(self._cumulative))
-      self._cached_draws = np.searchsorted(self._cumulative, uniform, side='right')
-      self._cached_epoch = epoch
-    return self._cached_draws
+      draws = np.searchsorted(self._cumulative, uniform, side='right')
+      self._cache = (epoch, draws)
+    return draws
 
   def __getitem__(self, position: int) -> int:
     epoch, offset = divmod(int(position), len(self._cumulative))
     return int(self._draws(epoch)[offset])
 
 
-class _RecordReader:
-  """Reads record `index` of a split and keeps `features` (+ 'weight' when weights given).
+class SamePatientPairs:
+  """Which record's image makes the second view of the image at a stream position.
 
+  With probability `probability` another record of the same patient among `records`
+  (chosen uniformly), else the record itself (also when its patient has no other record
+  there). Both draws of position i are row i % B of the [B, 2] uniforms that numpy's
+  generator seeded by (seed, i // B) gives: a pure function of the stream position, so it
+  is the same after a resume, in any Grain worker and on any number of processes or
+  devices; and the partner a position gets at p = 0.5 is the one it gets at p = 1
+  whenever it gets one. (Blocks of B positions: the stream is read in order, so one
+  block's draws serve B reads.)
+  """
+
+  _STREAM = 19  # keeps these draws apart from other generators seeded by (seed, ...)
+  _BLOCK = 1024
+
+  def __init__(self, patient_index, probability: float, seed: int, records=None):
+    """
+    Args:
+      patient_index: int [N] dense patient index of every record of the split.
+      probability: p in [0, 1].
+      seed: config.seed.
+      records: the record indices the stream draws from (default all N): partners
+        come from these only.
+    """
+    self._probability = float(probability)
+    self._seed = int(seed)
+    patient_index = np.asarray(patient_index, np.int64).reshape(-1)
+    records = (np.arange(len(patient_index)) if records is None
+               else np.unique(np.asarray(records, np.int64)))
+    patients = patient_index[records]
+    self._patient_index = patient_index
+    self._grouped = records[np.argsort(patients, kind='stable')]  # records by patient
+    counts = np.bincount(patients, minlength=int(patient_index.max(initial=-1)) + 1)
+    self._starts = np.concatenate([[0], np.cumsum(counts)])  # patient -> its records
+    self._cache = (None, None)  # (block, its draws): one assignment, so Grain's reader
+                                # threads never see one block's number with another's draws
+
+  def _draws(self, position: int) -> np.ndarray:
+    block, offset = divmod(int(position), self._BLOCK)
+    cached_block, draws = self._cache
+    if cached_block != block:
+      draws = np.random.default_rng([self._seed, self._STREAM, block]).random((self._BLOCK, 2))
+      self._cache = (block, draws)
+    return draws[offset]
+
+  def __call__(self, position: int, record: int) -> int:
+    patient = self._patient_index[record]
+    group = self._grouped[self._starts[patient]:self._starts[patient + 1]]
+    others = group[group != record]
+    draw, choice = self._draws(position)
+    if draw < self._probability and len(others):
+      return int(others[int(choice * len(others))])
+    return int(record)
+
+
+class _RecordReader:
+  """Reads record `index` of a split and keeps `features`, plus `per_record` values
+  computed for the split ({'weight': float32 [N], 'patient_id': int32 [N]}).
+
+  With `pairs` (a SamePatientPairs) it is mapped with the stream position
+  (`map_with_index`) and adds 'image_partner', the image of the record `pairs` picks.
   Pickles without its data source (opened lazily in each process): workers of
   mp_prefetch re-open the ArrayRecord files themselves.
   """
 
-  def __init__(self, dataset, data_dir, split, features=('image',), weights=None,
-               dtypes=None):
+  def __init__(self, dataset, data_dir, split, features=('image',), per_record=None,
+               dtypes=None, pairs=None):
     self._location = (dataset, str(data_dir), split)
     self._features = tuple(features)
     self._dtypes = dict(dtypes or {})  # feature -> numpy dtype it is converted to
-    self._weights = None if weights is None else np.asarray(weights, np.float32)
+    self._per_record = dict(per_record or {})
+    self._pairs = pairs
     self._source = None
 
   def __getstate__(self):
     return {**self.__dict__, '_source': None}
 
-  def __call__(self, index):
+  def _record(self, index):
     if self._source is None:
       self._source = data_source(*self._location)
-    record = self._source[int(index)]
+    return self._source[int(index)]
+
+  def __call__(self, *position_and_index):
+    index = int(position_and_index[-1])
+    record = self._record(index)
     example = {name: np.asarray(record[name], self._dtypes.get(name))
                for name in self._features}
-    if self._weights is not None:
-      example['weight'] = self._weights[int(index)]
+    for name, values in self._per_record.items():
+      example[name] = values[index]
+    if self._pairs is not None:
+      partner = self._pairs(position_and_index[0], index)
+      example['image_partner'] = (example['image'] if partner == index else
+                                  np.asarray(self._record(partner)['image']))
     return example
 
 
@@ -173,24 +260,57 @@ def balance_labels(dataset: str, data_dir: str, split: str) -> np.ndarray:
   """Labels used for balancing, in record order: multi-hot 'labels' [N, C] if the dataset
   has them (NIH), else 'label' [N]. Read once, then cached next to the dataset files."""
   builder = prepared_builder(dataset, str(data_dir))
-  check_split(builder, dataset, split)
   feature = 'labels' if 'labels' in builder.info.features else 'label'
-  cache = pathlib.Path(builder.data_path) / f'{split}-{feature}.npy'
-  if cache.exists():
-    return np.load(cache)
+  return split_columns(dataset, data_dir, split, (feature,))[feature]
+
+
+def patient_index(dataset: str, data_dir: str, split: str, needed_by: str = '') -> np.ndarray:
+  """int32 [N]: the patient of every record of `split` as a dense index 0 .. P - 1 (in the
+  order of the patient ids), from the records' 'patient_id' (read once, then cached next
+  to the dataset files).
+
+  Raises:
+    ValueError: the dataset has no 'patient_id' (prepared before patient ids), naming
+      `needed_by` (the setting that asked).
+  """
+  builder = prepared_builder(dataset, str(data_dir))
+  check_split(builder, dataset, split)
+  if 'patient_id' not in builder.info.features:
+    raise ValueError(
+        f'{needed_by or "patient_index"}: dataset {dataset!r} in {data_dir} has no '
+        f'\'patient_id\' feature (prepared before patient ids); prepare it again '
+        f'(python -m simclr_jax.prepare) or leave the setting off.')
+  patient_ids = split_columns(dataset, data_dir, split, ('patient_id',))['patient_id']
+  return np.unique(patient_ids, return_inverse=True)[1].reshape(-1).astype(np.int32)
+
+
+def split_columns(dataset: str, data_dir: str, split: str, features) -> dict:
+  """{feature: [N, ...] in record order} of per-example features of a split (labels,
+  patient ids; not images). Read in one pass over the records, then cached next to the
+  dataset files (`<split>-<feature>.npy`)."""
+  builder = prepared_builder(dataset, str(data_dir))
+  check_split(builder, dataset, split)
+  caches = {feature: pathlib.Path(builder.data_path) / f'{split}-{feature}.npy'
+            for feature in features}
+  columns = {feature: np.load(cache) for feature, cache in caches.items() if cache.exists()}
+  missing = [feature for feature in features if feature not in columns]
+  if not missing:
+    return columns
   source = builder.as_data_source(split)
-  chunks = []
+  chunks = {feature: [] for feature in missing}
   for start in range(0, len(source), 1024):
     records = source.__getitems__(range(start, min(start + 1024, len(source))))
-    chunks.append(np.stack([np.asarray(record[feature]) for record in records]))
-  labels = np.concatenate(chunks)
-  try:  # atomic: several processes may do this at once
-    temporary = cache.with_suffix(f'.tmp{np.random.randint(1 << 30)}.npy')
-    np.save(temporary, labels)
-    temporary.rename(cache)
-  except OSError as e:  # read-only data_dir: fine, just not cached
-    logging.info('could not cache %s: %s', cache, e)
-  return labels
+    for feature in missing:
+      chunks[feature].append(np.stack([np.asarray(record[feature]) for record in records]))
+  for feature in missing:
+    columns[feature] = np.concatenate(chunks[feature]) if chunks[feature] else np.zeros(0)
+    try:  # atomic: several processes may do this at once
+      temporary = caches[feature].with_suffix(f'.tmp{np.random.randint(1 << 30)}.npy')
+      np.save(temporary, columns[feature])
+      temporary.rename(caches[feature])
+    except OSError as e:  # read-only data_dir: fine, just not cached
+      logging.info('could not cache %s: %s', caches[feature], e)
+  return columns
 
 
 def supervised_target_spec(dataset: str, data_dir: str) -> tuple:
@@ -239,9 +359,25 @@ def check_labels_needed(config) -> None:
       ('config.input.class_balanced=True', config.get('input', {}).get('class_balanced')),
       ('config.loss.example_weights=inverse_frequency',
        str(config.get('loss', {}).get('example_weights', 'none')) != 'none'),
-      ("config.objective='supervised'", config.get('objective') == 'supervised')) if wanted]
+      ("config.objective='supervised'", config.get('objective') == 'supervised'),
+      (f"config.supervised.label_fraction={_label_fraction(config)}",
+       _label_fraction(config) != 1.0)) if wanted]
   if needs:
     check_labelled(config.dataset, config.data_dir, ' and '.join(needs))
+
+
+def _label_fraction(config):
+  return (config.get('supervised') or {}).get('label_fraction', 1.0)
+
+
+class _RecordOf:
+  """Position in the training subset -> record index of the split."""
+
+  def __init__(self, records):
+    self._records = np.asarray(records, np.int64)
+
+  def __call__(self, position):
+    return int(self._records[int(position)])
 
 
 def create_train_iterator(config, *, process_index=None, process_count=None,
@@ -252,8 +388,10 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
     config: reads dataset, data_dir, train_split, batch_size (GLOBAL), seed,
       input.num_workers, input.prefetch_buffer_size, input.class_balanced and the batch
       fields of its objective (`objectives.of(config).batch_fields`: simclr's 'weight'
-      with loss.example_weights='inverse_frequency', the supervised target, see
-      supervised_target_spec); a field it lacks has its config.py default.
+      with loss.example_weights='inverse_frequency', 'patient_id' with
+      loss.mask_same_patient, 'image_partner' with pairs.same_patient_prob > 0; the
+      supervised target, see supervised_target_spec); a field it lacks has its
+      config.py default.
     process_index, process_count, local_device_count: default jax.process_index(),
       jax.process_count(), jax.local_device_count().
 
@@ -262,8 +400,13 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
     [local_devices, per_device, H, W, 1]}
     (+ 'weight' float32 [local_devices, per_device] when loss weights are requested;
     + for objective 'supervised' the target: 'labels' float32 multi-hot
-    [local_devices, per_device, num_classes] or 'label' int32 [local_devices, per_device]).
-    The target does not change the iterator's state or which images a batch holds.
+    [local_devices, per_device, num_classes] or 'label' int32 [local_devices, per_device];
+    + 'patient_id' int32 [local_devices, per_device] and 'image_partner' uint8 like
+    'image', see above).
+    Neither changes the iterator's state or which images a batch holds.
+    A supervised run draws only the records of its training subset (`train_subset`:
+    label_fraction, and the records its label_mode keeps; with a label mode 'label' is
+    the mode's class).
 
   Raises:
     ValueError: batch_size not divisible by the total device count, an unknown objective.
@@ -288,19 +431,47 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
   # converted to a dtype, and 'weight' (per-example loss weights, computed here).
   fields = objectives.of(config).batch_fields(config)
   loss_weights = fields.pop('weight', None) is not None
+  patient_ids = fields.pop('patient_id', None) is not None
+  pairs_probability = float(config.pairs.same_patient_prob) if fields.pop(
+      'image_partner', None) is not None else 0.0
 
   count = num_examples(config.dataset, config.data_dir, config.train_split)
+  # A supervised run's subset (label mode, label fraction); None: every record of the split.
+  subset = train_subset.of_config(config)
+  subset_records = None if subset is None or subset.covers_split else subset.indices
+  targets = None if subset is None else subset.targets
+  if targets is not None:   # the label mode's class, not a feature of the record
+    fields.pop('label', None)
   labels = None
   if class_balanced or loss_weights:
     labels = balance_labels(config.dataset, config.data_dir, config.train_split)
   if class_balanced:
-    indices = grain.MapDataset.source(WeightedIndexSampler(example_weights(labels), config.seed))
+    drawn = labels if subset_records is None else labels[subset_records]
+    indices = grain.MapDataset.source(WeightedIndexSampler(example_weights(drawn), config.seed))
   else:
-    indices = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat()
+    size = count if subset_records is None else subset_records.size
+    indices = grain.MapDataset.range(size).shuffle(seed=config.seed).repeat()
+  if subset_records is not None:
+    indices = indices.map(_RecordOf(subset_records))
+  per_record = {}
+  if loss_weights:
+    per_record['weight'] = example_weights(labels)
+  if targets is not None:   # the label mode's class of every record
+    per_record['label'] = targets.astype(np.int32)
+  patients = None
+  if patient_ids or pairs_probability > 0:
+    patients = patient_index(config.dataset, config.data_dir, config.train_split,
+                             'config.pairs / config.loss.mask_same_patient')
+  if patient_ids:
+    per_record['patient_id'] = patients
+  pairs = (SamePatientPairs(patients, pairs_probability, config.seed, subset_records)
+           if pairs_probability > 0 else None)
   reader = _RecordReader(
       config.dataset, config.data_dir, config.train_split, features=('image', *fields),
-      weights=example_weights(labels) if loss_weights else None, dtypes=fields)
-  batches = (indices.map(reader)
+      per_record=per_record, dtypes=fields, pairs=pairs)
+  # With pairs the reader also gets the stream position, which fixes the partner.
+  records = indices.map_with_index(reader) if pairs else indices.map(reader)
+  batches = (records
              .batch(per_process_batch, drop_remainder=True)
              [process_index::process_count]
              .map(_DeviceLayout(local_device_count)))
@@ -308,7 +479,8 @@ def create_train_iterator(config, *, process_index=None, process_count=None,
   worker_options = grain.MultiprocessingOptions(
       num_workers=num_workers, per_worker_buffer_size=prefetch) if num_workers > 0 else None
   fingerprint = {'global_batch_size': int(config.batch_size), 'seed': int(config.seed),
-                 'class_balanced': int(class_balanced)}
+                 'class_balanced': int(class_balanced),
+                 'same_patient_prob': pairs_probability}
   return TrainIterator(batches, read_options, worker_options, fingerprint)
 
 
@@ -322,8 +494,9 @@ def _ignore_interrupts_in_worker(worker_index: int, worker_count: int) -> None:
 class TrainIterator(grain.DatasetIterator):
   """The training iterator: a grain DatasetIterator with a portable state.
 
-  Its state is the number of global batches consumed (plus the batch size, seed and
-  sampling mode it was made with, checked on restore), so it restores exactly on any
+  Its state is the number of global batches consumed (plus the batch size, seed, sampling
+  mode and same-patient pair probability it was made with, checked on restore), so it
+  restores exactly on any
   number of Grain workers, processes or devices: the pipeline up to the batches is a
   random-access MapDataset, and restoring starts it at that batch.
   """
@@ -363,7 +536,7 @@ class TrainIterator(grain.DatasetIterator):
     config.batch_size) becomes the same number of examples of the same shuffled stream,
     rounded up to a whole batch (the few examples in between are skipped)."""
     mismatched = {key: (state.get(key), value) for key, value in self._fingerprint.items()
-                  if key in state and int(state[key]) != value}
+                  if key in state and float(state[key]) != value}
     saved_batch = int(mismatched.pop('global_batch_size', (0, 0))[0])
     if mismatched:
       raise ValueError(

@@ -44,9 +44,10 @@ DEFAULT_OWN_IMAGE_SIZE = 256
 _COMMON = ('name', 'image_size', 'num_workers')
 _HASH_SPLIT = ('patient_regex', 'test_fraction', 'validation_fraction', 'split_seed')
 OWN_FLAGS = {
-    'folder': _COMMON + _HASH_SPLIT + ('manual_dir', 'unlabelled'),
+    'folder': _COMMON + _HASH_SPLIT + ('manual_dir', 'unlabelled', 'keep_folder_splits'),
     'csv': _COMMON + _HASH_SPLIT + ('csv', 'image_root', 'path_column', 'label_columns',
-                                    'patient_column', 'split_column', 'uncertain', 'blank'),
+                                    'patient_column', 'split_column', 'uncertain', 'blank',
+                                    'keep_folder_splits'),
     'medmnist': _COMMON + ('npz', 'label_names'),
 }
 _ALL_FLAGS = sorted({flag for flags in OWN_FLAGS.values() for flag in flags} |
@@ -190,6 +191,8 @@ def requested_options(args) -> dict:
         options[flag] = _label_columns(value)
       else:
         options[flag] = value
+    if args.keep_folder_splits is False and 'keep_folder_splits' in OWN_FLAGS[family]:
+      options['keep_folder_splits'] = False   # --no-keep_folder_splits, said explicitly
     return options
   options = {option: getattr(args, option) for option in ('test_fraction',
                                                           'validation_fraction',
@@ -298,7 +301,8 @@ def own_plan(args, family: str, name: str) -> own_data.Plan:
   if family == 'folder':
     if not args.manual_dir:
       raise ValueError('folder needs --manual_dir (the folder of images)')
-    return folder.plan(args.manual_dir, name=name, unlabelled=bool(args.unlabelled), **split)
+    return folder.plan(args.manual_dir, name=name, unlabelled=bool(args.unlabelled),
+                       keep_folder_splits=bool(args.keep_folder_splits), **split)
   if family == 'csv':
     missing = [f'--{flag}' for flag in ('csv', 'image_root', 'path_column', 'label_columns')
                if flag not in given]
@@ -307,7 +311,8 @@ def own_plan(args, family: str, name: str) -> own_data.Plan:
     return csv_table.plan(
         args.csv, image_root=args.image_root, name=name, path_column=args.path_column,
         label_columns=_label_columns(args.label_columns), patient_column=args.patient_column,
-        split_column=args.split_column, uncertain=args.uncertain, blank=args.blank, **split)
+        split_column=args.split_column, uncertain=args.uncertain, blank=args.blank,
+        keep_folder_splits=bool(args.keep_folder_splits), **split)
   if not args.npz:
     raise ValueError('medmnist needs --npz (the MedMNIST .npz file)')
   return medmnist.plan(args.npz, name=name, label_names=_label_columns(args.label_names))
@@ -406,10 +411,7 @@ def print_counts(metadata) -> None:
     print(f"images without a CSV row (skipped): {total.get('not_in_csv', 0)}; labels from "
           f"{total.get('csv')}; patients {total.get('patients')}, in several splits "
           f"{metadata.get('patients_in_several_splits')}")
-    if total.get('patients_moved'):
-      print(f"patient-wise splits: {total['patients_moved']} patient(s) in several split "
-            f"folders moved wholly into one split; images moved: " + ', '.join(
-                f'{pair} {count}' for pair, count in total['images_moved'].items()))
+    _print_moved(total)
     return
   if 'labelling' not in metadata:  # synthetic_cxr
     print(f"patients {total.get('patients')}, in several splits "
@@ -419,8 +421,17 @@ def print_counts(metadata) -> None:
   print(f"{metadata.get('labelling', '')}; patients {total.get('patients')} "
         f"({options.get('patients')}), in several splits "
         f"{metadata.get('patients_in_several_splits')}; splits from {options.get('splits')}")
+  _print_moved(total)
   if total.get('per_label'):
     print('per label (written): ' + ', '.join(f'{label} {count}' for label, count in
                                               total['per_label'].items()))
   if total.get('ignored_files'):
     print(f"files that are not PNG, JPEG or DICOM (ignored): {total['ignored_files']}")
+
+
+def _print_moved(total: dict) -> None:
+  """The patients moved to make given splits patient-wise (NIH, folder, csv)."""
+  if total.get('patients_moved'):
+    print(f"patient-wise splits: {total['patients_moved']} patient(s) in several given "
+          f"splits moved wholly into one split; images moved: " + ', '.join(
+              f'{pair} {count}' for pair, count in total['images_moved'].items()))

@@ -16,6 +16,8 @@
   report.py          report.json / report.md / plots, and the --out / --overwrite rules
   offline.py         one encoder on one split: features -> evaluators -> report
   online.py          OnlineMonitor: cheap evaluators on held-out data while training
+  selection.py       a supervised run's classifier AUROC on validation while it trains
+                     (supervised.select_by_validation: the best checkpoint is kept)
 
 Evaluations are config data (big_vision's `config.evals`): one mapping
 `{evaluator name: settings}` says which evaluators run, in order, and with what settings;

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -78,11 +78,87 @@ class Encoder:
     supervised = self.config.get("supervised", None) or {}
     return str(supervised.get("label_mode", "") or "")
 
+  @property
+  def training(self) -> Optional[dict]:
+    """What trained a checkpoint's weights beyond its objective (`training_summary`: init
+    source, label fraction and subset, fine-tuning mode); None for other encoders."""
+    return training_summary(self.config) if self.source == "checkpoint" else None
+
   def encoder_variables(self) -> dict:
     if not self.has_subtrees:
       return self.variables
     return {"params": self.variables["params"]["encoder"],
             "batch_stats": self.variables.get("batch_stats", {}).get("encoder", {})}
+
+
+def training_summary(config: ml_collections.ConfigDict) -> Optional[dict]:
+  """A run's init source and, for a supervised run, its labels and fine-tuning mode, from
+  its config.json (what every report of the run records as `training`); None for a run
+  started from random weights without labels (plain SimCLR).
+
+  Returns:
+    {'init_from': {kind, path, step, sha256, objective} or None, and for supervised runs
+     'fine_tuning' (in words), 'label_mode', 'label_fraction', 'subset_seed', 'subset':
+     {num_images, num_patients, class_names, positives, classes_without_positives,
+     ids_sha256}, 'select_by_validation'}.
+  """
+  from simclr_jax.training import init_from
+  summary = {"init_from": init_from.summary(config)}
+  if objective_of(config) != "supervised":
+    return summary if summary["init_from"] else None
+  supervised = config.get("supervised") or {}
+  multiplier = float(supervised.get("encoder_lr_multiplier", 1.0))
+  if supervised.get("freeze_encoder", False):
+    mode = "frozen encoder (only the classifier trained, on augmented views)"
+  elif summary["init_from"] is None:
+    mode = "trained from random initialisation"
+  else:
+    mode = "full fine-tuning" + (f", encoder learning rate x{multiplier:g}"
+                                 if multiplier != 1.0 else "")
+  subset = supervised.get("subset") or {}
+  summary.update({
+      "fine_tuning": mode, "label_mode": str(supervised.get("label_mode", "") or ""),
+      "label_fraction": float(supervised.get("label_fraction", 1.0)),
+      "subset_seed": int(supervised.get("subset_seed", 0)),
+      "subset": subset.to_dict() if hasattr(subset, "to_dict") else dict(subset),
+      "select_by_validation": int(supervised.get("select_by_validation", 0))})
+  return summary
+
+
+def describe_training(summary: Optional[dict]) -> str:
+  """`training_summary` in words, e.g. ', fine-tuned from runs/simclr@450 (full fine-tuning)
+  on label fraction 0.1 (60 images of 16 patients, subset sha256 1a2b3c4d5e6f)'."""
+  if not summary:
+    return ""
+  source = summary.get("init_from")
+  where = ""
+  if source:
+    where = (f"{source['path']}@{source['step']}" if source.get("kind") == "workdir"
+             else f"torchvision weights {os.path.basename(source['path'])}")
+  if "fine_tuning" not in summary:
+    return f", initialised from {where}"
+  text = f", {summary['fine_tuning']}" + (f" from {where}" if where else "")
+  subset = summary.get("subset") or {}
+  text += (f", label fraction {summary['label_fraction']:g} ({subset.get('num_images')} "
+           f"images of {subset.get('num_patients')} patients, subset seed "
+           f"{summary['subset_seed']}, sha256 {str(subset.get('ids_sha256', ''))[:12]})")
+  if summary.get("label_mode"):
+    text += f", label mode {summary['label_mode']!r}"
+  return text
+
+
+def parse_step(text) -> Any:
+  """--step: None (the newest), an integer step, or 'best' (the best validation
+  checkpoint of a run trained with supervised.select_by_validation)."""
+  if text is None or text == "":
+    return None
+  if isinstance(text, int) or str(text).isdigit():
+    return int(text)
+  if str(text) == "best":
+    return "best"
+  raise ValueError(f"--step={text!r}: give a checkpoint step (an integer) or 'best' (the "
+                   f"checkpoint with the best validation AUROC of a run trained with "
+                   f"config.supervised.select_by_validation > 0).")
 
 
 def _base_config(model: str, image_size: int) -> ml_collections.ConfigDict:
@@ -173,7 +249,8 @@ def load_encoder(*, workdir: Optional[str] = None, step: Optional[int] = None,
   Args:
     workdir: a training run's directory (config.json + checkpoints/), SimCLR or
       supervised; opened read-only.
-    step: checkpoint step; latest complete one when None.
+    step: checkpoint step; latest complete one when None; 'best': the checkpoint with
+      the best validation AUROC (`checkpointing.best_step`).
     random_init: the workdir's (or --model's) architecture, untrained and initialised
       torchvision-style (`random_init_variables`); `seed` defaults to config.seed.
     torch_weights: a torchvision ResNet state_dict file (ImageNet, supervised or the
@@ -225,12 +302,17 @@ def load_encoder(*, workdir: Optional[str] = None, step: Optional[int] = None,
                    description=f"random init (seed {config.seed})")
   if not workdir:
     raise ValueError("Give --workdir (a training run), --random_init or --torch_weights.")
+  selected = ""
+  if step == "best":
+    step, value = checkpointing.best_step(workdir)
+    selected = f" (the best validation AUROC of the run, {value:.4f})"
   # Keep `config` (with the --image_size / --seed overrides); take the variables.
   _, variables, restored_step = checkpointing.load_for_eval(workdir, step)
   check_architecture(config, variables, f"checkpoint {restored_step} of {workdir}")
   return Encoder(config, dict(variables), source="checkpoint",
                  init=f"trained ({objective_of(config)} objective), checkpoint step "
-                      f"{restored_step}",
+                      f"{restored_step}{selected}"
+                      f"{describe_training(training_summary(config))}",
                  step=restored_step, description=f"{workdir} step {restored_step}")
 
 

@@ -96,6 +96,16 @@ def extract_features(encode_fn: Callable, variables: Any, batches: Iterable[dict
   return {key: np.concatenate(values) for key, values in kept.items()}
 
 
+def padded_batches(images: np.ndarray, batch_size: int) -> Iterable[dict]:
+  """{'image' [batch_size, ...], 'mask' [batch_size]} batches of in-memory images, the last
+  one padded with zeros (masked out)."""
+  for start in range(0, images.shape[0], batch_size):
+    batch = images[start:start + batch_size]
+    mask = np.arange(batch_size) < batch.shape[0]
+    padding = np.zeros((batch_size - batch.shape[0],) + batch.shape[1:], batch.dtype)
+    yield {"image": np.concatenate([batch, padding]), "mask": mask}
+
+
 def process_block(num_examples: int, process_index: int, process_count: int
                   ) -> tuple[int, int]:
   """[start, stop) of the records process `process_index` encodes (contiguous blocks)."""

@@ -385,6 +385,9 @@ def evaluate_encoder(encoder: encoders.Encoder, plan: Plan, output: Output) -> d
       "encoder": encoder.description, "encoder_source": encoder.source,
       "encoder_init": encoder.init, "objective": encoder.objective,
       "checkpoint_step": encoder.step, "model": encoder.config.model,
+      # What trained the weights: init source, label fraction and subset, fine-tuning mode.
+      "training": encoder.training,
+      "init_from": (encoder.training or {}).get("init_from"),
       "image_size": int(encoder.config.image_size), "features": data.features,
       "dataset": data.dataset, "split": split, "train_split": train_split,
       "num_train_examples": (len(next(iter(train_examples.values())))

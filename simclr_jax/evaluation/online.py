@@ -22,6 +22,14 @@ are evaluated by the evaluators of `config.online_eval.evaluators`, a mapping
   clustering     k, n_init, max_iter: the clustering evaluator's settings (one restart,
                  {"n_init": 1}, keeps it cheap)
     online_kmeans_nmi     NMI of k-means (k = the number of classes) on the eval features
+  patient_shortcut (in the default monitor; no settings)
+    online_patient_shortcut         how often an eval image's nearest other eval image is
+                                    of its own patient (images whose patient has several)
+    online_patient_shortcut_chance  what a random neighbour would give the same images
+                 It reuses the kNN's eval features (one 2-nearest-neighbour search over
+                 max_eval_examples images, no training), so it is on by default: a rate
+                 climbing far above chance while the loss falls says the encoder is
+                 learning to recognise people. NaN without patient ids.
   online_eval_seconds     wall time of this call
 
 (`LOGGED` maps each evaluator's outputs to these names.) The images are read once, when the
@@ -54,6 +62,8 @@ LOGGED = {
     "knn": {"knn_accuracy": f"{PREFIX}knn_accuracy",
             "knn_auroc_macro": f"{PREFIX}knn_auroc"},
     "clustering": {"nmi": f"{PREFIX}kmeans_nmi"},
+    "patient_shortcut": {"patient_shortcut": f"{PREFIX}patient_shortcut",
+                         "patient_shortcut_chance": f"{PREFIX}patient_shortcut_chance"},
 }
 FIELD = "config.online_eval.evaluators"
 
@@ -63,7 +73,8 @@ def read_examples(dataset: str, data_dir: str, split: str, max_examples: int, se
   """A fixed-seed random subset of a split (record order), with its labels.
 
   Returns:
-    {'image': uint8 [n, H, W, C], 'label' [n] and, for NIH, 'labels' [n, 14]}.
+    {'image': uint8 [n, H, W, C], 'label' [n], 'patient_id' [n] (when the dataset has
+     them) and, for NIH, 'labels' [n, 14]}.
   """
   from simclr_jax import data
   source = data.data_source(dataset, data_dir, split)
@@ -73,7 +84,7 @@ def read_examples(dataset: str, data_dir: str, split: str, max_examples: int, se
     chosen = np.sort(np.random.default_rng(seed).choice(count, max_examples, replace=False))
   records = [source[int(index)] for index in chosen]
   examples = {"image": np.stack([np.asarray(record["image"]) for record in records])}
-  for name in ("label", "labels"):
+  for name in ("label", "labels", "patient_id"):
     if name in records[0]:
       examples[name] = np.stack([np.asarray(record[name]) for record in records])
   return examples
@@ -153,14 +164,9 @@ class OnlineMonitor:
 
   def _features(self, p_encode, variables: Any, images: np.ndarray) -> np.ndarray:
     """Features of `images` with the replicated `variables`, in fixed-size batches."""
-    def batches():
-      for start in range(0, images.shape[0], self._batch_size):
-        batch = images[start:start + self._batch_size]
-        mask = np.arange(self._batch_size) < batch.shape[0]
-        padding = np.zeros((self._batch_size - batch.shape[0],) + batch.shape[1:], batch.dtype)
-        yield {"image": np.concatenate([batch, padding]), "mask": mask}
-    return features_lib.extract_features(p_encode, variables, batches(),
-                                         replicated=True)["features"]
+    return features_lib.extract_features(
+        p_encode, variables, features_lib.padded_batches(images, self._batch_size),
+        replicated=True)["features"]
 
   def run(self, step: int, params: Any, batch_stats: Any) -> dict:
     """Scores the encoder in `params['encoder']` / `batch_stats['encoder']`.
@@ -172,6 +178,7 @@ class OnlineMonitor:
 
     Returns:
       {'online_knn_accuracy', 'online_knn_auroc', ['online_kmeans_nmi'],
+       ['online_patient_shortcut', 'online_patient_shortcut_chance'],
        'online_eval_seconds'} as Python floats (NaN where an evaluator had no score).
     """
     del step

@@ -38,6 +38,11 @@ PLOT_FILES = ("embedding_pca.png", "cluster_confusion.png", "label_efficiency.pn
 METRIC_DEFINITIONS = {
     "encoder_init": "how the evaluated weights were obtained (trained checkpoint, "
                     "torchvision-style random init, torchvision weights).",
+    "training": "what trained a run's weights (report.json `training`, `init_from`): the "
+                "init source (path, step, sha256 of its config.json or weights file), the "
+                "fine-tuning mode, the label mode, the label fraction and the patient-wise "
+                "subset trained on (images, patients, positives per class, sha256 of the "
+                "record ids).",
     "label set": "which examples the label mode keeps and what their classes are; k-means "
                  "k defaults to the number of these classes.",
     "cluster_accuracy": "k-means clusters matched one-to-one to classes by the Hungarian "
@@ -57,6 +62,13 @@ METRIC_DEFINITIONS = {
                     "evaluated split; knn_accuracy_weighted votes with exp(cos / 0.07).",
     "knn_auroc_macro": "AUROC of the exp(cos / 0.07)-weighted fraction of the k neighbours "
                        "holding a label (per finding on multi-label data), macro mean.",
+    "patient_shortcut": "within the evaluated split, the fraction of images whose cosine "
+                        "nearest neighbour (itself excluded) is another image of the same "
+                        "patient, over the patient_shortcut_images images whose patient has "
+                        "several there; patient_shortcut_chance is what a random neighbour "
+                        "would give them. Far above chance: the features recognise people, "
+                        "which flatters kNN and probe figures on splits that are not "
+                        "patient-wise.",
     "label_fractions": "the linear probe fitted on a patient-wise random subsample of the "
                        "train labels (fixed seed; at least one positive per class added "
                        "where the train split has one).",
@@ -318,12 +330,41 @@ def _per_class_table(report: dict, name: str, title: str) -> list:
   return lines
 
 
+def _training_lines(training) -> list:
+  """The run's init source, label fraction and subset (report.json `training`)."""
+  if not training:
+    return []
+  source = training.get("init_from")
+  lines = []
+  if source:
+    lines.append(f"- initialised from: {source.get('kind')} `{source.get('path')}`"
+                 + (f" step {source.get('step')} (its config.json sha256 "
+                    f"`{source.get('sha256')}`, {source.get('objective')} run)"
+                    if source.get("kind") == "workdir" else
+                    f" (sha256 `{source.get('sha256')}`)"))
+  if "fine_tuning" in training:
+    subset = training.get("subset") or {}
+    positives = ", ".join(f"{name} {count}" for name, count in
+                          zip(subset.get("class_names") or [], subset.get("positives") or []))
+    lines.append(f"- training: {training['fine_tuning']}; label mode "
+                 f"`{training.get('label_mode') or 'the dataset’s own'}`; label fraction "
+                 f"{training.get('label_fraction')} (subset seed {training.get('subset_seed')}):"
+                 f" {subset.get('num_images')} images of {subset.get('num_patients')} patients,"
+                 f" positives {positives or 'n/a'}; subset sha256 `{subset.get('ids_sha256')}`"
+                 + (f"; checkpoints scored on validation every "
+                    f"{training['select_by_validation']} steps"
+                    if training.get("select_by_validation") else ""))
+  return lines
+
+
 def report_markdown(report: dict) -> str:
   """Human-readable report: summary table, per-label AUROC, label fractions, definitions."""
   lines = [f"# Evaluation: {report.get('encoder', '')}", ""]
   if report.get("warnings"):
     lines += ["**Warnings:**", ""] + [f"- {text}" for text in report["warnings"]] + [""]
-  lines += [f"- encoder init: {report.get('encoder_init')}",
+  lines += [f"- encoder init: {report.get('encoder_init')}"]
+  lines += _training_lines(report.get("training"))
+  lines += [
             f"- dataset: `{report.get('dataset')}` split `{report.get('split')}` "
             f"(probe/kNN train split: `{report.get('train_split')}`); patients in several "
             f"splits: {format_value(report.get('patients_in_several_splits'))}",
@@ -350,6 +391,9 @@ def report_markdown(report: dict) -> str:
           ("kNN accuracy, weighted", report.get("knn_accuracy_weighted")),
           ("kNN AUROC (macro)", with_interval(report.get("knn_auroc_macro"),
                                               report.get("knn_auroc_macro_ci95"))),
+          ("patient shortcut (nearest neighbour of the same patient)",
+           report.get("patient_shortcut")),
+          ("patient shortcut, chance", report.get("patient_shortcut_chance")),
           ("classifier AUROC (macro)", with_interval(report.get("classifier_auroc_macro"),
                                                      report.get("classifier_auroc_macro_ci95"))),
           ("classifier accuracy", with_interval(report.get("classifier_accuracy"),

@@ -1,5 +1,6 @@
 """The supervised baseline network: the SimCLR encoder followed by a linear classifier."""
 from flax import linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -17,14 +18,20 @@ class Supervised(nn.Module):
   Attributes:
     encoder: the ResNet encoder (`simclr.create_encoder`).
     num_classes: C, the number of logits (classes, or findings for multi-label data).
+    freeze_encoder: the encoder always runs in eval mode (BatchNorm running averages, no
+      statistics updated) and no gradient flows into it: only the classifier learns
+      (linear evaluation on augmented views, config.supervised.freeze_encoder).
   """
   encoder: nn.Module
   num_classes: int
+  freeze_encoder: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     """Returns (features [N, F] float32, logits [N, num_classes] float32)."""
-    features = self.encoder(x, train=train)
+    features = self.encoder(x, train=train and not self.freeze_encoder)
+    if self.freeze_encoder:
+      features = jax.lax.stop_gradient(features)
     # float32 on purpose: the classifier is tiny and the sigmoid / softmax losses want it.
     logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
                       name='classifier')(features)
@@ -56,7 +63,9 @@ def create_supervised(config: ml_collections.ConfigDict, axis_name: str | None =
     axis_name: pmap axis name for global BatchNorm (None outside pmap).
 
   Returns:
-    An unbound `Supervised` module; `apply(variables, x, train)` -> (features, logits).
+    An unbound `Supervised` module; `apply(variables, x, train)` -> (features, logits);
+    with `supervised.freeze_encoder` the encoder is frozen (`Supervised.freeze_encoder`).
   """
   return Supervised(encoder=simclr.create_encoder(config, axis_name),
-                    num_classes=resolve_num_classes(config))
+                    num_classes=resolve_num_classes(config),
+                    freeze_encoder=bool(with_defaults(config).supervised.freeze_encoder))

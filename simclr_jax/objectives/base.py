@@ -25,8 +25,10 @@ class Objective:
     build_loss: (config, model, axis_name) -> the per-device `LossFn` of the train step,
       its static settings bound. Raises ValueError naming the config field.
     batch_fields: config -> {field: numpy dtype} the training batches must carry besides
-      'image': record features ('label', 'labels') converted to that dtype, or 'weight'
-      (per-example loss weights the pipeline computes, dtype None).
+      'image': record features ('label', 'labels') converted to that dtype, or what the
+      pipeline computes: 'weight' (per-example loss weights), 'patient_id' (dense patient
+      index over the training split), 'image_partner' (another image of the patient,
+      config.pairs).
     resolve: config -> a copy with what the objective learns from the prepared data
       filled in (e.g. the class count); the input is not changed. Raises ConfigError.
     check: config -> None; raises errors.ConfigError for settings it cannot train with

@@ -4,11 +4,19 @@ image (`augment.make_view`: SimCLR's first view, same keys) -> encoder -> linear
 The loss is sigmoid binary cross-entropy over the findings when the batch holds 'labels'
 float32 [per_device, C] (multi-label, NIH), softmax cross-entropy when it holds 'label'
 int32 [per_device] (single-label); optional inverse-frequency class weights
-(config.supervised.class_weights). `resolve` fills in the class count and, for the
-weights, the class frequencies of the training split. `loss.scale` multiplies the loss that
-is differentiated, never the logged 'loss'.
+(config.supervised.class_weights). With `supervised.label_mode` (e.g. 'binary:No Finding')
+the target is the mode's class, 'label' int32, softmax cross-entropy.
+
+Fine-tuning (issue 17): the run trains on its training subset (`data/train_subset.py`:
+label_mode, label_fraction, subset_seed), from `config.init_from` (training/init_from.py);
+`supervised.freeze_encoder` trains the classifier only (`Supervised.freeze_encoder`, and
+the optimiser leaves the encoder alone: training/optim.py), `encoder_lr_multiplier` scales
+the encoder's updates. `resolve` fills in the class count, the subset's record and, for
+the weights, the class frequencies of the subset. `loss.scale` multiplies the loss that is
+differentiated, never the logged 'loss'.
 """
 import functools
+import logging
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -169,11 +177,42 @@ def supervised_loss(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
 
 
 def check(config: ml_collections.ConfigDict) -> None:
+  supervised = config.supervised
+  fraction = supervised.label_fraction
+  if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):   # catches NaN
+    raise ConfigError(f"config.supervised.label_fraction={fraction!r}: must be in (0, 1], "
+                      f"the fraction of the train split's patients to train on, e.g. 0.1.")
+  multiplier = supervised.encoder_lr_multiplier
+  if not (isinstance(multiplier, (int, float)) and 0.0 <= multiplier < float("inf")):
+    raise ConfigError(f"config.supervised.encoder_lr_multiplier={multiplier!r}: must be a "
+                      f"finite number >= 0 (1: the encoder learns at the full rate; 0: its "
+                      f"parameters stay; or config.supervised.freeze_encoder=True).")
+  every = supervised.select_by_validation
+  if not (isinstance(every, int) and every >= 0):
+    raise ConfigError(f"config.supervised.select_by_validation={every!r}: must be 0 (off) or "
+                      f"a number of steps between validation evaluations.")
+  from simclr_jax.data import labels as labels_lib   # simclr_jax.data imports TFDS
+  try:
+    labels_lib.check_label_mode(supervised.label_mode or None, None)
+  except ValueError as error:
+    raise ConfigError(one_line(error).replace(
+        "--label_mode=", "config.supervised.label_mode=")) from None
+  if supervised.freeze_encoder and multiplier != 1.0:
+    logging.warning("config.supervised.freeze_encoder=True: the encoder does not train, so "
+                    "config.supervised.encoder_lr_multiplier=%s is ignored.", multiplier)
   if config.loss.example_weights != "none":
     raise ConfigError(
         f"config.loss.example_weights={config.loss.example_weights!r} weighs SimCLR's images; "
         "with objective='supervised' leave it 'none' and use config.supervised.class_weights="
         "'inverse_frequency'.")
+  for field, value, off in (
+      ("loss.mask_same_patient", config.loss.get("mask_same_patient", False), False),
+      ("pairs.same_patient_prob", (config.get("pairs") or {}).get("same_patient_prob", 0.0),
+       0.0)):
+    if value != off:   # SimCLR's patient settings: one view, no negatives, no pairs here
+      raise ConfigError(f"config.{field}={value!r} is a SimCLR setting (negatives and "
+                        f"view pairs); objective='supervised' trains one view per image: "
+                        f"leave it {off!r}.")
   if config.supervised.class_weights not in CLASS_WEIGHTS:
     raise ConfigError(f"config.supervised.class_weights={config.supervised.class_weights!r}: "
                       f"accepted values are {list(CLASS_WEIGHTS)}.")
@@ -216,7 +255,10 @@ def build_loss(config: ml_collections.ConfigDict, model: Any,
 
 
 def batch_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The target of the prepared dataset: {'labels': float32} (multi-hot) or {'label': int32}."""
+  """The target: {'labels': float32} (multi-hot) or {'label': int32} (the dataset's
+  'label', or the class of `supervised.label_mode`, which the pipeline computes)."""
+  if config.supervised.label_mode:
+    return {"label": np.int32}
   from simclr_jax import data   # TFDS: only when batches are made
   target, _, multi_label = data.supervised_target_spec(config.dataset, config.data_dir)
   return {target: np.float32 if multi_label else np.int32}
@@ -225,37 +267,41 @@ def batch_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy with what a supervised run learns from the prepared data filled in.
 
-  `supervised.num_classes` (-1 = from the dataset: 14 NIH findings, 5 phantom classes)
-  and, with `class_weights = inverse_frequency`, `supervised.class_frequencies` of the
-  training split; config.json then records the values the run was trained with.
+  `supervised.num_classes` (-1 = from the target: 14 NIH findings, 5 phantom classes, the
+  label mode's classes), `supervised.subset` (the training subset's record, logged) and,
+  with `class_weights = inverse_frequency`, `supervised.class_frequencies` of the subset;
+  config.json then records the values the run was trained with.
 
   Raises:
-    ConfigError: the data is not prepared or has no target, the class count differs
-      from the data's, or a class never occurs (absent) in the training split.
+    ConfigError: the data is not prepared or has no target, a label mode it cannot give or
+      that keeps no image, the class count differs from the target's, or a class never
+      occurs (absent) in the subset.
   """
-  from simclr_jax import data
+  from simclr_jax.data import train_subset
   config = config.copy_and_resolve_references()
   supervised = config.supervised
   try:
-    _, num_classes, multi_label = data.supervised_target_spec(config.dataset, config.data_dir)
-    frequencies = None
-    if supervised.class_weights == "inverse_frequency" and not tuple(
-        supervised.class_frequencies or ()):
-      frequencies = data.class_frequencies(config.dataset, config.data_dir,
-                                           config.train_split)
+    subset = train_subset.of_config(config)
   except (FileNotFoundError, ValueError) as error:
     raise ConfigError(one_line(error)) from None
+  train_subset.log(subset)
+  num_classes, multi_label = len(subset.class_names), subset.multi_label
   if supervised.num_classes == -1:
     supervised.num_classes = int(num_classes)
   elif supervised.num_classes != num_classes:
+    target = (f"label mode {supervised.label_mode!r}" if supervised.label_mode
+              else config.dataset)
     raise ConfigError(
-        f"config.supervised.num_classes={supervised.num_classes} but {config.dataset} has "
+        f"config.supervised.num_classes={supervised.num_classes} but {target} has "
         f"{num_classes} classes; use -1 (from the data) or {num_classes}.")
-  if frequencies is not None:
-    supervised.class_frequencies = tuple(float(f) for f in frequencies)
+  for name, value in subset.record().items():
+    supervised.subset[name] = value
+  if supervised.class_weights == "inverse_frequency" and not tuple(
+      supervised.class_frequencies or ()):
+    supervised.class_frequencies = subset.frequencies
   given = tuple(supervised.class_frequencies or ())
   if supervised.class_weights == "inverse_frequency" and len(given) == num_classes:
-    try:   # every class present (multi-label: and absent) somewhere in the training split
+    try:   # every class present (multi-label: and absent) somewhere in the subset
       inverse_frequency_weights(np.asarray(given), multi_label=multi_label)
     except ValueError as error:
       raise ConfigError(f"config.supervised.class_weights='inverse_frequency' on "

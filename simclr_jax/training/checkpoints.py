@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import flax
 import jax
@@ -147,15 +147,20 @@ class Saver:
 
   def open(self) -> None:
     """Creates the CheckpointManager (it may delete the temporary directories of saves
-    that never finished, and checkpoints beyond config.keep_checkpoints)."""
+    that never finished, and checkpoints beyond config.keep_checkpoints; with
+    supervised.select_by_validation it also keeps the best validation checkpoint)."""
+    selecting = (self._config.get("objective") == "supervised" and
+                 self._config.supervised.select_by_validation > 0)
     try:
       self._manager = checkpointing.create_manager(
           self._workdir, max_to_keep=self._config.keep_checkpoints,
-          async_saves=self._config.async_checkpointing)
+          async_saves=self._config.async_checkpointing,
+          best_metric=checkpointing.SELECTION_METRIC if selecting else None)
     except OSError as error:
       raise SaveFailed(f"cannot create {checkpointing.checkpoint_directory(self._workdir)} "
                        f"({checkpointing.save_error_cause(error)}); nothing was saved."
                        ) from None
+    self._selecting = selecting
 
   def check(self, step: int) -> None:
     """After every step: raises the error of a background save that failed (never waits).
@@ -167,8 +172,10 @@ class Saver:
     if self._in_flight is not None and not self._manager.is_saving_in_progress():
       self._collect()
 
-  def save(self, step: int, replicated_state: step_lib.TrainState) -> None:
-    """Starts saving (in the background with async_checkpointing).
+  def save(self, step: int, replicated_state: step_lib.TrainState,
+           metrics: Optional[Dict[str, float]] = None) -> None:
+    """Starts saving (in the background with async_checkpointing); `metrics` (the
+    validation selection's) are saved with the checkpoint.
 
     Raises:
       SaveFailed: this save, or the one before it, failed (or a stop outlasted the grace).
@@ -177,10 +184,13 @@ class Saver:
     self._wait()
     host_state = step_lib.host_copy(
         flax.jax_utils.unreplicate(replicated_state).to_checkpoint())
+    if self._selecting and metrics is None:
+      metrics = {}   # saved without a score: kept only while among the newest
     self._set_aside_foreign(step)
     self._in_flight = self._last_started = step
     try:
-      checkpointing.save(self._manager, step, host_state, self._rng, self._data_iterator)
+      checkpointing.save(self._manager, step, host_state, self._rng, self._data_iterator,
+                         metrics=metrics)
     except Exception as error:  # pylint: disable=broad-except  (OSError, tensorstore, ...)
       self._in_flight = None
       raise self._failure(step, error) from None

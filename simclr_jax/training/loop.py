@@ -1,6 +1,6 @@
 """The training loop: `train_and_evaluate(config, workdir)` runs (or resumes) pretraining.
 
-`_loop` reads as "step; log if due; save if due; monitor if due; stop if asked"; the
+`_loop` reads as "step; log if due; monitor / select if due; save if due; stop if asked"; the
 books are kept elsewhere: settings.check_run (what may run), step.py (the pmapped step),
 step_log.StepLog (timers, metrics, progress, finite checks), checkpoints.py (resume and
 save), run_control.py (the lock and the three ways a run stops early). A new hook (a
@@ -14,8 +14,10 @@ import flax
 import jax
 import ml_collections
 
+from simclr_jax import checkpointing
 from simclr_jax import data
 from simclr_jax import objectives
+from simclr_jax.checkpointing import SELECTION_METRIC
 from simclr_jax.errors import ConfigError
 from simclr_jax.errors import one_line
 from simclr_jax.runtime import compilation_cache
@@ -52,12 +54,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   lock = None
   try:
     cache_dir = compilation_cache.enable(config)
-    plan = settings.check_run(config)          # reads the data, writes nothing
+    plan = settings.check_run(config, workdir)   # reads the data, writes nothing
     monitor = _create_monitor(plan.config)     # reads its held-out images now
+    selection = _create_selection(plan.config, workdir)   # its validation images too
     lock = run_control.lock_workdir(workdir)
     changes = settings.check_workdir_config(workdir, plan.config, allow_config_changes,
                                             dataset=plan.dataset)
-    return _train(plan, workdir, stop, lock, changes, cache_dir, monitor)
+    return _train(plan, workdir, stop, lock, changes, cache_dir, monitor, selection)
   finally:
     stop.close()
     if lock is not None:
@@ -75,10 +78,23 @@ def _create_monitor(config: ml_collections.ConfigDict):
     raise ConfigError(one_line(error)) from None
 
 
+def _create_selection(config: ml_collections.ConfigDict, workdir: str):
+  """The validation selection (supervised.select_by_validation > 0), or None; a split it
+  cannot score exits 2."""
+  if config.get("objective") != "supervised" or config.supervised.select_by_validation <= 0:
+    return None   # without importing the evaluators (scikit-learn: seconds per start)
+  from simclr_jax.evaluation import selection
+  try:
+    return selection.maybe_create(config, workdir)
+  except (FileNotFoundError, ValueError) as error:
+    raise ConfigError(f"config.supervised.select_by_validation="
+                      f"{config.supervised.select_by_validation}: {one_line(error)}") from None
+
+
 def _train(plan: settings.RunPlan, workdir: str, stop: run_control.StopSignals,
            lock: Optional[run_control.WorkdirLock],
            config_changes: Dict[str, Tuple[Any, Any]], cache_dir: Optional[str],
-           monitor: Optional[Any]) -> TrainState:
+           monitor: Optional[Any], selection: Optional[Any]) -> TrainState:
   """Builds the model, optimiser and data of a checked plan, resumes, then loops."""
   config = plan.config
   logging.info("%d devices (%d local), %d processes; per-device batch %d, global %d; "
@@ -90,9 +106,14 @@ def _train(plan: settings.RunPlan, workdir: str, stop: run_control.StopSignals,
   tx, learning_rate_fn = optim.create_optimizer(config, plan.total_steps, plan.steps_per_epoch)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   input_shape = (config.image_size, config.image_size, 1)
-  state = step_lib.create_train_state(config, model, tx, init_rng, input_shape)
+  # A resumed run's checkpoint replaces every variable: init_from is not read again.
+  resuming = bool(checkpointing.complete_steps(workdir))
+  state = step_lib.create_train_state(config, model, tx, init_rng, input_shape,
+                                      init_encoder=not resuming)
   data_iterator = data.create_train_iterator(config)
   state, train_rng, start_step = checkpoints.resume(workdir, state, train_rng, data_iterator)
+  if selection is not None:
+    selection.start_at(start_step)
   if start_step >= plan.total_steps:
     logging.info("Checkpoint step %d already reaches the run's %d steps; nothing to train.",
                  start_step, plan.total_steps)
@@ -120,14 +141,14 @@ def _train(plan: settings.RunPlan, workdir: str, stop: run_control.StopSignals,
                state=replicated_state, rng=replicated_rng,
                data_iterator=data_iterator, start_step=start_step,
                total_steps=plan.total_steps, stop=stop, lock=lock, log=log, saver=saver,
-               monitor=monitor, open_workdir=open_workdir)
+               monitor=monitor, selection=selection, open_workdir=open_workdir)
 
 
 def _loop(config: ml_collections.ConfigDict, workdir: str, *, p_train_step: Callable,
           state: TrainState, rng: jax.Array, data_iterator: Any, start_step: int,
           total_steps: int, stop: run_control.StopSignals,
           lock: Optional[run_control.WorkdirLock], log: StepLog,
-          saver: checkpoints.Saver, monitor: Optional[Any],
+          saver: checkpoints.Saver, monitor: Optional[Any], selection: Optional[Any],
           open_workdir: Callable[[int, Dict[str, Any]], None]) -> TrainState:
   """Steps from `start_step` to `total_steps` (or a stop); returns the host-local state.
 
@@ -150,12 +171,13 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, *, p_train_step: Call
           break
         open_workdir(step, metrics)
       log.step_done(step, metrics)
+      online = _evaluate_if_due(monitor, selection, step, total_steps, config, state)
+      selected = {name: online[name] for name in (SELECTION_METRIC,) if name in online}
       save_now = (step % config.checkpoint_every_steps == 0 or step == total_steps or
-                  stop_now)
-      online = _monitor_if_due(monitor, step, total_steps, config, state)
+                  stop_now or bool(selected))   # a scored step's checkpoint may be the best
       log.write_if_due(step, force=save_now, online=online)
       if save_now:
-        saver.save(step, state)
+        saver.save(step, state, metrics=selected or None)
       if stop_now and step < total_steps:
         saver.wait_until_finished()          # the save just started in the background
         stop.end(step, workdir, saved=True)
@@ -171,11 +193,19 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, *, p_train_step: Call
   return flax.jax_utils.unreplicate(state)
 
 
-def _monitor_if_due(monitor: Optional[Any], step: int, total_steps: int,
-                    config: ml_collections.ConfigDict, state: TrainState
-                    ) -> Dict[str, float]:
-  """The online monitor's scalars every config.eval_every_steps and at the last step, else
-  {}; it only reads the weights, and its scalars join this step's metrics line."""
-  if monitor is None or (step % config.eval_every_steps and step != total_steps):
-    return {}
-  return monitor.run(step, state.params, state.batch_stats)
+def _evaluate_if_due(monitor: Optional[Any], selection: Optional[Any], step: int,
+                     total_steps: int, config: ml_collections.ConfigDict, state: TrainState
+                     ) -> Dict[str, float]:
+  """The online monitor's scalars (every config.eval_every_steps) and the validation
+  selection's (every config.supervised.select_by_validation steps), each also at the last
+  step; {} when neither is due. Both only read the weights; their scalars join this step's
+  metrics line, and 'online_eval_seconds' holds the time of both (left out of views/s)."""
+  scalars = {}
+  last = step == total_steps
+  if monitor is not None and (last or step % config.eval_every_steps == 0):
+    scalars.update(monitor.run(step, state.params, state.batch_stats))
+  if selection is not None and (last or step % config.supervised.select_by_validation == 0):
+    selected = selection.run(step, state.params, state.batch_stats)
+    seconds = scalars.get("online_eval_seconds", 0.0) + selected["validation_seconds"]
+    scalars.update(selected, online_eval_seconds=seconds)
+  return scalars

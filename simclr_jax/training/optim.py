@@ -1,8 +1,10 @@
-"""Optimisers and learning-rate schedules for SimCLR pretraining.
+"""Optimisers and learning-rate schedules for SimCLR pretraining and fine-tuning.
 
 Kept apart from the training loop (one concern per module). Everything is optax:
 LARS as in the SimCLR paper, AdamW (the usual small-batch choice) and SGD with momentum,
-all behind one linear warm-up + cosine decay schedule.
+all behind one linear warm-up + cosine decay schedule. A supervised run that fine-tunes
+treats its 'encoder' subtree apart (`optax.multi_transform`): frozen (no update at all)
+or its updates scaled by `supervised.encoder_lr_multiplier`.
 """
 import math
 from typing import Any, Callable, Tuple
@@ -102,4 +104,27 @@ def create_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   else:
     raise ValueError(
         f"config.optimizer.name={opt.name!r} is not known; use one of {OPTIMIZERS}.")
-  return tx, learning_rate_fn
+  return _fine_tuning(config, tx), learning_rate_fn
+
+
+def _fine_tuning(config: ml_collections.ConfigDict,
+                 tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` with the encoder's updates zeroed (supervised.freeze_encoder or a multiplier of
+  0) or scaled by supervised.encoder_lr_multiplier (the whole update: weight decay and
+  LARS' trust ratio included, as a smaller learning rate would); `tx` itself otherwise
+  (the optimiser state of other runs keeps its structure)."""
+  if config.get("objective") != "supervised":
+    return tx
+  supervised = config.supervised
+  multiplier = 0.0 if supervised.freeze_encoder else float(supervised.encoder_lr_multiplier)
+  if multiplier == 1.0:
+    return tx
+  encoder_tx = (optax.set_to_zero() if multiplier == 0.0
+                else optax.chain(tx, optax.scale(multiplier)))
+
+  def labels(params):
+    return {name: jax.tree_util.tree_map(lambda _, n=name: "encoder" if n == "encoder"
+                                         else "rest", subtree)
+            for name, subtree in params.items()}
+
+  return optax.multi_transform({"encoder": encoder_tx, "rest": tx}, labels)

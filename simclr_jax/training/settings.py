@@ -85,19 +85,23 @@ def check_settings(config: ml_collections.ConfigDict, device_count: int) -> int:
   return config.batch_size // device_count
 
 
-def check_run(config: ml_collections.ConfigDict) -> RunPlan:
+def check_run(config: ml_collections.ConfigDict, workdir: Optional[str] = None) -> RunPlan:
   """Checks the config against the devices and the prepared data (writes nothing).
 
   Args:
     config: the experiment config (not changed).
+    workdir: the run's directory, when known: a resumed run keeps the init_from source
+      its config.json records (training/init_from.py).
 
   Returns:
-    The run's RunPlan, with the config its objective resolved from the data.
+    The run's RunPlan, with the config resolved: its init_from source recorded, then the
+    objective's resolve (e.g. a supervised run's class count and training subset).
 
   Raises:
     ConfigError: one line naming the field, its value and what is accepted.
   """
   from simclr_jax import data   # TFDS import: only when a run really starts
+  from simclr_jax.training import init_from
   per_device_batch = check_settings(config, jax.device_count())
   builder = open_dataset(config)
   stored_image_size = int(builder.info.features["image"].shape[0])
@@ -107,13 +111,11 @@ def check_run(config: ml_collections.ConfigDict) -> RunPlan:
         f"{config.dataset} ({stored_image_size}px): the crop would only upsample. Use "
         f"--config.image_size<={stored_image_size} or prepare the dataset at a larger size.")
   try:
-    steps_per_epoch = data.steps_per_epoch(config)
-    train_images = data.num_examples(config.dataset, config.data_dir, config.train_split)
-  except (FileNotFoundError, ValueError) as error:   # not prepared, unknown split
+    data.check_labels_needed(config)   # an unlabelled dataset: one line naming the setting
+    train_images = data.num_train_examples(config)   # the split, or a supervised subset
+  except (FileNotFoundError, ValueError) as error:   # not prepared, unknown split, label mode
     raise ConfigError(one_line(error)) from None
-  warn_if_split_smaller_than_batch(
-      train_images, config.batch_size,
-      f"config.train_split={config.train_split!r} of {config.dataset}")
+  steps_per_epoch = max(1, train_images // config.batch_size)
   if config.num_train_steps > 0:
     total_steps = int(config.num_train_steps)
   else:
@@ -123,10 +125,11 @@ def check_run(config: ml_collections.ConfigDict) -> RunPlan:
           f"config.num_epochs={config.num_epochs} is less than one step "
           f"({steps_per_epoch} steps per epoch of {config.batch_size} images); train for "
           f"at least {1 / steps_per_epoch:.3g} epochs or set config.num_train_steps.")
-  try:
-    data.check_labels_needed(config)   # an unlabelled dataset: one line naming the setting
-  except ValueError as error:
-    raise ConfigError(one_line(error)) from None
+  warn_if_split_smaller_than_batch(
+      train_images, config.batch_size,
+      f"config.train_split={config.train_split!r} of {config.dataset}" +
+      (" (the supervised run's subset)" if config.get("objective") == "supervised" else ""))
+  config = init_from.resolve(config, workdir)
   config = objectives.of(config).resolve(config)
   check_objective(config)
   warmup = optim.warmup_steps(config, steps_per_epoch)

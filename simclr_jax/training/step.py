@@ -12,7 +12,6 @@ pmap-only workarounds, kept here and nowhere else:
                the next (donating) step reuses, for an asynchronous checkpoint save
 """
 import functools
-import logging
 from typing import Any, Callable, Dict, Tuple
 
 import flax
@@ -47,15 +46,22 @@ class TrainState:
 
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
                        tx: optax.GradientTransformation, rng: jax.Array,
-                       input_shape: Tuple[int, ...]) -> TrainState:
-  """Initialises parameters (or loads `config.init_from`) and optimiser state.
+                       input_shape: Tuple[int, ...], *, init_encoder: bool = True
+                       ) -> TrainState:
+  """Initialises parameters (the encoder from `config.init_from`) and optimiser state.
 
   Args:
-    config: experiment config (uses init_from).
+    config: experiment config (uses init_from and the init_source it resolved to,
+      training/init_from.py).
     model: the objective's module (`objectives.of(config).build_model`).
     tx: the optimiser.
     rng: initialisation key.
     input_shape: one example, e.g. (image_size, image_size, 1).
+    init_encoder: False: leave init_from unread (a resumed run, whose checkpoint replaces
+      every variable).
+
+  Raises:
+    ConfigError: the init_from source cannot be read or holds another network.
   """
   @jax.jit
   def init(rng):
@@ -63,15 +69,15 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
 
   variables = init(rng)
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
-  if config.init_from:
-    # ImageNet (or any torchvision) initialisation of the encoder; the head stays random.
-    from simclr_jax import convert  # torch is imported lazily there
-    encoder_vars = convert.load_torch_weights(config.init_from, config)
+  if config.init_from and init_encoder:
+    # The encoder's params and batch statistics from the source; the head stays random.
+    from simclr_jax.training import init_from
+    encoder_vars = init_from.encoder_variables(
+        config, {"params": params["encoder"], "batch_stats": batch_stats["encoder"]})
     params = flax.core.unfreeze(params)
     batch_stats = flax.core.unfreeze(batch_stats)
-    params["encoder"] = encoder_vars["params"]
-    batch_stats["encoder"] = encoder_vars["batch_stats"]
-    logging.info("Initialised the encoder from %s", config.init_from)
+    params["encoder"] = jax.tree_util.tree_map(jnp.asarray, encoder_vars["params"])
+    batch_stats["encoder"] = jax.tree_util.tree_map(jnp.asarray, encoder_vars["batch_stats"])
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params))
 

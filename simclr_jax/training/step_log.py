@@ -304,7 +304,8 @@ class StepLog:
                 "views/s": views_per_second}
       # On the next printed line only (the step's line when it is a logging step).
       once = {name.replace("online_", ""): online[name]
-              for name in ("online_knn_accuracy", "online_knn_auroc") if name in online}
+              for name in ("online_knn_accuracy", "online_knn_auroc", "validation_auroc")
+              if name in online}
       self._first_step, self._pending = {}, []
       self._window_start, self._window_steps = time.perf_counter(), 0
     self._progress.update(1, once=once, **fields)

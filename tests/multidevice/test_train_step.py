@@ -32,6 +32,21 @@ def _run_steps(step_fn, state, batch, rng, num_devices, steps):
   return metrics, jax.device_get(flax.jax_utils.unreplicate(replicated))
 
 
+def _numpy_train_state(config, model, rng):
+  """The train state of `model` with random variables from numpy (a jitted init would cost
+  seconds of compile here), its optimiser and schedule."""
+  tx, lr_fn = optim.create_optimizer(config, total_steps=10, steps_per_epoch=10)
+  variables = jax.tree.map(
+      lambda leaf: (rng.normal(size=leaf.shape) * 0.3 + (leaf.ndim == 1)).astype(np.float32),
+      jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                     jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)))
+  variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])  # var > 0
+  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                              batch_stats=variables["batch_stats"],
+                              opt_state=tx.init(variables["params"]))
+  return state, tx, lr_fn
+
+
 def test_one_vs_four_devices_give_the_same_update():
   """SimCLR: augmentation on (defaults); SGD + momentum so that any gradient-scale error
   shows directly in the parameters (Adam's first step would normalise it away)."""
@@ -70,17 +85,8 @@ def test_supervised_step_on_one_and_four_devices_gives_the_same_update():
   config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.5
   config.optimizer.warmup_steps = 0
   model = models.create_model(config, axis_name=step_lib.AXIS_NAME, num_classes=3)
-  tx, lr_fn = optim.create_optimizer(config, total_steps=10, steps_per_epoch=10)
   rng = np.random.RandomState(0)
-  # Random variables from numpy: a jitted init would cost seconds of compile here.
-  variables = jax.tree.map(
-      lambda leaf: (rng.normal(size=leaf.shape) * 0.3 + (leaf.ndim == 1)).astype(np.float32),
-      jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
-                     jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)))
-  variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])  # var > 0
-  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                              batch_stats=variables["batch_stats"],
-                              opt_state=tx.init(variables["params"]))
+  state, tx, lr_fn = _numpy_train_state(config, model, rng)
   batch = {"image": rng.randint(0, 256, (8, 20, 20, 1)).astype(np.uint8),
            "labels": (rng.uniform(size=(8, 3)) < 0.4).astype(np.float32)}
   loss_fn = objectives.create_loss(config, model, step_lib.AXIS_NAME,
@@ -96,6 +102,40 @@ def test_supervised_step_on_one_and_four_devices_gives_the_same_update():
   assert sorted(state1.batch_stats) == ["encoder"]
   assert set(metrics1) >= {"loss", "label_accuracy", "positive_probability",
                            "negative_probability", "grad_norm"}
+  for name, value in metrics1.items():
+    np.testing.assert_allclose(metrics4[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+  assert moved > 1e-3            # the step really changed the parameters
+  assert max_param_diff < 1e-5
+
+
+def test_paired_masked_simclr_step_on_one_and_four_devices_gives_the_same_update():
+  """SimCLR with same-patient positives (view 2 from 'image_partner') and same-patient
+  negatives masked ('patient_id', gathered over the devices): the same update on 1 and
+  4 devices. Patients 0 and 3 have images on several devices."""
+  config = default_config()
+  config.loss.mask_same_patient, config.pairs.same_patient_prob = True, 0.5
+  # A smaller program: crop and flip stay, and depend on the per-example keys.
+  config.augment.jitter_prob = config.augment.blur_prob = config.augment.rotation_degrees = 0
+  config.model, config.width, config.stem, config.image_size, config.batch_size = (
+      "resnet_tiny", 0.125, "cifar", 16, 8)
+  config.head.hidden_dim, config.head.output_dim = 16, 8
+  config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.5
+  config.optimizer.warmup_steps = 0
+  model = models.create_model(config, axis_name=step_lib.AXIS_NAME)
+  rng = np.random.RandomState(1)
+  state, tx, lr_fn = _numpy_train_state(config, model, rng)
+  images = rng.randint(0, 256, (8, 20, 20, 1)).astype(np.uint8)
+  partners = images.copy()
+  partners[[0, 3, 6]] = rng.randint(0, 256, (3, 20, 20, 1)).astype(np.uint8)
+  batch = {"image": images, "image_partner": partners,
+           "patient_id": np.array([0, 1, 0, 3, 2, 3, 0, 4], np.int32)}
+  assert objectives.of(config).batch_fields(config) == {"patient_id": np.int32,
+                                                        "image_partner": np.uint8}
+  step_fn = functools.partial(step_lib.train_step, tx=tx, learning_rate_fn=lr_fn,
+                              loss_fn=objectives.create_loss(config, model, step_lib.AXIS_NAME))
+  [metrics1], state1 = _run_steps(step_fn, state, batch, jax.random.PRNGKey(1), 1, steps=1)
+  [metrics4], state4 = _run_steps(step_fn, state, batch, jax.random.PRNGKey(1), 4, steps=1)
+  max_param_diff, moved = update_differences(state, state1, state4)
   for name, value in metrics1.items():
     np.testing.assert_allclose(metrics4[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
   assert moved > 1e-3            # the step really changed the parameters

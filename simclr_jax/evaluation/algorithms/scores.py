@@ -4,6 +4,7 @@
 Pure numpy/scikit-learn/scipy."""
 from __future__ import annotations
 
+import warnings
 
 import numpy as np
 import scipy.optimize
@@ -180,7 +181,8 @@ def auroc_table(name: str, truth, scores, class_names, *, train_positives=None,
                                          counts)
     result[f"{name}_ci95"] = {class_name: percentile_interval(values[:, column])
                               for column, class_name in enumerate(names)}
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():   # a resample holding no positive of any entered class
+      warnings.simplefilter("ignore", RuntimeWarning)
       macro = (np.nanmean(values[:, columns], axis=1) if columns
                else np.full(resamples, np.nan))
     result[f"{name}_macro_ci95"] = percentile_interval(macro)
