@@ -11,7 +11,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from conftest import REPO_ROOT, run_module, subprocess_env
 from test_train import _assert_same_variables, _final_variables, _train_args
@@ -112,32 +111,34 @@ def _wait_for_step(proc, workdir, min_step, timeout=240):
   raise AssertionError(f"no step >= {min_step} within {timeout}s")
 
 
-LONG_RUN = ("--config.num_train_steps=60", "--config.checkpoint_every_steps=4")
+LONG_RUN = ("--config.num_train_steps=40", "--config.checkpoint_every_steps=4")
 
 
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path,
                                                                      synthetic_data_dir):
   straight, killed = tmp_path / "straight", tmp_path / "killed"
-  run_module(_train_args(straight, synthetic_data_dir, *LONG_RUN))
-
+  uninterrupted = _start(_train_args(straight, synthetic_data_dir, *LONG_RUN))  # meanwhile
   rng = np.random.default_rng(0)
   injected = []
-  for target in (7, 22, 41):   # kill three times, each after a random extra delay
-    proc = _start(_train_args(killed, synthetic_data_dir, *LONG_RUN))
-    _wait_for_step(proc, killed, target)
-    time.sleep(float(rng.uniform(0.0, 0.3)))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    injected.append((_metrics_steps(killed)[-1], _checkpoint_steps(killed)))
-    assert proc.returncode == -signal.SIGKILL
-    # Saves are asynchronous: the checkpoint of step N completes while the next steps
-    # train, and the save of N + 4 first waits for it. So a kill loses at most two save
-    # intervals, and the latest complete checkpoint is intact.
-    last_logged, checkpoints = injected[-1]
-    assert checkpoints and last_logged - checkpoints[-1] <= 2 * 4 + 1, injected
+  with _running(uninterrupted):
+    for target in (7, 18, 29):   # kill three times, each after a random extra delay
+      proc = _start(_train_args(killed, synthetic_data_dir, *LONG_RUN))
+      _wait_for_step(proc, killed, target)
+      time.sleep(float(rng.uniform(0.0, 0.3)))
+      proc.send_signal(signal.SIGKILL)
+      proc.wait(timeout=60)
+      injected.append((_metrics_steps(killed)[-1], _checkpoint_steps(killed)))
+      assert proc.returncode == -signal.SIGKILL
+      # Saves are asynchronous: the checkpoint of step N completes while the next steps
+      # train, and the save of N + 4 first waits for it. So a kill loses at most two save
+      # intervals, and the latest complete checkpoint is intact.
+      last_logged, checkpoints = injected[-1]
+      assert checkpoints and last_logged - checkpoints[-1] <= 2 * 4 + 1, injected
+    uninterrupted.wait(timeout=240)
+  assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
   run_module(_train_args(killed, synthetic_data_dir, *LONG_RUN))
-  assert _checkpoint_steps(killed)[-1] == 60
-  assert _metrics_steps(killed) == list(range(1, 61))   # one line per step after resumes
+  assert _checkpoint_steps(killed)[-1] == 40
+  assert _metrics_steps(killed) == list(range(1, 41))   # one line per step after resumes
   _, straight_vars = _final_variables(straight)
   _, killed_vars = _final_variables(killed)
   _assert_same_variables(straight_vars, killed_vars)
@@ -211,16 +212,20 @@ def _free_port():
 
 
 def test_two_processes_equal_one_process_with_four_devices(tmp_path, synthetic_data_dir):
-  """2 processes x 2 CPU devices (jax.distributed on 127.0.0.1, gloo) == 1 x 4 devices."""
-  common = ("--config.num_train_steps=6", "--config.checkpoint_every_steps=2",
-            "--config.stop_at_step=4")
-  single = tmp_path / "single"
-  run_module(_train_args(single, synthetic_data_dir, *common), num_devices=4)
+  """2 processes x 2 CPU devices (jax.distributed on 127.0.0.1, gloo) == 1 x 4 devices.
 
+  The single run goes straight to step 6 while the two processes run to 4 (at the same
+  time: one process less than stopping and resuming it, and the resume is bit for bit)."""
+  single = tmp_path / "single"
+  single_run = _start(_train_args(single, synthetic_data_dir, "--config.num_train_steps=6",
+                                  "--config.checkpoint_every_steps=2"), num_devices=4)
   multi = tmp_path / "multi"
-  procs = _start_two_processes(multi, synthetic_data_dir, *common)
-  with _running(*procs):
+  procs = _start_two_processes(multi, synthetic_data_dir, "--config.num_train_steps=6",
+                               "--config.checkpoint_every_steps=2", "--config.stop_at_step=4")
+  with _running(single_run, *procs):
     outputs = [proc.communicate(timeout=420) for proc in procs]
+    single_run.wait(timeout=420)
+  assert single_run.returncode == 0, single_run.stderr[-4000:]
   for proc, (_, stderr) in zip(procs, outputs):
     assert proc.returncode == 0, stderr[-4000:]
   assert "process 0 of 2" in outputs[0][1] and "process 1 of 2" in outputs[1][1]
@@ -228,9 +233,8 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, synthetic_d
   assert _metrics_steps(multi) == [1, 2, 3, 4]
   single_losses = [json.loads(l)["loss"] for l in (single / "metrics.jsonl").read_text().splitlines()]
   multi_losses = [json.loads(l)["loss"] for l in (multi / "metrics.jsonl").read_text().splitlines()]
-  np.testing.assert_allclose(single_losses, multi_losses, rtol=1e-5, atol=1e-5)
-  _, single_vars = _final_variables(single)
-  _, multi_vars = _final_variables(multi)
+  np.testing.assert_allclose(single_losses[:4], multi_losses, rtol=1e-5, atol=1e-5)
+  single_vars, multi_vars = _final_variables(single, 4)[1], _final_variables(multi, 4)[1]
   for key in single_vars:
     np.testing.assert_allclose(single_vars[key], multi_vars[key], rtol=1e-5, atol=1e-5,
                                err_msg=key)
@@ -240,12 +244,10 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, synthetic_d
 
   # Preempted on 2 hosts, resumed on 1 (another allocation): same as never leaving 1 host.
   finish = ("--config.num_train_steps=6", "--config.checkpoint_every_steps=2")
-  run_module(_train_args(single, synthetic_data_dir, *finish), num_devices=4)
   resumed = run_module(_train_args(multi, synthetic_data_dir, *finish), num_devices=4)
   assert "written by another number of processes" in resumed.stderr
   assert _metrics_steps(multi) == [1, 2, 3, 4, 5, 6]
-  _, single_vars = _final_variables(single)
-  _, multi_vars = _final_variables(multi)
+  single_vars, multi_vars = _final_variables(single, 6)[1], _final_variables(multi, 6)[1]
   for key in single_vars:
     np.testing.assert_allclose(single_vars[key], multi_vars[key], rtol=1e-5, atol=1e-5,
                                err_msg=key)

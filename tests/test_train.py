@@ -60,9 +60,10 @@ def _train_args(workdir, data_dir, *extra):
           *extra]
 
 
-def _final_variables(workdir):
-  """(step, {path: array}) of the newest checkpoint, read as evaluation reads it."""
-  _, variables, step = checkpointing.load_for_eval(str(workdir))
+def _final_variables(workdir, step=None):
+  """(step, {path: array}) of the newest checkpoint (or of `step`), read as evaluation
+  reads it."""
+  _, variables, step = checkpointing.load_for_eval(str(workdir), step=step)
   leaves = jax.tree_util.tree_leaves_with_path(variables)
   return step, {jax.tree_util.keystr(path): np.asarray(value) for path, value in leaves}
 

@@ -25,8 +25,8 @@ from simclr_jax import checkpointing
 from simclr_jax import objectives
 from simclr_jax.errors import ConfigError
 from simclr_jax.errors import one_line
-from simclr_jax.training import optim
 from simclr_jax.errors import WorkdirNotWritable
+from simclr_jax.training import optim
 from simclr_jax.workdir import CONFIG_FILE
 from simclr_jax.workdir import CONFIG_HISTORY_FILE
 from simclr_jax.workdir import DATASET_FILE
