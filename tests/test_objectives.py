@@ -1,6 +1,7 @@
 """Tests for simclr_jax/objectives/: the registry, the supervised objective and the loss scale."""
 import functools
 import importlib.util
+import pathlib
 
 import flax
 import jax
@@ -80,6 +81,24 @@ def test_registry_records_and_resolve_returns_a_copy(synthetic_data_dir):
   assert resolved.supervised.num_classes == 5
   np.testing.assert_allclose(resolved.supervised.class_frequencies, [0.2] * 5, atol=0.05)
   assert objectives.of(config).batch_fields(config) == {"label": np.int32}
+  assert [objectives.trains_on_labels(_tiny_config(name)) for name in objectives.OBJECTIVES] == [
+      False, True]
+
+
+def test_no_module_outside_objectives_compares_the_objective_with_a_name():
+  """What an objective implies (labels, its subset, selection, freezing) is asked of its
+  record (`objectives.trains_on_labels`, `.has_encoder`, ...), so adding an objective is one
+  file and one OBJECTIVES entry, not a search for `== "supervised"` across the package."""
+  import re
+  package = pathlib.Path(objectives.__file__).parents[1]
+  names = "|".join(map(re.escape, objectives.OBJECTIVES))
+  compares = re.compile(r"""(objective\w*(\(config\))?|get\(\s*["']objective["']\s*\))\s*[!=]=\s*"""
+                        rf"""["']({names})["']|["']({names})["']\s*[!=]=\s*\w*objective""")
+  found = [f"{path.relative_to(package)}:{number}: {line.strip()}"
+           for path in sorted(package.rglob("*.py")) if "objectives" not in path.parts
+           for number, line in enumerate(path.read_text().splitlines(), 1)
+           if compares.search(line)]
+  assert not found, "\n".join(found)
 
 
 # ------------------------------------------------------------------ supervised loss maths

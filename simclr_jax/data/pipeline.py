@@ -355,11 +355,13 @@ def class_frequencies(dataset: str, data_dir: str, split: str) -> np.ndarray:
 def check_labels_needed(config) -> None:
   """Raises ValueError (one line) when the config samples or weighs by labels (or learns
   them) on an unlabelled dataset."""
+  from simclr_jax import objectives   # pylint: disable=g-import-not-at-top  # jax, lazily
   needs = [name for name, wanted in (
       ('config.input.class_balanced=True', config.get('input', {}).get('class_balanced')),
       ('config.loss.example_weights=inverse_frequency',
        str(config.get('loss', {}).get('example_weights', 'none')) != 'none'),
-      ("config.objective='supervised'", config.get('objective') == 'supervised'),
+      (f"config.objective={objectives.of(config).name!r}",
+       objectives.trains_on_labels(config)),
       (f"config.supervised.label_fraction={_label_fraction(config)}",
        _label_fraction(config) != 1.0)) if wanted]
   if needs:

@@ -176,9 +176,10 @@ def select(dataset: str, data_dir: str, split: str, label_mode: str, fraction: f
 
 def of_config(config) -> Optional[TrainSubset]:
   """The subset a config trains on: None for objectives without labels (SimCLR)."""
+  from simclr_jax import objectives   # jax and the models: only when a run asks
   from simclr_jax.config import with_defaults
   config = with_defaults(config)
-  if config.objective != "supervised":
+  if not objectives.trains_on_labels(config):
     return None
   supervised = config.supervised
   return select(config.dataset, str(config.data_dir), config.train_split,

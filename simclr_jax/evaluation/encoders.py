@@ -102,9 +102,11 @@ def training_summary(config: ml_collections.ConfigDict) -> Optional[dict]:
      {num_images, num_patients, class_names, positives, classes_without_positives,
      ids_sha256}, 'select_by_validation'}.
   """
+  from simclr_jax import objectives
   from simclr_jax.training import init_from
   summary = {"init_from": init_from.summary(config)}
-  if objective_of(config) != "supervised":
+  record = objectives.OBJECTIVES.get(objective_of(config))   # None: written by another version
+  if record is None or not record.trains_on_labels:
     return summary if summary["init_from"] else None
   supervised = config.get("supervised") or {}
   multiplier = float(supervised.get("encoder_lr_multiplier", 1.0))

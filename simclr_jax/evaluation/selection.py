@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from simclr_jax import checkpointing
+from simclr_jax import objectives
 from simclr_jax.evaluation import classifier
 from simclr_jax.evaluation import encoders
 from simclr_jax.evaluation import features as features_lib
@@ -141,6 +142,7 @@ class ValidationSelection:
 def maybe_create(config: ml_collections.ConfigDict, workdir: str
                  ) -> Optional[ValidationSelection]:
   """The selection when a supervised run sets `supervised.select_by_validation` > 0."""
-  if config.get("objective") != "supervised" or config.supervised.select_by_validation <= 0:
+  if (not objectives.trains_on_labels(config)
+      or config.supervised.select_by_validation <= 0):
     return None
   return ValidationSelection(config, workdir)

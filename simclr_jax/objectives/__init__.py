@@ -37,6 +37,12 @@ def of(config: ml_collections.ConfigDict) -> Objective:
   return get(config_lib.with_defaults(config).objective)
 
 
+def trains_on_labels(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config.objective` trains a classifier on the labels (config.supervised's
+  fields apply: label mode and fraction, training subset, freezing, selection)."""
+  return of(config).trains_on_labels
+
+
 def create_loss(config: ml_collections.ConfigDict, model: Any, axis_name: Optional[str],
                 class_frequencies: Optional[Sequence[float]] = None) -> LossFn:
   """The per-device loss of `config.objective` for `model`, its static settings bound.

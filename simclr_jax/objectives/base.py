@@ -34,6 +34,10 @@ class Objective:
     check: config -> None; raises errors.ConfigError for settings it cannot train with
       (needs neither data nor devices).
     has_encoder: its model holds an 'encoder' subtree that evaluation can read.
+    trains_on_labels: it trains a classifier on the labels, so config.supervised applies
+      (label mode and fraction, its training subset, frozen encoder / lr multiplier,
+      checkpoint selection on validation); ask `objectives.trains_on_labels(config)`
+      rather than comparing config.objective with a name.
   """
   name: str
   views_per_image: int
@@ -43,6 +47,7 @@ class Objective:
   resolve: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
   check: Callable[[ml_collections.ConfigDict], None]
   has_encoder: bool = True
+  trains_on_labels: bool = False
 
 
 def copy_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

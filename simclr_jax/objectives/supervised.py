@@ -312,4 +312,5 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 OBJECTIVE = Objective(name="supervised", views_per_image=1,
                       build_model=models.create_supervised, build_loss=build_loss,
-                      batch_fields=batch_fields, resolve=resolve, check=check)
+                      batch_fields=batch_fields, resolve=resolve, check=check,
+                      trains_on_labels=True)

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from simclr_jax import checkpointing
+from simclr_jax import objectives
 from simclr_jax.errors import ConfigError
 from simclr_jax.errors import DamagedCheckpoint
 from simclr_jax.errors import IncompatibleCheckpoint
@@ -149,7 +150,7 @@ class Saver:
     """Creates the CheckpointManager (it may delete the temporary directories of saves
     that never finished, and checkpoints beyond config.keep_checkpoints; with
     supervised.select_by_validation it also keeps the best validation checkpoint)."""
-    selecting = (self._config.get("objective") == "supervised" and
+    selecting = (objectives.trains_on_labels(self._config) and
                  self._config.supervised.select_by_validation > 0)
     try:
       self._manager = checkpointing.create_manager(

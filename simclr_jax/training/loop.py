@@ -81,7 +81,8 @@ def _create_monitor(config: ml_collections.ConfigDict):
 def _create_selection(config: ml_collections.ConfigDict, workdir: str):
   """The validation selection (supervised.select_by_validation > 0), or None; a split it
   cannot score exits 2."""
-  if config.get("objective") != "supervised" or config.supervised.select_by_validation <= 0:
+  if (not objectives.trains_on_labels(config)
+      or config.supervised.select_by_validation <= 0):
     return None   # without importing the evaluators (scikit-learn: seconds per start)
   from simclr_jax.evaluation import selection
   try:

@@ -13,6 +13,8 @@ import jax
 import ml_collections
 import optax
 
+from simclr_jax import objectives
+
 OPTIMIZERS = ("lars", "adamw", "adam", "sgd")
 LR_SCALING_RULES = ("linear", "sqrt", "none")
 
@@ -113,7 +115,7 @@ def _fine_tuning(config: ml_collections.ConfigDict,
   0) or scaled by supervised.encoder_lr_multiplier (the whole update: weight decay and
   LARS' trust ratio included, as a smaller learning rate would); `tx` itself otherwise
   (the optimiser state of other runs keeps its structure)."""
-  if config.get("objective") != "supervised":
+  if not objectives.trains_on_labels(config):
     return tx
   supervised = config.supervised
   multiplier = 0.0 if supervised.freeze_encoder else float(supervised.encoder_lr_multiplier)

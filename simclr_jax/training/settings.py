@@ -128,7 +128,7 @@ def check_run(config: ml_collections.ConfigDict, workdir: Optional[str] = None) 
   warn_if_split_smaller_than_batch(
       train_images, config.batch_size,
       f"config.train_split={config.train_split!r} of {config.dataset}" +
-      (" (the supervised run's subset)" if config.get("objective") == "supervised" else ""))
+      (" (the supervised run's subset)" if objectives.trains_on_labels(config) else ""))
   config = init_from.resolve(config, workdir)
   config = objectives.of(config).resolve(config)
   check_objective(config)
