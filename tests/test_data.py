@@ -1,5 +1,6 @@
 """synthetic_cxr builder and the Grain pipelines (tiny splits, 16-32 px)."""
 import json
+import logging
 
 import grain
 import ml_collections
@@ -144,7 +145,7 @@ def test_train_iterator_shapes_and_determinism(data_dir):
   assert data.steps_per_epoch(config) == 60 // 8
 
 
-def test_resume_from_state_yields_the_same_batches(data_dir):
+def test_resume_from_state_yields_the_same_batches(data_dir, caplog):
   config = make_config(data_dir)
   iterator = data.create_train_iterator(
       config, process_index=0, process_count=1, local_device_count=1)
@@ -156,10 +157,25 @@ def test_resume_from_state_yields_the_same_batches(data_dir):
   resumed.set_state(state)
   for a, b in zip(expected, take(resumed, 4)):
     np.testing.assert_array_equal(a['image'], b['image'])
-  with pytest.raises(ValueError, match='global_batch_size saved 8 vs now 16'):
+  # A resume that changed the batch size (allowed with --allow_config_changes=batch_size)
+  # goes on with the same shuffled stream: 3 batches of 8 = 24 examples, rounded up to 2
+  # batches of 16, so the next batch holds examples 32-47 (batches 4 and 5 of size 8).
+  wider = data.create_train_iterator(
+      make_config(data_dir, batch_size=16), process_index=0, process_count=1,
+      local_device_count=1)
+  with caplog.at_level(logging.WARNING):
+    wider.set_state(state)
+  assert 'saved at batch size 8 (3 batches, 24 examples): resuming at batch 2 of size 16 ' \
+         '(8 examples skipped)' in caplog.text
+  np.testing.assert_array_equal(
+      take(wider, 1)[0]['image'].reshape(16, -1),
+      np.concatenate([expected[1]['image'], expected[2]['image']]).reshape(16, -1))
+  # Any other difference in the stream's settings is refused, naming the field.
+  other = json.loads(json.dumps(state))
+  other['seed'] = float(other['seed']) + 1
+  with pytest.raises(ValueError, match='does not match this config: seed saved'):
     data.create_train_iterator(
-        make_config(data_dir, batch_size=16), process_index=0, process_count=1,
-        local_device_count=1).set_state(state)
+        config, process_index=0, process_count=1, local_device_count=1).set_state(other)
 
 
 def test_resume_with_grain_workers(data_dir):
