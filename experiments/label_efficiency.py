@@ -189,11 +189,15 @@ def _key(config) -> str:
 class Run:
   """One (row, fraction, seed): its config, folders and plan."""
 
-  def __init__(self, row: str, fraction_text: str, seed: int, config, out: str, key: str):
-    self.row, self.fraction_text, self.seed = row, fraction_text, seed
+  def __init__(self, row: str, fraction_text: str, seed: int, config, out: str, key: str,
+               split: str = "test"):
+    self.row, self.fraction_text, self.seed, self.split = row, fraction_text, seed, split
     self.config = config
     folder = os.path.join(out, "runs", f"{row}-{key}", fraction_text, f"seed{seed}")
-    self.train_dir, self.eval_dir = os.path.join(folder, "train"), os.path.join(folder, "eval")
+    # The evaluation of each split has its own folder: a run scored on validation is never
+    # reused as its test figure (the row key covers the training settings, not the split).
+    self.train_dir = os.path.join(folder, "train")
+    self.eval_dir = os.path.join(folder, f"eval-{split}")
     self.timing_path = os.path.join(folder, "timing.json")
     self.plan = None
     self.report = None
@@ -204,20 +208,28 @@ class Run:
   def name(self) -> str:
     return f"{self.row} fraction {self.fraction_text} seed {self.seed}"
 
-  def finished(self) -> bool:
-    """A complete final checkpoint and an evaluation report of it (or of the best step)."""
+  def _steps(self) -> list:
     from simclr_jax import checkpointing
-    steps = checkpointing.complete_steps(self.train_dir) if os.path.isdir(
+    return checkpointing.complete_steps(self.train_dir) if os.path.isdir(
         self.train_dir) else []
+
+  def trained(self) -> bool:
+    """Its training reached the final step (a complete checkpoint of it)."""
+    steps = self._steps()
+    return bool(steps) and steps[-1] >= self.plan.total_steps
+
+  def finished(self) -> bool:
+    """Trained, and an evaluation report of it (or of the best step) on its split."""
+    steps = self._steps()
     report_path = os.path.join(self.eval_dir, "report.json")
-    if not steps or steps[-1] < self.plan.total_steps or not os.path.isfile(report_path):
+    if not self.trained() or not os.path.isfile(report_path):
       return False
     try:
       with open(report_path) as file:
         report = json.load(file)
     except (OSError, ValueError):
       return False
-    if report.get("checkpoint_step") not in steps:
+    if report.get("checkpoint_step") not in steps or report.get("split") != self.split:
       return False
     self.report, self.reused = report, True
     try:
@@ -276,7 +288,7 @@ def plan_runs(args) -> tuple:
       for seed in seeds:
         config = _set(row_config, seed=seed, **{"supervised.label_fraction": fraction,
                                                  "supervised.subset_seed": seed})
-        run = Run(row, fraction_text, seed, config, args.out, keys[row])
+        run = Run(row, fraction_text, seed, config, args.out, keys[row], args.split)
         run.plan = settings.check_run(config, run.train_dir)
         runs.append(run)
   protocol = {"dataset": args.dataset, "split": args.split,
@@ -317,7 +329,15 @@ def train_and_evaluate(run: Run, split: str) -> dict:
   from simclr_jax.evaluation import report as report_lib
   from simclr_jax.training import loop
   start = time.perf_counter()
-  loop.train_and_evaluate(run.config, run.train_dir)
+  earlier = {}
+  if run.trained():   # scored on another split before: evaluate again, keep its training time
+    try:
+      with open(run.timing_path) as file:
+        earlier = json.load(file)
+    except (OSError, ValueError):
+      earlier = {}
+  else:
+    loop.train_and_evaluate(run.config, run.train_dir)
   trained = time.perf_counter()
   config = run.plan.config
   label_mode = str(config.supervised.label_mode or "") or None
@@ -329,7 +349,7 @@ def train_and_evaluate(run: Run, split: str) -> dict:
   encoder = encoders.load_encoder(workdir=run.train_dir, step=step)
   report = offline.evaluate_encoder(encoder, plan, offline.Output(
       run.eval_dir, overwrite=True, plots=False, save_features=False))
-  run.timing = {"train_seconds": trained - start,
+  run.timing = {"train_seconds": earlier.get("train_seconds", trained - start),
                 "evaluation_seconds": time.perf_counter() - trained}
   report_lib.write_json(run.timing_path, run.timing)
   return report
@@ -526,7 +546,7 @@ def main(argv=None) -> dict:
   for index, run in enumerate(runs, 1):
     if run.finished():
       print(f"[{index}/{total}] {run.name}: reused (finished: step "
-            f"{run.report.get('checkpoint_step')}, test AUROC "
+            f"{run.report.get('checkpoint_step')}, {args.split} AUROC "
             f"{_format(run.report.get(METRIC))})", flush=True)
       continue
     print(f"[{index}/{total}] {run.name}: training {run.plan.total_steps} steps on "
@@ -535,7 +555,7 @@ def main(argv=None) -> dict:
     run.report = train_and_evaluate(run, args.split)
     interval = run.report.get(f"{METRIC}_ci95") or [None, None]
     print(f"[{index}/{total}] {run.name}: done in {run.timing['train_seconds']:.1f} s "
-          f"training + {run.timing['evaluation_seconds']:.1f} s evaluation; test AUROC "
+          f"training + {run.timing['evaluation_seconds']:.1f} s evaluation; {args.split} AUROC "
           f"{_format(run.report.get(METRIC))} [{_format(interval[0])}, "
           f"{_format(interval[1])}] (step {run.report.get('checkpoint_step')})", flush=True)
   fractions = parse_fractions(args.fractions)

@@ -213,6 +213,11 @@ BAD = [  # (what, overrides, init_from, words)
      ["config.supervised.label_fraction=0.5", "needs labels", "unlabelled"]),
     ("simclr with a fraction", {"objective": "simclr", "supervised.label_fraction": 0.5}, "",
      ["config.supervised.label_fraction=0.5", "objective='supervised'"]),
+    ("balanced on other classes", {"input.class_balanced": True,
+                                   "supervised.label_mode": "binary:normal"}, "",
+     ["config.input.class_balanced=True", "label_mode='binary:normal'"]),
+    ("selected on test", {"supervised.select_by_validation": 2, "online_eval.eval_split": "test"},
+     "", ["select_by_validation=2", "eval_split='test'", "validation"]),
 ]
 
 
@@ -294,6 +299,19 @@ def test_frozen_run_keeps_the_encoder_bit_exact_selects_on_validation_and_resume
   assert "frozen encoder" in report["encoder_init"] and f"{origin}@2" in report["encoder_init"]
   markdown = open(tmp_path / "eval" / "report.md").read()
   assert stored["supervised"]["subset"]["ids_sha256"] in markdown
+
+  # A selection record that cannot be written (here a folder where the file goes; a full
+  # disk or a read-only workdir alike) ends the run with one line, no temporary file left.
+  from simclr_jax.evaluation import selection as selection_lib
+  blocked = tmp_path / "blocked"
+  os.makedirs(blocked / BEST_CHECKPOINT_FILE)
+  chooser = selection_lib.ValidationSelection.__new__(selection_lib.ValidationSelection)
+  chooser._config, chooser._workdir, chooser.split = config, str(blocked), "validation"
+  chooser.history = [{"step": 3, selection_lib.METRIC: 0.5}]
+  with pytest.raises(errors.WorkdirNotWritable) as raised:
+    chooser._write()
+  assert "\n" not in str(raised.value) and "validation selection of step 3" in str(raised.value)
+  assert sorted(os.listdir(blocked)) == [BEST_CHECKPOINT_FILE]
 
 
 def _flat(config, **fields):
@@ -395,6 +413,21 @@ def test_label_efficiency_writes_the_table_and_a_rerun_trains_nothing(
       report["rows"]["simclr_finetune"]["0.5"]["auroc_mean"])
   assert all(seed["reused"] for fractions in again["rows"].values()
              for entry in fractions.values() for seed in entry["seeds"])
+  # The same runs scored on another split are evaluated again (no training), never taken
+  # from the test evaluations, and the other split's figures are its own.
+  test_report = open(out / "report.json").read()
+  assert label_efficiency.cli(argv + ["--split", "validation"]) == 2   # another protocol
+  other = label_efficiency.main(argv + ["--split", "validation", "--overwrite"])
+  seeds = [seed for fractions in other["rows"].values() for entry in fractions.values()
+           for seed in entry["seeds"]]
+  assert seeds and not any(seed["reused"] for seed in seeds)
+  for seed in seeds:
+    folder = os.path.dirname(seed["run"])
+    assert json.load(open(os.path.join(folder, "eval-validation", "report.json")))[
+        "split"] == "validation"
+    assert json.load(open(os.path.join(folder, "eval-test", "report.json")))["split"] == "test"
+  assert json.load(open(out / "report.json"))["protocol"]["split"] == "validation"
+  open(out / "report.json", "w").write(test_report)   # the test protocol's report again
   # Another protocol's report in OUT is refused, and nothing changes there.
   before = open(out / "report.json").read()
   assert label_efficiency.cli(argv[:-1] + ["--train_flags=--config.log_every_steps=2"]) == 2

@@ -242,6 +242,10 @@ def test_pixels_counts_labels_and_patients(own):
                                 '--data_dir', data_dir)
   assert status == 2 and err.count('\n') == 1
   assert 'was prepared with uncertain ones; asked for uncertain zeros' in err
+  # A zero is an option given, not one left out: the hash split of 0 % test is another split.
+  status, _, err = _run_prepare(f'folder/hospital/{SIZE}', '--test_fraction', '0',
+                                '--data_dir', data_dir)
+  assert status == 2 and err.count('\n') == 1 and 'test_fraction' in err, err
 
 
 def _config(dataset, data_dir, **overrides):

@@ -157,7 +157,9 @@ def check_writable(data_dir, version_folder) -> None:
 def _own_flags_given(args, family) -> dict:
   """The own-data flags given on the command line; refuses those `family` does not read."""
   given = {flag: getattr(args, flag, None) for flag in _ALL_FLAGS}
-  given = {flag: value for flag, value in given.items() if value not in (None, False)}
+  # 0 and 0.0 are given values (--test_fraction 0), not absent ones: `0 in (None, False)` is True.
+  given = {flag: value for flag, value in given.items()
+           if value is not None and value is not False}
   foreign = [flag for flag in given if flag not in OWN_FLAGS[family]]
   if foreign:
     raise ValueError(f'{family} does not take {", ".join("--" + f for f in foreign)}; '

@@ -34,6 +34,7 @@ import numpy as np
 
 from simclr_jax import checkpointing
 from simclr_jax import objectives
+from simclr_jax.errors import WorkdirNotWritable
 from simclr_jax.evaluation import classifier
 from simclr_jax.evaluation import encoders
 from simclr_jax.evaluation import features as features_lib
@@ -134,9 +135,20 @@ class ValidationSelection:
               "best": self.best(), "history": self.history}
     path = os.path.join(self._workdir, BEST_CHECKPOINT_FILE)
     temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-      json.dump(record, file, indent=2)
-    os.replace(temporary, path)
+    try:
+      with open(temporary, "w") as file:
+        json.dump(record, file, indent=2)
+      os.replace(temporary, path)
+    except OSError as error:   # no space, no inodes, permission: one line, exit 2
+      try:
+        os.remove(temporary)
+      except OSError:
+        pass
+      step = self.history[-1]["step"] if self.history else None
+      raise WorkdirNotWritable(
+          f"{path}: cannot record the validation selection of step {step} "
+          f"({error.strerror or error}); free space or make the workdir writable, then run "
+          f"the same command again (it resumes from the newest complete checkpoint).") from None
 
 
 def maybe_create(config: ml_collections.ConfigDict, workdir: str

@@ -191,6 +191,17 @@ def check(config: ml_collections.ConfigDict) -> None:
   if not (isinstance(every, int) and every >= 0):
     raise ConfigError(f"config.supervised.select_by_validation={every!r}: must be 0 (off) or "
                       f"a number of steps between validation evaluations.")
+  if (config.get("input") or {}).get("class_balanced") and supervised.label_mode:
+    raise ConfigError(f"config.input.class_balanced=True with config.supervised.label_mode="
+                      f"{supervised.label_mode!r}: balanced sampling evens out the dataset's own "
+                      f"labels, not the label mode's classes; set one of them only.")
+  eval_split = str((config.get("online_eval") or {}).get("eval_split", "validation"))
+  if every and eval_split == "test":
+    raise ConfigError(f"config.supervised.select_by_validation={every} with "
+                      f"config.online_eval.eval_split='test': the checkpoint would be chosen "
+                      f"on the test split, and its test figures be optimistic; choose on the "
+                      f"validation split (config.online_eval.eval_split='validation') or set "
+                      f"select_by_validation=0.")
   from simclr_jax.data import labels as labels_lib   # simclr_jax.data imports TFDS
   try:
     labels_lib.check_label_mode(supervised.label_mode or None, None)
