@@ -4,7 +4,9 @@ r"""Fewer labels, measured: fine-tuned AUROC against the label fraction, per ini
       --data_dir runs/data --simclr_workdir runs/thumbs/simclr \
       [--imagenet_weights resnet18.pth] --fractions 0.01,0.1,1.0 --seeds 0,1,2 \
       --out runs/thumbs/label_efficiency [--config experiments/configs/thumbs_finetune.py] \
-      [--label_mode "binary:No Finding"] [--train_flags="--config.num_epochs=30 ..."]
+      [--label_mode "binary:No Finding"] [--train_flags="--config.num_epochs=30 ..."] \
+      [--rows scratch,simclr_finetune] \
+      [--row_flags "simclr_finetune=--config.supervised.encoder_lr_multiplier=0.1" ...]
 
 Per label fraction F and seed S it trains, with the same training subset (the patient-wise
 subsample of the train split drawn with subset_seed S, `data/train_subset.py`) for every
@@ -14,7 +16,9 @@ row:
                      the script starts, pinned as WORKDIR@STEP for every run), all layers
   simclr_frozen      the same encoder frozen: only the classifier trains (on augmented views)
   imagenet_finetune  initialised from --imagenet_weights (only when given)
-each as `python -m simclr_jax.train` would (in this process: training.loop), with
+(--rows picks some of them; --row_flags ROW=FLAGS adds --config flags to one row only, after
+--train_flags, so each row can run the settings chosen for it on validation), each as
+`python -m simclr_jax.train` would (in this process: training.loop), with
 config.seed = S, supervised.label_fraction = F, supervised.subset_seed = S, then evaluates
 it on --split (test) with the `classifier` evaluator (the head's own macro AUROC with a 95 %
 interval resampling test patients). When the config sets supervised.select_by_validation,
@@ -107,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--train_flags", default="",
                       help="extra --config.KEY=VALUE flags for every run, one string: "
                            "--train_flags=\"--config.a=1 --config.b=2\"")
+  parser.add_argument("--rows", default=None,
+                      help="comma-separated rows to run (default: scratch, simclr_finetune, "
+                           "simclr_frozen, and imagenet_finetune when --imagenet_weights is "
+                           "given)")
+  parser.add_argument("--row_flags", action="append", default=[], metavar="ROW=FLAGS",
+                      help="extra --config.KEY=VALUE flags for one row only, after "
+                           "--train_flags; repeat per row: --row_flags \"simclr_finetune="
+                           "--config.supervised.encoder_lr_multiplier=0.1\"")
   parser.add_argument("--split", default="test", help="the split every run is scored on")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace a report of another protocol in --out")
@@ -171,6 +183,40 @@ def load_config(path: str, train_flags: str):
   except (flags.Error, AttributeError, KeyError, OSError, ImportError, SyntaxError) as error:
     raise ValueError(f"--train_flags / --config: {' '.join(str(error).split())}") from None
   return config.copy_and_resolve_references()
+
+
+def parse_rows(text, imagenet: bool) -> list:
+  """--rows -> the rows to run, in ROWS order (default: every row the inputs allow)."""
+  allowed = [row for row in ROWS if imagenet or row != "imagenet_finetune"]
+  if text is None:
+    return allowed
+  rows = [part.strip() for part in str(text).split(",") if part.strip()]
+  for row in rows:
+    if row not in ROWS:
+      raise ValueError(f"--rows={text!r}: {row!r} is not a row; rows: {', '.join(ROWS)}.")
+    if row not in allowed:
+      raise ValueError(f"--rows={text!r}: {row} needs --imagenet_weights FILE.")
+  if not rows or len(set(rows)) != len(rows):
+    raise ValueError(f"--rows={text!r}: give distinct rows, e.g. scratch,simclr_finetune.")
+  return [row for row in ROWS if row in rows]
+
+
+def parse_row_flags(items: list, rows: list) -> dict:
+  """['simclr_finetune=--config.a=1 --config.b=2', ...] -> {row: flags} (rows being run)."""
+  found = {}
+  for item in items or []:
+    row, separator, flags = str(item).partition("=")
+    row = row.strip()
+    if not separator or row not in ROWS:
+      raise ValueError(f"--row_flags={item!r}: give ROW=FLAGS with ROW one of "
+                       f"{', '.join(ROWS)}, e.g. \"simclr_finetune=--config.supervised."
+                       f"encoder_lr_multiplier=0.1\".")
+    if row not in rows:
+      raise ValueError(f"--row_flags={item!r}: row {row} is not run (rows: {', '.join(rows)}).")
+    if row in found:
+      raise ValueError(f"--row_flags: row {row} given twice; put its flags in one string.")
+    found[row] = flags.strip()
+  return found
 
 
 def _set(config, **fields):
@@ -264,25 +310,34 @@ def plan_runs(args) -> tuple:
   from simclr_jax.training import settings
   fractions = parse_fractions(args.fractions)
   seeds = parse_seeds(args.seeds)
-  base = load_config(args.config, args.train_flags)
-  base = _set(base, dataset=args.dataset, data_dir=args.data_dir)
-  if base.objective != "supervised":
-    raise ValueError(f"--config={args.config}: objective={base.objective!r}; the protocol "
-                     f"fine-tunes: use a config with objective 'supervised' (e.g. "
-                     f"experiments/configs/thumbs_finetune.py).")
-  if args.label_mode is not None:
-    base = _set(base, **{"supervised.label_mode": args.label_mode})
+  rows = parse_rows(getattr(args, "rows", None), bool(args.imagenet_weights))
+  row_flags = parse_row_flags(getattr(args, "row_flags", []), rows)
+
+  def base_config(extra: str = ""):
+    base = load_config(args.config, " ".join(filter(None, [args.train_flags, extra])))
+    base = _set(base, dataset=args.dataset, data_dir=args.data_dir)
+    if base.objective != "supervised":
+      raise ValueError(f"--config={args.config}: objective={base.objective!r}; the protocol "
+                       f"fine-tunes: use a config with objective 'supervised' (e.g. "
+                       f"experiments/configs/thumbs_finetune.py).")
+    if args.label_mode is not None:
+      base = _set(base, **{"supervised.label_mode": args.label_mode})
+    return base
+
+  base = base_config()
   simclr = _resolve_simclr(args.simclr_workdir)
   inits = {"scratch": ("", False), "simclr_finetune": (simclr, False),
            "simclr_frozen": (simclr, True)}
   if args.imagenet_weights:
     inits["imagenet_finetune"] = (args.imagenet_weights, False)
+  inits = {row: inits[row] for row in rows}
   runs, keys = [], {}
   for row, (source, frozen) in inits.items():
     fields = {"init_from": source, "supervised.freeze_encoder": frozen}
     if frozen:
       fields["supervised.encoder_lr_multiplier"] = 1.0   # nothing to scale
-    row_config = init_from.resolve(_set(base, **fields))   # the source is read once here
+    row_base = base_config(row_flags[row]) if row_flags.get(row) else base
+    row_config = init_from.resolve(_set(row_base, **fields))   # the source is read once here
     keys[row] = _key(row_config)
     for fraction_text, fraction in fractions:
       for seed in seeds:
@@ -296,6 +351,8 @@ def plan_runs(args) -> tuple:
               "config": os.path.abspath(args.config), "train_flags": args.train_flags,
               "simclr_workdir": simclr, "imagenet_weights": args.imagenet_weights,
               "row_keys": keys}
+  if row_flags:   # only when given: reports written without per-row flags stay comparable
+    protocol["row_flags"] = row_flags
   return runs, protocol
 
 
@@ -425,7 +482,9 @@ def markdown(report: dict, fractions: list) -> str:
            + f"; seeds {', '.join(map(str, seeds))}; SimCLR encoder "
            f"`{protocol['simclr_workdir']}`"
            + (f"; ImageNet weights `{protocol['imagenet_weights']}`"
-              if protocol.get("imagenet_weights") else "") + ".", "",
+              if protocol.get("imagenet_weights") else "")
+           + "".join(f"; {ROW_TITLES[row]} also `{flags}`"
+                     for row, flags in (protocol.get("row_flags") or {}).items()) + ".", "",
            "| row | " + " | ".join(f"label fraction {text}" for text in fractions) + " |",
            "|---|" + "---|" * len(fractions)]
   for row, entries in report["rows"].items():

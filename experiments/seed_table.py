@@ -10,11 +10,13 @@ rate where the reports have them (evaluator patient_shortcut); a cell is "mean Â
 (sample sd, n - 1), and only when every run has a value: a cell some runs lack (an
 undefined AUROC) reads "n/a (values in k of n runs)" rather than a mean over fewer runs
 than the table says. Then one line per cell with each seed's value, by seed name (the
-folder above compare/, e.g. seed0).
+folder above compare/, e.g. seed0); one line per AUROC cell with its 95 % patient-bootstrap
+interval (the mean over the seeds of each bound, then each seed's); and the label-fraction
+subsets' image / patient counts per seed.
 
 Only like is averaged with like: comparisons whose rows, settings (data, split, label
 mode, k, features, knn_k, k-means restarts, probe solver and settings, evaluators, label
-fractions) or example counts differ are refused (exit 2), naming the field, the row and
+fractions and their patient counts) or example counts differ are refused (exit 2), naming the field, the row and
 each seed's value. An --out that exists is refused (exit 2) unless --overwrite.
 """
 import argparse
@@ -57,9 +59,28 @@ def _value(report: dict, key: str):
 
 
 def _label_fractions(report: dict):
-  """The label-fraction rows' settings: (fraction, train examples, train patients)."""
-  return [(entry.get("fraction"), entry.get("num_train_examples"),
-           entry.get("num_train_patients")) for entry in report.get("label_fractions") or []]
+  """The label-fraction rows' settings: (fraction, train patients). The image count is not
+  compared: a patient-wise subset drawn with another seed holds as many patients but not as
+  many images (the per-seed image counts are listed under the table)."""
+  return [(entry.get("fraction"), entry.get("num_train_patients"))
+          for entry in report.get("label_fractions") or []]
+
+
+def _fraction_entry(report: dict, fraction: float) -> dict:
+  return next((entry for entry in report.get("label_fractions") or []
+               if entry.get("fraction") == fraction), {})
+
+
+def _interval(report: dict, key: str):
+  """The report's 95 % patient-bootstrap interval [low, high] of a column, or None."""
+  if key.startswith("fraction:"):
+    value = _fraction_entry(report, float(key.split(":", 1)[1])).get("linear_auroc_macro_ci95")
+  else:
+    value = report.get(f"{key}_ci95")
+  if (isinstance(value, (list, tuple)) and len(value) == 2
+      and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)):
+    return [float(v) for v in value]
+  return None
 
 
 def check_alike(comparisons: list, seeds: list) -> None:
@@ -74,7 +95,7 @@ def check_alike(comparisons: list, seeds: list) -> None:
     raise ValueError(f"the comparisons differ in their rows ({listed}); every run must "
                      f"compare the same encoders.")
   fields = [(field, lambda report, field=field: report.get(field)) for field in SETTINGS + COUNTS]
-  fields.append(("label_fractions (fraction, train examples, patients)", _label_fractions))
+  fields.append(("label_fractions (fraction, train patients)", _label_fractions))
   for field in ("dataset", "split", "train_split", "label_mode", "k", "features"):
     values = {repr(report.get(field)) for comparison in comparisons
               for report in comparison.values()}
@@ -99,7 +120,7 @@ def summarise(comparisons: list, seeds: list = None) -> dict:
   """
   seeds = seeds or [f"run{i}" for i in range(len(comparisons))]
   check_alike(comparisons, seeds)
-  fractions = [fraction for fraction, _, _ in _label_fractions(
+  fractions = [fraction for fraction, _ in _label_fractions(
       next(iter(comparisons[0].values())))]
   columns = list(COLUMNS)
   if any(report.get(CLASSIFIER_COLUMN[1]) is not None for comparison in comparisons
@@ -115,6 +136,59 @@ def summarise(comparisons: list, seeds: list = None) -> dict:
       table[row] = {key: [_value(comparison[row], key) for comparison in comparisons]
                     for key in keys}
   return table
+
+
+def intervals(comparisons: list) -> dict:
+  """{row: {column key: [[low, high] or None per seed]}} for the columns whose reports carry
+  a 95 % patient-bootstrap interval (`<key>_ci95`; label fractions: their rows' linear one)."""
+  found = {}
+  for row in compare.ROWS:
+    if row not in comparisons[0]:
+      continue
+    fractions = sorted(fraction for fraction, _ in _label_fractions(comparisons[0][row]))
+    keys = [key for _, key in COLUMNS + (CLASSIFIER_COLUMN,)] + [
+        f"fraction:{fraction}" for fraction in fractions]
+    columns = {key: [_interval(comparison[row], key) for comparison in comparisons]
+               for key in keys}
+    columns = {key: bounds for key, bounds in columns.items()
+               if any(bound is not None for bound in bounds)}
+    if columns:
+      found[row] = columns
+  return found
+
+
+def intervals_markdown(found: dict, seeds: list) -> str:
+  """One line per row and column: the mean of the seeds' 95 % bounds, then each seed's."""
+  if not found:
+    return ""
+  lines = ["", "95 % intervals (patient bootstrap of the evaluated split; first the mean over "
+               "the seeds of each bound, then each seed's):"]
+  for row, columns in found.items():
+    for key, bounds in columns.items():
+      complete = [bound for bound in bounds if bound is not None]
+      mean = (f"[{statistics.mean(b[0] for b in complete):.3f}, "
+              f"{statistics.mean(b[1] for b in complete):.3f}]"
+              if len(complete) == len(bounds) else f"n/a (in {len(complete)} of {len(bounds)} runs)")
+      lines.append(f"- {ROW_NAMES.get(row, row)} {_column_name(key)}: {mean}; " + ", ".join(
+          f"{seed} " + ("n/a" if bound is None else f"[{bound[0]:.3f}, {bound[1]:.3f}]")
+          for seed, bound in zip(seeds, bounds)))
+  return "\n".join(lines) + "\n"
+
+
+def fraction_sizes_markdown(comparisons: list, seeds: list) -> str:
+  """The label-fraction subsets' image / patient counts per seed (patient-wise subsets drawn
+  with each seed differ in images)."""
+  first = next(iter(comparisons[0].values()))
+  lines = []
+  for fraction, _ in _label_fractions(first):
+    sizes = [(_fraction_entry(next(iter(c.values())), fraction).get("num_train_examples"),
+              _fraction_entry(next(iter(c.values())), fraction).get("num_train_patients"))
+             for c in comparisons]
+    lines.append(f"- label fraction {fraction:g}: " + ", ".join(
+        f"{seed} {images} images / {patients} patients"
+        for seed, (images, patients) in zip(seeds, sizes)))
+  return ("\ntraining subsets of the label-fraction columns:\n" + "\n".join(lines) + "\n"
+          if lines else "")
 
 
 def _column_name(key: str) -> str:
@@ -185,7 +259,9 @@ def main(argv=None) -> str:
   seeds = _seed_names(args.reports)
   table = summarise(comparisons, seeds)
   context = f"{describe(next(iter(comparisons[0].values())))}; {len(comparisons)} runs."
-  return emit(markdown(table, seeds, context), args.out)
+  return emit(markdown(table, seeds, context)
+              + intervals_markdown(intervals(comparisons), seeds)
+              + fraction_sizes_markdown(comparisons, seeds), args.out)
 
 
 def describe(report: dict) -> str:

@@ -1,9 +1,10 @@
 # Sourced by the nih_thumbs experiment scripts (thumbs_table.sh, patient_pairs_table.sh) after
-# they set OUT_DEFAULT: resolves THUMBS, CSV and OUT (paths given in the environment are
-# relative to where the script was started; the defaults to the repository root), moves to the
-# repository root, picks PYTHON (.venv/bin/python if present, else python3), checks SEEDS and the
-# inputs, and prepares nih_chest_xray14/thumbs64 into DATA_DIR=OUT/data (a re-run reuses it).
-for name in THUMBS CSV OUT; do
+# they set OUT_DEFAULT: resolves THUMBS, CSV, OUT and DATA_DIR (paths given in the environment
+# are relative to where the script was started; the defaults to the repository root), moves to
+# the repository root, picks PYTHON (.venv/bin/python if present, else python3), checks SEEDS and
+# the inputs, and prepares nih_chest_xray14/thumbs64 into DATA_DIR (default OUT/data; a re-run
+# reuses it; give one DATA_DIR to several OUTs to share one prepared copy).
+for name in THUMBS CSV OUT DATA_DIR; do
   if [[ -n "${!name:-}" ]]; then printf -v "$name" '%s' "$(realpath -m -- "${!name}")"; fi
 done
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,7 +19,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 DATASET=nih_chest_xray14/thumbs64
-DATA_DIR=$OUT/data
+DATA_DIR=${DATA_DIR:-$OUT/data}
 [[ -d "$THUMBS" ]] || { echo "error: THUMBS=$THUMBS is not a folder (nih_thumbs layout)" >&2; exit 2; }
 [[ -f "$CSV" ]] || { echo "error: CSV=$CSV not found (the official Data_Entry CSV)" >&2; exit 2; }
 mkdir -p "$OUT"

@@ -432,3 +432,47 @@ def test_label_efficiency_writes_the_table_and_a_rerun_trains_nothing(
   before = open(out / "report.json").read()
   assert label_efficiency.cli(argv[:-1] + ["--train_flags=--config.log_every_steps=2"]) == 2
   assert open(out / "report.json").read() == before
+
+
+def test_label_efficiency_rows_and_row_flags_set_one_row_only(synthetic_data_dir, source,
+                                                              tmp_path):
+  """--rows picks rows; --row_flags changes one row's settings (and its run folders' key)
+  and no other's; bad rows / flags are refused before anything is planned."""
+  from experiments import label_efficiency
+  config_file = tmp_path / "tiny_finetune.py"
+  config_file.write_text("from tests.test_finetune import _config\n\n"
+                         "def get_config():\n"
+                         f"  return _config({str(synthetic_data_dir)!r})\n")
+  common = ["--dataset", "synthetic_cxr/32", "--data_dir", str(synthetic_data_dir),
+            "--simclr_workdir", source, "--fractions", "0.5", "--seeds", "0",
+            "--out", str(tmp_path / "out"), "--config", str(config_file)]
+
+  def plan(*extra):
+    runs, protocol = label_efficiency.plan_runs(label_efficiency._parser().parse_args(
+        common + list(extra)))
+    return {run.row: run for run in runs}, protocol
+
+  plain, plain_protocol = plan("--rows", "simclr_finetune,scratch")
+  assert list(plain) == ["scratch", "simclr_finetune"] and "row_flags" not in plain_protocol
+  flagged, protocol = plan("--rows", "scratch,simclr_finetune", "--row_flags",
+                           "simclr_finetune=--config.supervised.encoder_lr_multiplier=0.1 "
+                           "--config.optimizer.learning_rate=0.0003")
+  finetune = flagged["simclr_finetune"].config
+  assert finetune.supervised.encoder_lr_multiplier == 0.1
+  assert finetune.optimizer.learning_rate == 3e-4 and finetune.init_from.startswith(source)
+  assert flagged["scratch"].config.optimizer.learning_rate == (
+      plain["scratch"].config.optimizer.learning_rate)
+  assert protocol["row_keys"]["scratch"] == plain_protocol["row_keys"]["scratch"]
+  assert protocol["row_keys"]["simclr_finetune"] != plain_protocol["row_keys"]["simclr_finetune"]
+  assert protocol["row_flags"] == {"simclr_finetune": "--config.supervised.encoder_lr_multiplier"
+                                                      "=0.1 --config.optimizer.learning_rate=0.0003"}
+  for extra, words in ((["--rows", "scratch,linear"], "'linear' is not a row"),
+                       (["--rows", "imagenet_finetune"], "needs --imagenet_weights"),
+                       (["--rows", "scratch", "--row_flags", "simclr_frozen=--config.seed=1"],
+                        "simclr_frozen is not run"),
+                       (["--row_flags", "frozen=--config.seed=1"], "give ROW=FLAGS"),
+                       (["--row_flags", "scratch=--config.optimiser.learning_rate=1"],
+                        "--train_flags")):
+    with pytest.raises(ValueError, match=words):
+      plan(*extra)
+  assert not os.path.exists(tmp_path / "out")

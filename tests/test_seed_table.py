@@ -101,9 +101,17 @@ def test_averages_like_with_like_only(tmp_path):
     if field != "label_mode":
       assert "row simclr" in str(error.value) and f"{value!r}" in str(error.value)
   fewer = dict(_report(0.6, 0.6, 0.5), label_fractions=[
-      dict(fraction=0.1, num_train_examples=9, linear_auroc_macro=0.5)])
+      dict(fraction=0.1, num_train_patients=9, linear_auroc_macro=0.5)])
   with pytest.raises(ValueError, match="differ in label_fractions"):
     seed_table.main(paths(label_fractions=fewer["label_fractions"]))
+  # A patient-wise subset drawn with another seed: as many patients, other images: alike.
+  sizes = [dict(_report(0.6, 0.6, 0.5), label_fractions=[dict(
+      fraction=0.1, num_train_examples=images, num_train_patients=16, linear_auroc_macro=0.5,
+      linear_auroc_macro_ci95=[0.4, 0.6])]) for images in (64, 34)]
+  text = seed_table.main([_write(tmp_path / f"sizes{i}", i, dict(simclr=report))
+                          for i, report in enumerate(sizes)])
+  assert "label fraction 0.1: seed0 64 images / 16 patients, seed1 34 images / 16 patients" in text
+  assert "- SimCLR (JAX) linear AUROC @ 0.1 labels: [0.400, 0.600]; seed0 [0.400, 0.600]" in text
   first = _write(tmp_path / "c", 0, dict(simclr=_report(0.6, 0.6, 0.5),
                                          random_init=_report(0.5, 0.5, 0.5)))
   second = _write(tmp_path / "d", 0, dict(simclr=_report(0.6, 0.6, 0.5)))
