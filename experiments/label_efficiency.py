@@ -337,6 +337,13 @@ def plan_runs(args) -> tuple:
     if frozen:
       fields["supervised.encoder_lr_multiplier"] = 1.0   # nothing to scale
     row_base = base_config(row_flags[row]) if row_flags.get(row) else base
+    chosen_on = str(row_base.online_eval.eval_split)
+    if row_base.supervised.select_by_validation > 0 and chosen_on == args.split:
+      raise ValueError(f"--split={args.split}: the {row} runs choose their checkpoint on that "
+                       f"split (config.online_eval.eval_split={chosen_on!r}, supervised."
+                       f"select_by_validation={row_base.supervised.select_by_validation}), so "
+                       f"its figures would be optimistic; score another split, or pass "
+                       f"--train_flags=\"--config.supervised.select_by_validation=0\".")
     row_config = init_from.resolve(_set(row_base, **fields))   # the source is read once here
     keys[row] = _key(row_config)
     for fraction_text, fraction in fractions:

@@ -472,7 +472,10 @@ def test_label_efficiency_rows_and_row_flags_set_one_row_only(synthetic_data_dir
                         "simclr_frozen is not run"),
                        (["--row_flags", "frozen=--config.seed=1"], "give ROW=FLAGS"),
                        (["--row_flags", "scratch=--config.optimiser.learning_rate=1"],
-                        "--train_flags")):
+                        "--train_flags"),
+                       (["--split", "validation", "--row_flags",
+                         "simclr_finetune=--config.supervised.select_by_validation=5"],
+                        "choose their checkpoint on that split")):
     with pytest.raises(ValueError, match=words):
       plan(*extra)
   assert not os.path.exists(tmp_path / "out")
