@@ -187,10 +187,17 @@ case "$command" in
   test)
     # Two pytest invocations: tests/multidevice needs a process of its own (4 fake CPU devices,
     # set before JAX starts). Both run; the exit code is the first failure's (5, nothing
-    # selected by -k, is not a failure).
+    # selected by -k, is not a failure). The first spreads the test files over worker processes
+    # (pytest-xdist; SIMCLR_TEST_WORKERS, default one per core up to 4; 0 runs them in this
+    # process).
     setup torch; status=0
+    cores=$(nproc 2>/dev/null || echo 1)
+    workers=${SIMCLR_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
+    [[ "$workers" =~ ^[0-9]+$ ]] || { echo "SIMCLR_TEST_WORKERS=$workers: give a number of worker processes (0: none)" >&2; exit 2; }
+    parallel=(-n "$workers" --dist loadfile)
     for tests in tests tests/multidevice; do
-      py -m pytest -q "$tests" "$@" || { rc=$?; [[ $rc -eq 5 || $status -ne 0 ]] || status=$rc; }
+      py -m pytest -q "$tests" "${parallel[@]}" "$@" || { rc=$?; [[ $rc -eq 5 || $status -ne 0 ]] || status=$rc; }
+      parallel=()
     done
     exit "$status";;
   doctor)
