@@ -172,6 +172,38 @@ def test_full_disk_stops_the_run_at_once_with_one_line(tmp_path, synthetic_data_
   report_figures(figures)
 
 
+def test_a_full_disk_under_the_event_writer_is_one_warning_not_a_traceback(
+    tmp_path, caplog, capsys):
+  """tensorboardX writes its event file from its own thread; a full disk there (the fault
+  injected at its file's write: ENOSPC) is one warning line, no thread traceback. The
+  full-disk run above reaches this only when the event file is flushed at the wrong time."""
+  import threading
+  events = tmp_path / "tensorboard"
+  before = threading.excepthook
+  step_log._report_event_writer_errors(str(events))
+  try:
+    writer = step_log._summary_writer_class()(str(events), flush_secs=1)
+    record_writer = writer._get_file_writer().event_writer._ev_writer._py_recordio_writer
+
+    class FullDisk:
+      def write(self, data):
+        raise OSError(28, "No space left on device")
+      def flush(self):
+        pass
+      def close(self):
+        pass
+    record_writer._writer = FullDisk()
+    worker = writer._get_file_writer().event_writer._worker
+    with caplog.at_level("WARNING"):
+      writer.add_scalar("loss", 1.0, 1)
+      worker.join(timeout=30)   # the thread ends on the error
+      assert not worker.is_alive()
+    assert f"TensorBoard events: cannot write {events} (No space left on device)" in caplog.text
+    assert "Traceback" not in capsys.readouterr().err
+  finally:
+    threading.excepthook = before
+
+
 def test_unwritable_checkpoints_folder_stops_the_run_with_one_line(tmp_path,
                                                                    synthetic_data_dir):
   """checkpoints/ exists but cannot be written (the workdir can): the first save stops the

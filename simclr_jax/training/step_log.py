@@ -10,7 +10,9 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
+import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
@@ -67,7 +69,9 @@ class MetricsWriter:
     except OSError as error:
       raise _not_writable(self._path, start_step + 1, error) from None
     # purge_step: TensorBoard hides the events of steps after it from earlier runs.
-    self._tensorboard = _summary_writer_class()(os.path.join(workdir, TENSORBOARD_DIR),
+    events = os.path.join(workdir, TENSORBOARD_DIR)
+    _report_event_writer_errors(events)
+    self._tensorboard = _summary_writer_class()(events,
                                       purge_step=start_step + 1 if start_step else None)
 
   def write(self, step: int, scalars: Dict[str, Any]) -> None:
@@ -90,7 +94,34 @@ class MetricsWriter:
         self._jsonl.close()
       except OSError:   # the line that could not be written: reported already
         pass
-      self._tensorboard.close()
+      try:
+        self._tensorboard.close()   # flushes the event file in this thread
+      except OSError as error:
+        logging.warning("TensorBoard events: cannot write the last events (%s).",
+                        error.strerror or error)
+
+
+def _report_event_writer_errors(events_dir: str) -> None:
+  """tensorboardX writes its event file from a thread of its own: an OSError there (a full
+  disk) would print that thread's traceback. It becomes one warning line instead: the event
+  file stops, metrics.jsonl and the checkpoints report their own failures (one line, exit 2).
+  Exceptions of other threads go to the hook that was there."""
+  if getattr(threading.excepthook, "_simclr_events", False):
+    return
+  previous = threading.excepthook
+
+  def hook(args):
+    frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
+    if (isinstance(args.exc_value, OSError)
+        and any("tensorboardX" in frame.filename for frame in frames)):
+      logging.warning("TensorBoard events: cannot write %s (%s); the event file stops here, "
+                      "metrics.jsonl goes on.", events_dir,
+                      args.exc_value.strerror or args.exc_value)
+      return
+    previous(args)
+
+  hook._simclr_events = True
+  threading.excepthook = hook
 
 
 def _summary_writer_class():
