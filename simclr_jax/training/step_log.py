@@ -101,11 +101,16 @@ class MetricsWriter:
                         error.strerror or error)
 
 
+_EVENTS_DIR = [""]   # the folder the newest event writer of this process writes
+
+
 def _report_event_writer_errors(events_dir: str) -> None:
   """tensorboardX writes its event file from a thread of its own: an OSError there (a full
   disk) would print that thread's traceback. It becomes one warning line instead: the event
   file stops, metrics.jsonl and the checkpoints report their own failures (one line, exit 2).
-  Exceptions of other threads go to the hook that was there."""
+  Exceptions of other threads go to the hook that was there. The hook is installed once per
+  process and names the newest writer's folder (a trainer has one)."""
+  _EVENTS_DIR[0] = events_dir
   if getattr(threading.excepthook, "_simclr_events", False):
     return
   previous = threading.excepthook
@@ -115,7 +120,7 @@ def _report_event_writer_errors(events_dir: str) -> None:
     if (isinstance(args.exc_value, OSError)
         and any("tensorboardX" in frame.filename for frame in frames)):
       logging.warning("TensorBoard events: cannot write %s (%s); the event file stops here, "
-                      "metrics.jsonl goes on.", events_dir,
+                      "metrics.jsonl goes on.", _EVENTS_DIR[0],
                       args.exc_value.strerror or args.exc_value)
       return
     previous(args)
