@@ -268,7 +268,7 @@ class Run:
     """Trained, and an evaluation report of it (or of the best step) on its split."""
     steps = self._steps()
     report_path = os.path.join(self.eval_dir, "report.json")
-    if not self.trained() or not os.path.isfile(report_path):
+    if not steps or steps[-1] < self.plan.total_steps or not os.path.isfile(report_path):
       return False
     try:
       with open(report_path) as file:
@@ -306,6 +306,7 @@ def plan_runs(args) -> tuple:
   Raises:
     ValueError / RunError (exit 2): bad input, one line.
   """
+  from simclr_jax import objectives
   from simclr_jax.training import init_from
   from simclr_jax.training import settings
   fractions = parse_fractions(args.fractions)
@@ -338,7 +339,7 @@ def plan_runs(args) -> tuple:
       fields["supervised.encoder_lr_multiplier"] = 1.0   # nothing to scale
     row_base = base_config(row_flags[row]) if row_flags.get(row) else base
     chosen_on = str(row_base.online_eval.eval_split)
-    if row_base.supervised.select_by_validation > 0 and chosen_on == args.split:
+    if objectives.selects_by_validation(row_base) and chosen_on == args.split:
       raise ValueError(f"--split={args.split}: the {row} runs choose their checkpoint on that "
                        f"split (config.online_eval.eval_split={chosen_on!r}, supervised."
                        f"select_by_validation={row_base.supervised.select_by_validation}), so "

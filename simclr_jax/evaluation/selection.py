@@ -33,7 +33,6 @@ import ml_collections
 import numpy as np
 
 from simclr_jax import checkpointing
-from simclr_jax import objectives
 from simclr_jax.errors import WorkdirNotWritable
 from simclr_jax.evaluation import classifier
 from simclr_jax.evaluation import encoders
@@ -150,11 +149,3 @@ class ValidationSelection:
           f"({error.strerror or error}); free space or make the workdir writable, then run "
           f"the same command again (it resumes from the newest complete checkpoint).") from None
 
-
-def maybe_create(config: ml_collections.ConfigDict, workdir: str
-                 ) -> Optional[ValidationSelection]:
-  """The selection when a supervised run sets `supervised.select_by_validation` > 0."""
-  if (not objectives.trains_on_labels(config)
-      or config.supervised.select_by_validation <= 0):
-    return None
-  return ValidationSelection(config, workdir)

@@ -43,6 +43,12 @@ def trains_on_labels(config: ml_collections.ConfigDict) -> bool:
   return of(config).trains_on_labels
 
 
+def selects_by_validation(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run scores its classifier on validation while it trains and keeps the best
+  checkpoint (an objective that trains on labels, supervised.select_by_validation > 0)."""
+  return trains_on_labels(config) and config.supervised.select_by_validation > 0
+
+
 def create_loss(config: ml_collections.ConfigDict, model: Any, axis_name: Optional[str],
                 class_frequencies: Optional[Sequence[float]] = None) -> LossFn:
   """The per-device loss of `config.objective` for `model`, its static settings bound.

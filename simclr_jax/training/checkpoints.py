@@ -150,8 +150,7 @@ class Saver:
     """Creates the CheckpointManager (it may delete the temporary directories of saves
     that never finished, and checkpoints beyond config.keep_checkpoints; with
     supervised.select_by_validation it also keeps the best validation checkpoint)."""
-    selecting = (objectives.trains_on_labels(self._config) and
-                 self._config.supervised.select_by_validation > 0)
+    selecting = objectives.selects_by_validation(self._config)
     try:
       self._manager = checkpointing.create_manager(
           self._workdir, max_to_keep=self._config.keep_checkpoints,

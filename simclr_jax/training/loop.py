@@ -81,12 +81,11 @@ def _create_monitor(config: ml_collections.ConfigDict):
 def _create_selection(config: ml_collections.ConfigDict, workdir: str):
   """The validation selection (supervised.select_by_validation > 0), or None; a split it
   cannot score exits 2."""
-  if (not objectives.trains_on_labels(config)
-      or config.supervised.select_by_validation <= 0):
+  if not objectives.selects_by_validation(config):
     return None   # without importing the evaluators (scikit-learn: seconds per start)
   from simclr_jax.evaluation import selection
   try:
-    return selection.maybe_create(config, workdir)
+    return selection.ValidationSelection(config, workdir)
   except (FileNotFoundError, ValueError) as error:
     raise ConfigError(f"config.supervised.select_by_validation="
                       f"{config.supervised.select_by_validation}: {one_line(error)}") from None

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from simclr_jax.checkpointing import SELECTION_METRIC
 from simclr_jax.errors import NonFiniteError
 from simclr_jax.errors import WorkdirNotWritable
 from simclr_jax.runtime import compilation_cache
@@ -340,7 +341,7 @@ class StepLog:
                 "views/s": views_per_second}
       # On the next printed line only (the step's line when it is a logging step).
       once = {name.replace("online_", ""): online[name]
-              for name in ("online_knn_accuracy", "online_knn_auroc", "validation_auroc")
+              for name in ("online_knn_accuracy", "online_knn_auroc", SELECTION_METRIC)
               if name in online}
       self._first_step, self._pending = {}, []
       self._window_start, self._window_steps = time.perf_counter(), 0
