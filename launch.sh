@@ -194,7 +194,8 @@ case "$command" in
     cores=$(nproc 2>/dev/null || echo 1)
     workers=${SIMCLR_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
     [[ "$workers" =~ ^[0-9]+$ ]] || { echo "SIMCLR_TEST_WORKERS=$workers: give a number of worker processes (0: none)" >&2; exit 2; }
-    parallel=(-n "$workers" --dist loadfile)
+    # --durations: the slowest tests in every log, so the 10-minute budget can be tended.
+    parallel=(-n "$workers" --dist loadfile --durations=15)
     for tests in tests tests/multidevice; do
       py -m pytest -q "$tests" "${parallel[@]}" "$@" || { rc=$?; [[ $rc -eq 5 || $status -ne 0 ]] || status=$rc; }
       parallel=()

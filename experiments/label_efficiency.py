@@ -5,7 +5,7 @@ r"""Fewer labels, measured: fine-tuned AUROC against the label fraction, per ini
       [--imagenet_weights resnet18.pth] --fractions 0.01,0.1,1.0 --seeds 0,1,2 \
       --out runs/thumbs/label_efficiency [--config experiments/configs/thumbs_finetune.py] \
       [--label_mode "binary:No Finding"] [--train_flags="--config.num_epochs=30 ..."] \
-      [--rows scratch,simclr_finetune] \
+      [--rows scratch,simclr_finetune] [--frozen_simclr_workdir runs/thumbs_50ep/simclr] \
       [--row_flags "simclr_finetune=--config.supervised.encoder_lr_multiplier=0.1" ...]
 
 Per label fraction F and seed S it trains, with the same training subset (the patient-wise
@@ -16,8 +16,10 @@ row:
                      the script starts, pinned as WORKDIR@STEP for every run), all layers
   simclr_frozen      the same encoder frozen: only the classifier trains (on augmented views)
   imagenet_finetune  initialised from --imagenet_weights (only when given)
-(--rows picks some of them; --row_flags ROW=FLAGS adds --config flags to one row only, after
---train_flags, so each row can run the settings chosen for it on validation), each as
+(--frozen_simclr_workdir gives the frozen row another pretraining, when validation chose
+one for it; --rows picks some of them; --row_flags ROW=FLAGS adds --config flags to one row
+only, after --train_flags, so each row can run the settings chosen for it on validation,
+e.g. by experiments.finetune_search), each as
 `python -m simclr_jax.train` would (in this process: training.loop), with
 config.seed = S, supervised.label_fraction = F, supervised.subset_seed = S, then evaluates
 it on --split (test) with the `classifier` evaluator (the head's own macro AUROC with a 95 %
@@ -100,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--simclr_workdir", required=True,
                       help="SimCLR run whose newest complete checkpoint initialises the "
                            "simclr rows (or WORKDIR@STEP)")
+  parser.add_argument("--frozen_simclr_workdir", default=None,
+                      help="another SimCLR run (or WORKDIR@STEP) for the simclr_frozen row "
+                           "only, when validation chose a different pretraining for it "
+                           "(default: --simclr_workdir)")
   parser.add_argument("--imagenet_weights", help="torchvision state_dict: adds the "
                                                  "imagenet_finetune row")
   parser.add_argument("--fractions", default="0.01,0.1,1.0")
@@ -327,8 +333,13 @@ def plan_runs(args) -> tuple:
 
   base = base_config()
   simclr = _resolve_simclr(args.simclr_workdir)
+  frozen_source = getattr(args, "frozen_simclr_workdir", None)
+  if frozen_source and "simclr_frozen" not in rows:
+    raise ValueError(f"--frozen_simclr_workdir={frozen_source}: row simclr_frozen is not run "
+                     f"(--rows {','.join(rows)}).")
+  frozen_simclr = _resolve_simclr(frozen_source) if frozen_source else simclr
   inits = {"scratch": ("", False), "simclr_finetune": (simclr, False),
-           "simclr_frozen": (simclr, True)}
+           "simclr_frozen": (frozen_simclr, True)}
   if args.imagenet_weights:
     inits["imagenet_finetune"] = (args.imagenet_weights, False)
   inits = {row: inits[row] for row in rows}
@@ -359,6 +370,8 @@ def plan_runs(args) -> tuple:
               "config": os.path.abspath(args.config), "train_flags": args.train_flags,
               "simclr_workdir": simclr, "imagenet_weights": args.imagenet_weights,
               "row_keys": keys}
+  if frozen_simclr != simclr:   # only when given, like row_flags
+    protocol["frozen_simclr_workdir"] = frozen_simclr
   if row_flags:   # only when given: reports written without per-row flags stay comparable
     protocol["row_flags"] = row_flags
   return runs, protocol
@@ -418,6 +431,21 @@ def train_and_evaluate(run: Run, split: str) -> dict:
                 "evaluation_seconds": time.perf_counter() - trained}
   report_lib.write_json(run.timing_path, run.timing)
   return report
+
+
+def _drop_compiled() -> None:
+  """Frees the process's compiled XLA executables between runs.
+
+  Each run compiles its own train and evaluation steps, and JAX keeps every executable of
+  the process alive. After ~58 runs in one process (experiments.finetune_search) XLA's CPU
+  compiler failed with "LLVM compilation error: Cannot allocate memory" and the process died
+  with 20 GB free (likely the process's memory-mapping limit, vm.max_map_count 65530; not
+  confirmed). With the executables dropped after each run, the process kept ~2,000
+  mappings; the next run reloads its steps from the persistent compilation cache (when that
+  cache is on; else it compiles them again).
+  """
+  import jax
+  jax.clear_caches()
 
 
 def _mean(values: list):
@@ -489,6 +517,8 @@ def markdown(report: dict, fractions: list) -> str:
            + (f" with `{protocol['train_flags']}`" if protocol["train_flags"] else "")
            + f"; seeds {', '.join(map(str, seeds))}; SimCLR encoder "
            f"`{protocol['simclr_workdir']}`"
+           + (f" (frozen-encoder row: `{protocol['frozen_simclr_workdir']}`)"
+              if protocol.get("frozen_simclr_workdir") else "")
            + (f"; ImageNet weights `{protocol['imagenet_weights']}`"
               if protocol.get("imagenet_weights") else "")
            + "".join(f"; {ROW_TITLES[row]} also `{flags}`"
@@ -560,7 +590,10 @@ def plot(report: dict, fractions: list, path: str) -> None:
   figure.text(0.5, 0.005, f"{protocol['dataset']} | label mode "
               f"{protocol['label_mode'] or 'own'} | {seeds} seed(s): line = mean, bars = sd, "
               f"band = mean 95 % patient-bootstrap interval | SimCLR "
-              f"{protocol['simclr_workdir']}", ha="center", va="bottom", fontsize=6, wrap=True)
+              f"{protocol['simclr_workdir']}"
+              + (f" (frozen: {protocol['frozen_simclr_workdir']})"
+                 if protocol.get("frozen_simclr_workdir") else ""),
+              ha="center", va="bottom", fontsize=6, wrap=True)
   figure.tight_layout(rect=(0, 0.07, 1, 1))
   figure.savefig(path, dpi=110)
   plt.close(figure)
@@ -620,6 +653,7 @@ def main(argv=None) -> dict:
           f"{run.plan.config.supervised.subset.num_images} images -> {run.train_dir}",
           flush=True)
     run.report = train_and_evaluate(run, args.split)
+    _drop_compiled()
     interval = run.report.get(f"{METRIC}_ci95") or [None, None]
     print(f"[{index}/{total}] {run.name}: done in {run.timing['train_seconds']:.1f} s "
           f"training + {run.timing['evaluation_seconds']:.1f} s evaluation; {args.split} AUROC "

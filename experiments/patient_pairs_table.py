@@ -31,6 +31,9 @@ if __package__ in (None, ""):  # `python experiments/patient_pairs_table.py`
 from experiments import seed_table  # pylint: disable=wrong-import-position
 
 CHOSEN_FILE = "chosen.json"
+# experiments.label_efficiency's rows -> this table's columns (seed_table's "<row>:<fraction>"
+# keys); scratch is the random-init row's.
+FINETUNE_ROWS = {"simclr_finetune": "finetuned", "simclr_frozen": "frozen"}
 
 
 def _read_json(path: str):
@@ -81,6 +84,68 @@ def collect(root: str, split: str) -> dict:
     raise ValueError(f"the settings were evaluated with different seeds on {split} "
                      f"({seed_sets}); every setting needs the same seeds.")
   return settings
+
+
+# What may differ between the label-efficiency reports of one table: the encoder each started
+# from (and the row keys that hash it); everything else must be alike.
+_FINETUNE_MAY_DIFFER = ("simclr_workdir", "frozen_simclr_workdir", "row_keys")
+
+
+def add_finetuning(root: str, split: str, settings: dict, table: dict) -> None:
+  """Adds the label-efficiency columns to `table` in place from each setting's and seed's
+  ROOT/<setting>/seed<S>/finetune_<split>/report.json (experiments.label_efficiency at one or
+  more fractions, scored on `split`): per fraction F, "finetuned:F" and "frozen:F" on each
+  SimCLR row, "scratch:F" on the random init (from the one setting whose reports hold the
+  scratch row). Nothing is added when no setting has such reports.
+
+  Raises:
+    ValueError: reports for some settings or seeds but not all, reports of different
+      protocols (fractions, config, flags, label mode, split), or scratch in several settings.
+  """
+  paths = {(name, seed): os.path.join(root, name, seed, f"finetune_{split}", "report.json")
+           for name, (seeds, _, _) in settings.items() for seed in seeds}
+  present = [key for key, path in paths.items() if os.path.isfile(path)]
+  if not present:
+    return
+  if len(present) < len(paths):
+    missing = [os.path.relpath(path, root) for key, path in paths.items() if key not in present]
+    raise ValueError(f"label-efficiency reports for some runs but not all (missing: "
+                     f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}); run "
+                     f"experiments/patient_pairs_table.sh to the end, or remove them.")
+  reports = {key: _read_json(path) for key, path in paths.items()}
+
+  def protocol(report):
+    fields = dict(report.get("protocol") or {})
+    for field in _FINETUNE_MAY_DIFFER:
+      fields.pop(field, None)
+    fields["fractions"] = sorted({f for row in report["rows"].values() for f in row})
+    return json.dumps(fields, sort_keys=True)
+  kinds = {protocol(report) for report in reports.values()}
+  if len(kinds) > 1:
+    raise ValueError(f"the label-efficiency reports under {root} were made with different "
+                     f"settings ({len(kinds)} kinds: fractions, config, flags, label mode or "
+                     f"split); one table holds one protocol.")
+  if any((report.get("protocol") or {}).get("split", split) != split
+         for report in reports.values()):
+    raise ValueError(f"finetune_{split}/report.json files scored on another split.")
+  with_scratch = [name for name, (seeds, _, _) in settings.items()
+                  if "scratch" in reports[name, seeds[0]]["rows"]]
+  if len(with_scratch) > 1:
+    raise ValueError(f"the scratch row is in several settings' reports ({with_scratch}); "
+                     f"train it once (it does not depend on the SimCLR setting).")
+  for name, (seeds, _, patient) in settings.items():
+    targets = {row: row_name(*patient) for row in FINETUNE_ROWS}
+    if name in with_scratch and "random_init" in table:
+      targets["scratch"] = "random_init"
+    for row, target in targets.items():
+      for fraction in reports[name, seeds[0]]["rows"].get(row, {}):
+        table[target][f"{FINETUNE_ROWS.get(row, row)}:{fraction}"] = [
+            reports[name, seed]["rows"].get(row, {}).get(fraction, {}).get("auroc_mean")
+            for seed in seeds]
+  keys = list(dict.fromkeys(key for columns in table.values() for key in columns))
+  missing = [None] * len(next(iter(settings.values()))[0])
+  for row, columns in table.items():   # every row the same columns in one order (markdown)
+    table[row] = {key: columns.get(key, missing) for key in keys}
 
 
 def row_name(probability: float, mask: bool) -> str:
@@ -146,6 +211,7 @@ def main(argv=None) -> str:
   args = parser.parse_args(argv)
   settings = collect(args.root, args.split)
   table = summarise(settings)
+  add_finetuning(args.root, args.split, settings, table)
   chosen_path = os.path.join(args.root, CHOSEN_FILE)
   if args.split == "validation":
     best, mean = choose(table, args.choose_by)

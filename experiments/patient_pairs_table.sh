@@ -22,12 +22,19 @@
 #                and 1.0; the first setting also evaluates the random init, seeded as its run)
 #                -> .../compare_validation
 #   4. experiments.patient_pairs_table --split validation -> OUT/table_validation.md, OUT/chosen.json
-#   5. compare   on the test split, every setting -> .../compare_test;
+#   5. compare   on the test split, every setting -> .../compare_test; then (unless
+#                FINETUNE_FRACTIONS is empty) experiments.label_efficiency from each setting's
+#                run at those label fractions (patient-wise subsets, its seed; fine-tuned and
+#                frozen encoder, and from scratch in the first setting) with
+#                experiments/configs/thumbs_finetune.py, scored on test -> .../finetune_test;
 #      experiments.patient_pairs_table --split test -> OUT/table_test.md
 # Settings (environment): THUMBS (../shared/data/nih_thumbs from the repository root), CSV
 # (THUMBS/../nih_sample/Data_Entry_2017_v2020.csv.gz), OUT (runs/patient_pairs_table), SEEDS
 # ("0 1 2"), PROBS ("0 0.5 1"), MASKS ("False True"), CHOOSE_BY (fraction:0.1 = linear AUROC at
-# 10 % labels; any experiments.seed_table column key), TRAIN_FLAGS (extra --config.KEY=VALUE flags
+# 10 % labels; any experiments.seed_table column key), FINETUNE_FRACTIONS ("0.1"; "" skips
+# the fine-tuning), FINETUNE_FLAGS (extra label_efficiency arguments, whitespace-separated, no
+# quoting; default: the frozen row's learning rate chosen on validation by
+# experiments/finetune_search.py, see experiments/configs/thumbs_finetune.py), TRAIN_FLAGS (extra --config.KEY=VALUE flags
 # for every training; use a new OUT for each setting), PYTHON (.venv/bin/python if present).
 set -euo pipefail
 PROBS=${PROBS:-0 0.5 1}
@@ -83,6 +90,18 @@ echo "== choose on the validation split (mean $CHOOSE_BY) -> $OUT/table_validati
 "$PYTHON" -m experiments.patient_pairs_table "$OUT" --split validation --choose_by "$CHOOSE_BY" \
     --out "$OUT/table_validation.md" | head -n 1
 
+finetune() {  # finetune SETTING_DIR SEED ROWS: label efficiency from the setting's run, on test
+  local run=$1/seed$2
+  # shellcheck disable=SC2086  # FINETUNE_FLAGS: whitespace-separated arguments
+  "$PYTHON" -m experiments.label_efficiency --dataset "$DATASET" --data_dir "$DATA_DIR" \
+      --simclr_workdir "$run/simclr" --fractions "$FINETUNE_FRACTIONS" --seeds "$2" \
+      --rows "$3" --label_mode "binary:No Finding" --split test --out "$run/finetune_test" \
+      ${FINETUNE_FLAGS:-} > "$run/finetune_test.log" 2>&1 \
+      || { tail -n 20 "$run/finetune_test.log" >&2; exit 1; }
+}
+FINETUNE_FRACTIONS=${FINETUNE_FRACTIONS-0.1}
+FINETUNE_FLAGS=${FINETUNE_FLAGS---row_flags simclr_frozen=--config.optimizer.learning_rate=1e-2}
+
 first=1
 for setting in "${settings[@]}"; do
   P=${setting%%:*} M=${setting##*:}
@@ -90,6 +109,11 @@ for setting in "${settings[@]}"; do
   for SEED in $SEEDS; do
     echo "== p=$P mask=$M seed $SEED: compare on the test split (once, after the choice)"
     if (( first )); then compare "$DIR" "$SEED" test --random_init; else compare "$DIR" "$SEED" test; fi
+    if [[ -n "$FINETUNE_FRACTIONS" ]]; then
+      echo "== p=$P mask=$M seed $SEED: label efficiency at $FINETUNE_FRACTIONS on the test split"
+      if (( first )); then rows=scratch,simclr_finetune,simclr_frozen; else rows=simclr_finetune,simclr_frozen; fi
+      finetune "$DIR" "$SEED" "$rows"
+    fi
   done
   first=0
 done

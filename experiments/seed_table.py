@@ -191,9 +191,17 @@ def fraction_sizes_markdown(comparisons: list, seeds: list) -> str:
           if lines else "")
 
 
+# label_efficiency rows as columns ("<kind>:<fraction>"): the classifier's own test AUROC.
+FINETUNE_COLUMNS = {"finetuned": "fine-tuned", "frozen": "frozen-encoder",
+                    "scratch": "from-scratch"}
+
+
 def _column_name(key: str) -> str:
   if key.startswith("fraction:"):
     return f"linear AUROC @ {float(key.split(':', 1)[1]):g} labels"
+  kind, _, fraction = key.partition(":")
+  if kind in FINETUNE_COLUMNS and fraction:   # experiments.patient_pairs_table's
+    return f"{FINETUNE_COLUMNS[kind]} AUROC @ {float(fraction):g} labels"
   return {k: name for name, k in COLUMNS + (CLASSIFIER_COLUMN,) + PATIENT_COLUMNS}[key]
 
 

@@ -7,11 +7,16 @@
 #   2. experiments/thumbs_table.sh        the chosen recipe only, SEEDS (default "0 1 2"),
 #                                         SimCLR / supervised / random init on the test split
 #                                         (the grid's runs of the chosen recipe are reused)
-#   3. experiments.label_efficiency       fine-tuning at label fractions 0.01, 0.1, 1.0
-#                                         (seeds 0 1 2; scratch, SimCLR fine-tuned, SimCLR
-#                                         frozen) from the chosen recipe's seed-0 encoder,
+#   3. experiments.finetune_search        per row (scratch, SimCLR fine-tuned, SimCLR frozen)
+#                                         the learning rate, encoder multiplier, augmentation
+#                                         and pretraining (the grid's other candidates'
+#                                         first-seed runs) at 1 % and 10 % labels, on the
+#                                         VALIDATION split (OUT/finetune_search/choice.md)
+#   4. experiments.label_efficiency       fine-tuning at label fractions 0.01, 0.1, 1.0
+#                                         (seeds 0 1 2) with each row's chosen settings and
+#                                         pretraining (a grid candidate's first-seed run),
 #                                         experiments/configs/thumbs_finetune.py (checkpoint
-#                                         chosen on validation), scored on test
+#                                         chosen on validation), scored on test, once
 #
 #   OUT=runs/thumbs_protocol experiments/thumbs_protocol.sh
 #   CANDIDATES=$'base|\nepochs100|--config.num_epochs=100' OUT=... experiments/thumbs_protocol.sh
@@ -41,9 +46,24 @@ FLAGS=$(cat "$OUT/grid/$CHOSEN.flags")
 echo "=== 2. the chosen recipe ($CHOSEN: ${FLAGS:-thumbs.py as is}) on the test split, seeds $SEEDS_TEST"
 OUT=$OUT/grid/$CHOSEN SEEDS="$SEEDS_TEST" TRAIN_FLAGS="$FLAGS" experiments/thumbs_table.sh
 
-echo "=== 3. label efficiency from $CHOSEN seed 0's encoder -> $OUT/label_efficiency"
+echo "=== 3. fine-tuning settings chosen on the validation split -> $OUT/finetune_search"
+# The grid's other candidates (this run's, from its choice.json), each its first seed's run.
+read -r SEED0 _ <<< "${GRID_SEEDS:-0 1}"
+others=()
+while read -r name; do
+  others+=(--pretraining "$name=$OUT/grid/$name/seed$SEED0/simclr")
+done < <("$PYTHON" -c 'import json,sys; c=json.load(open(sys.argv[1])); print("\n".join(n for n in c["candidates_in_order"] if n != c["chosen"]))' "$OUT/grid/choice.json")
+"$PYTHON" -m experiments.finetune_search --dataset nih_chest_xray14/thumbs64 \
+    --data_dir "$DATA_DIR" --simclr_workdir "$OUT/grid/$CHOSEN/seed$SEED0/simclr" \
+    "${others[@]}" --config experiments/configs/thumbs_finetune.py --out "$OUT/finetune_search" \
+    | tail -n 4
+CHOSEN_TEXT=$("$PYTHON" -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))["label_efficiency_args"]))' "$OUT/finetune_search/choice.json")
+mapfile -t CHOSEN_ARGS <<< "$CHOSEN_TEXT"
+(( ${#CHOSEN_ARGS[@]} > 1 )) || { echo "error: $OUT/finetune_search/choice.json holds no label_efficiency_args" >&2; exit 1; }
+
+echo "=== 4. label efficiency with the chosen settings -> $OUT/label_efficiency"
 "$PYTHON" -m experiments.label_efficiency --dataset nih_chest_xray14/thumbs64 \
-    --data_dir "$DATA_DIR" --simclr_workdir "$OUT/grid/$CHOSEN/seed0/simclr" \
+    --data_dir "$DATA_DIR" "${CHOSEN_ARGS[@]}" \
     --fractions "${FRACTIONS:-0.01,0.1,1.0}" --seeds "$(tr ' ' ',' <<< "$SEEDS_TEST")" \
     --out "$OUT/label_efficiency" --config experiments/configs/thumbs_finetune.py
-echo "thumbs_protocol: done in $((SECONDS - start)) s; $OUT/grid/choice.md, $OUT/grid/$CHOSEN/table.md, $OUT/label_efficiency"
+echo "thumbs_protocol: done in $((SECONDS - start)) s; $OUT/grid/choice.md, $OUT/grid/$CHOSEN/table.md, $OUT/finetune_search/choice.md, $OUT/label_efficiency"

@@ -466,6 +466,13 @@ def test_label_efficiency_rows_and_row_flags_set_one_row_only(synthetic_data_dir
   assert protocol["row_keys"]["simclr_finetune"] != plain_protocol["row_keys"]["simclr_finetune"]
   assert protocol["row_flags"] == {"simclr_finetune": "--config.supervised.encoder_lr_multiplier"
                                                       "=0.1 --config.optimizer.learning_rate=0.0003"}
+  # --frozen_simclr_workdir: another pretraining for the frozen row only, recorded.
+  both, protocol = plan("--rows", "simclr_finetune,simclr_frozen",
+                        "--frozen_simclr_workdir", f"{source}@1")
+  assert both["simclr_frozen"].config.init_from.endswith("@1")
+  assert both["simclr_finetune"].config.init_from.endswith("@2")
+  assert protocol["frozen_simclr_workdir"].endswith("@1")
+  assert "frozen_simclr_workdir" not in plan("--rows", "simclr_frozen")[1]
   for extra, words in ((["--rows", "scratch,linear"], "'linear' is not a row"),
                        (["--rows", "imagenet_finetune"], "needs --imagenet_weights"),
                        (["--rows", "scratch", "--row_flags", "simclr_frozen=--config.seed=1"],

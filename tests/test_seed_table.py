@@ -179,3 +179,104 @@ def test_patient_pairs_table_chooses_on_validation_then_marks_the_test_row(tmp_p
   assert "| SimCLR, same-patient p = 1, mask on (chosen on validation) | 0.600" in test
   with pytest.raises(ValueError, match="--choose_by=nope: not a column"):
     patient_pairs_table.main([root, "--split", "validation", "--choose_by", "nope"])
+
+  # experiments.label_efficiency at 10 % per setting and seed (finetune_test/): its fine-tuned
+  # and frozen AUROCs become columns of the SimCLR rows, scratch one of the random init's
+  # (trained in whichever setting the script ran first: here the one whose row comes second);
+  # a row lacking a column shows n/a in its place, so every row's cells stay under the header.
+  def write_finetuning(setting, probability, seed, scratch, split="test"):
+    rows = {"simclr_finetune": {"0.1": {"auroc_mean": 0.61 + probability / 10 + seed / 100}},
+            "simclr_frozen": {"0.1": {"auroc_mean": 0.55}}}
+    if scratch:
+      rows["scratch"] = {"0.1": {"auroc_mean": 0.52 + seed / 100}}
+    folder = tmp_path / setting / f"seed{seed}" / "finetune_test"
+    folder.mkdir(exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(
+        {"rows": rows, "protocol": {"split": split, "simclr_workdir": f"{setting}/{seed}"}}))
+
+  write_finetuning("p1_maskTrue", 1.0, 0, scratch=True)
+  with pytest.raises(ValueError, match="reports for some runs but not all"):
+    patient_pairs_table.main([root, "--split", "test"])
+  for setting, probability, _ in settings:
+    for seed in (0, 1):
+      write_finetuning(setting, probability, seed, scratch=setting == "p1_maskTrue")
+  write_finetuning("p0_maskFalse", 0.0, 1, scratch=False, split="validation")
+  with pytest.raises(ValueError, match="different settings"):
+    patient_pairs_table.main([root, "--split", "test"])
+  write_finetuning("p0_maskFalse", 0.0, 1, scratch=False)
+  test = patient_pairs_table.main([root, "--split", "test"])
+  lines = test.splitlines()
+  header = next(line for line in lines if line.startswith("| Method")).split(" | ")
+  assert header[-3:] == ["fine-tuned AUROC @ 0.1 labels", "frozen-encoder AUROC @ 0.1 labels",
+                         "from-scratch AUROC @ 0.1 labels |"]
+  cells = {line.split(" | ")[0]: line.split(" | ") for line in lines if line.startswith("| ")}
+  assert cells["| SimCLR, same-patient p = 1, mask on (chosen on validation)"][-3:] == [
+      "0.715 ± 0.007", "0.550 ± 0.000", "n/a |"]
+  assert cells["| Random init (torchvision-style)"][-3:] == ["n/a", "n/a", "0.525 ± 0.007 |"]
+  assert all(len(row) == len(header) for row in cells.values())
+
+
+def test_finetune_search_rule_keeps_the_earlier_candidate_on_a_tie():
+  """experiments.finetune_search's choice: the highest validation score, but a later
+  candidate must win by more than TIE, so the config's own settings (listed first) stay on a
+  tie; the table marks the chosen candidate of each row."""
+  from experiments import finetune_search
+
+  def candidate(score):
+    return {"flags": "--config.optimizer.learning_rate=1e-3", "simclr_workdir": None,
+            "score": score, "fractions": {"0.01": {"auroc_mean": score, "auroc_sd": 0.01},
+                                          "0.1": {"auroc_mean": score, "auroc_sd": None}}}
+  tie = finetune_search.TIE
+  assert finetune_search._best({"a": candidate(0.5), "b": candidate(0.5 + tie / 2)}) == "a"
+  assert finetune_search._best({"a": candidate(0.5), "b": candidate(0.5 + 2 * tie)}) == "b"
+  assert finetune_search._best({"a": candidate(0.6), "b": candidate(0.5),
+                                "c": candidate(0.6 + tie / 2)}) == "a"
+  choice = {"dataset": "d", "rule": "r", "seeds": "0,1", "simclr_workdir": "w",
+            "fractions": "0.01,0.1",
+            "rows": {"scratch": {"chosen": "b", "candidates": {"a": candidate(0.5),
+                                                              "b": candidate(0.52)}}},
+            "label_efficiency_args": ["--simclr_workdir", "w"]}
+  lines = finetune_search.markdown(choice).splitlines()
+  assert "| scratch | b **(chosen)** | 0.520 ± 0.010 | 0.520 | 0.520 |" in lines
+  assert "| scratch | a | 0.500 ± 0.010 | 0.500 | 0.500 |" in lines
+  # The protocol's arguments: each row's chosen flags; the frozen row's pretraining only
+  # when validation chose another one for it.
+  rows = {"scratch": {"flags": "--config.seed=1", "simclr_workdir": None},
+          "simclr_finetune": {"flags": "--config.optimizer.learning_rate=1e-3",
+                              "simclr_workdir": "w100"},
+          "simclr_frozen": {"flags": "--config.optimizer.learning_rate=1e-2",
+                            "simclr_workdir": "w50"}}
+  assert finetune_search.protocol_args(rows, "w100") == [
+      "--rows", "scratch,simclr_finetune,simclr_frozen",
+      "--simclr_workdir", "w100", "--frozen_simclr_workdir", "w50",
+      "--row_flags", "scratch=--config.seed=1",
+      "--row_flags", "simclr_finetune=--config.optimizer.learning_rate=1e-3",
+      "--row_flags", "simclr_frozen=--config.optimizer.learning_rate=1e-2"]
+  rows["simclr_frozen"]["simclr_workdir"] = "w100"
+  assert "--frozen_simclr_workdir" not in finetune_search.protocol_args(rows, "w100")
+  # Only the searched rows run: an unsearched row never runs untuned, and never moves to the
+  # fine-tuned row's chosen pretraining.
+  rows = {"simclr_finetune": {"flags": "", "simclr_workdir": "w50"}}
+  assert finetune_search.protocol_args(rows, "w100") == [
+      "--rows", "simclr_finetune", "--simclr_workdir", "w50", "--row_flags", "simclr_finetune="]
+  # A candidate without a score (a non-finite AUROC in some seed) never wins.
+  assert finetune_search._best({"a": dict(candidate(0.5), score=None),
+                                "b": candidate(0.4)}) == "b"
+  with pytest.raises(ValueError, match="no candidate has a finite validation AUROC"):
+    finetune_search._best({"a": dict(candidate(0.5), score=None)})
+  # Every candidate is scored on the validation split with a fixed schedule: the checkpoint
+  # is not chosen on the split that scores it, and the test split is never read.
+  args = finetune_search._parser().parse_args(
+      ["--dataset", "d", "--data_dir", "dd", "--simclr_workdir", "w", "--out", "o"])
+  argv = finetune_search.candidate_argv(args, "scratch", "lr1e-3", "--config.seed=1", "w")
+  assert argv[argv.index("--split") + 1] == "validation" and "test" not in argv
+  assert argv[-1] == ("--train_flags=--config.supervised.select_by_validation=0 "
+                      "--config.seed=1")
+  assert argv[argv.index("--out") + 1] == os.path.join("o", "scratch", "lr1e-3")
+  for bad, words in ((["--rows", ","], "give one or more distinct rows"),
+                     (["--rows", "scratch,scratch"], "distinct rows"),
+                     (["--pretraining", "a/b=w"], "distinct NAME"),
+                     (["--pretraining", "a=w", "--pretraining", "a=v"], "distinct NAME")):
+    with pytest.raises(ValueError, match=words):
+      finetune_search._check(finetune_search._parser().parse_args(
+          ["--dataset", "d", "--data_dir", "dd", "--simclr_workdir", "w", "--out", "o"] + bad))
