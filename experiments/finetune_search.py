@@ -134,18 +134,16 @@ def _check(args) -> tuple:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or names.count(name) > 1:
       raise ValueError(f"--pretraining {name}=...: give each pretraining a distinct NAME of "
                        f"letters, digits, '.', '_' or '-'.")
-  rows = [part.strip() for part in args.rows.split(",") if part.strip()]
-  if not rows or len(set(rows)) < len(rows):
-    raise ValueError(f"--rows={args.rows!r}: give one or more distinct rows of "
-                     f"{', '.join(STAGE1)}.")
+  rows = label_efficiency.parse_rows(args.rows, imagenet=True)   # known, distinct, in order
   for row in rows:
     if row not in STAGE1:
-      raise ValueError(f"--rows: {row!r} is not one of {', '.join(STAGE1)}")
+      raise ValueError(f"--rows={args.rows!r}: {row} is not searched; rows: "
+                       f"{', '.join(STAGE1)}.")
   return rows, pretrainings
 
 
-def search(args) -> dict:
-  row_names, pretrainings = _check(args)
+def search(args, row_names: list, pretrainings: list) -> dict:
+  """Every stage for every row of `row_names` (checked by _check); the choice record."""
   rows = {}
   for row in row_names:
     candidates = {}
@@ -223,9 +221,9 @@ def markdown(choice: dict) -> str:
 def main(argv=None) -> dict:
   args = _parser().parse_args(argv)
   start = time.perf_counter()
-  _check(args)
+  rows, pretrainings = _check(args)
   os.makedirs(args.out, exist_ok=True)
-  choice = search(args)
+  choice = search(args, rows, pretrainings)
   choice["total_seconds"] = time.perf_counter() - start
   with open(os.path.join(args.out, "choice.json"), "w") as file:
     json.dump(choice, file, indent=2)

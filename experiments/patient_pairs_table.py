@@ -143,9 +143,9 @@ def add_finetuning(root: str, split: str, settings: dict, table: dict) -> None:
             reports[name, seed]["rows"].get(row, {}).get(fraction, {}).get("auroc_mean")
             for seed in seeds]
   keys = list(dict.fromkeys(key for columns in table.values() for key in columns))
-  missing = [None] * len(next(iter(settings.values()))[0])
+  absent = [None] * len(next(iter(settings.values()))[0])
   for row, columns in table.items():   # every row the same columns in one order (markdown)
-    table[row] = {key: columns.get(key, missing) for key in keys}
+    table[row] = {key: columns.get(key, absent) for key in keys}
 
 
 def row_name(probability: float, mask: bool) -> str:

@@ -273,8 +273,10 @@ def test_finetune_search_rule_keeps_the_earlier_candidate_on_a_tie():
   assert argv[-1] == ("--train_flags=--config.supervised.select_by_validation=0 "
                       "--config.seed=1")
   assert argv[argv.index("--out") + 1] == os.path.join("o", "scratch", "lr1e-3")
-  for bad, words in ((["--rows", ","], "give one or more distinct rows"),
-                     (["--rows", "scratch,scratch"], "distinct rows"),
+  for bad, words in ((["--rows", ","], "give distinct rows"),
+                     (["--rows", "scratch,scratch"], "give distinct rows"),
+                     (["--rows", "linear"], "'linear' is not a row"),
+                     (["--rows", "imagenet_finetune"], "imagenet_finetune is not searched"),
                      (["--pretraining", "a/b=w"], "distinct NAME"),
                      (["--pretraining", "a=w", "--pretraining", "a=v"], "distinct NAME")):
     with pytest.raises(ValueError, match=words):
